@@ -1,0 +1,47 @@
+"""Conveyor: a durable, very fast job queue for Python services.
+
+Kafka in front of Redis, with a Rust core. This module is the public API;
+`conveyor._core` is private and may change without notice.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from conveyor._core import ENVELOPE_VERSION, Envelope, decode_many, encode_many, new_job_id
+from conveyor.envelope import Stage
+from conveyor.errors import (
+    ConveyorError,
+    ConveyorTimeout,
+    DevServerError,
+    EnvelopeDecodeError,
+    InvalidJobError,
+    KafkaError,
+    RedisError,
+    UnsupportedEnvelopeVersion,
+)
+from conveyor.settings import Settings
+
+try:
+    __version__ = version("conveyor")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "ConveyorError",
+    "ConveyorTimeout",
+    "DevServerError",
+    "Envelope",
+    "EnvelopeDecodeError",
+    "InvalidJobError",
+    "KafkaError",
+    "RedisError",
+    "Settings",
+    "Stage",
+    "UnsupportedEnvelopeVersion",
+    "__version__",
+    "decode_many",
+    "encode_many",
+    "new_job_id",
+]

@@ -1,0 +1,87 @@
+"""The `conveyor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from conveyor.errors import ConveyorError
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from conveyor.devservers import DevServers
+
+    servers = DevServers.default()
+    if args.action == "up":
+        kafka_started, redis_started = servers.up()
+        _print_status(servers, {"kafka": kafka_started, "redis": redis_started})
+        print("\nOther conveyor commands use these servers when nothing else is configured.")
+    elif args.action == "down":
+        servers.down()
+        print("stopped local Kafka and Redis")
+    else:
+        _print_status(servers, {})
+        if servers.redis.pid() is None or any(pid is None for _, pid in servers.kafka.status()):
+            return 1
+    return 0
+
+
+def _print_status(servers: object, started: dict[str, bool]) -> None:
+    from conveyor.devservers import DevServers
+
+    assert isinstance(servers, DevServers)
+
+    def state(pid: int | None, name: str) -> str:
+        if pid is None:
+            return "stopped"
+        how = "started" if started.get(name) else "running"
+        return f"{how} (pid {pid})"
+
+    rows = [
+        (f"kafka node {node.node_id}", node.bootstrap, state(pid, "kafka"))
+        for node, pid in servers.kafka.status()
+    ]
+    rows.append(("redis", servers.redis.url, state(servers.redis.pid(), "redis")))
+    for name, address, status in rows:
+        print(f"{name:<14} {address:<28} {status}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from conveyor.demo import run
+
+    return run(jobs=args.jobs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="conveyor", description="Conveyor: a durable job queue, Kafka in front of Redis."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="local development servers (Kafka and Redis on loopback)")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.set_defaults(run=_dev)
+
+    demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
+    demo.add_argument("--jobs", type=int, default=1000, help="how many jobs to send (default 1000)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `conveyor` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConveyorError as err:
+        print(f"conveyor: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Names for the stage codes recorded in an envelope (see docs/envelope.md)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Stage(IntEnum):
+    """A point in a job's life; the values are the wire codes.
+
+    Mirrors `conveyor_core::envelope::Stage`; a test holds the two together.
+    Envelopes may carry codes newer than these: readers keep them as plain ints.
+    """
+
+    KAFKA = 1
+    RELAYED = 2
+    STARTED = 3
+    FINISHED = 4
+    FAILED = 5
+    DEAD_LETTERED = 6

@@ -1,0 +1,73 @@
+"""Exceptions raised by Conveyor.
+
+Every error from the native core arrives as one of these: the core gives a
+stable code, and `_from_core` picks the class. Catch `ConveyorError` for all.
+"""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base class of every Conveyor error."""
+
+    code: str = "conveyor"
+
+
+class InvalidJobError(ConveyorError, ValueError):
+    """A job breaks a rule (bad type name, field too long, payload too large); nothing was sent."""
+
+    code = "invalid_job"
+
+
+class EnvelopeDecodeError(ConveyorError, ValueError):
+    """Bytes that should be a job envelope are not a well-formed one."""
+
+    code = "decode"
+
+
+class UnsupportedEnvelopeVersion(EnvelopeDecodeError):
+    """The envelope was written by a newer Conveyor; upgrade this side."""
+
+    code = "unsupported_version"
+
+
+class KafkaError(ConveyorError):
+    """Kafka refused or failed an operation."""
+
+    code = "kafka"
+
+
+class RedisError(ConveyorError):
+    """Redis refused or failed an operation."""
+
+    code = "redis"
+
+
+class ConveyorTimeout(ConveyorError, TimeoutError):
+    """An operation did not finish within its bound."""
+
+    code = "timeout"
+
+
+class DevServerError(ConveyorError):
+    """A local development server (Kafka or Redis) could not be set up or started."""
+
+    code = "dev_server"
+
+
+_BY_CODE: dict[str, type[ConveyorError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidJobError,
+        EnvelopeDecodeError,
+        UnsupportedEnvelopeVersion,
+        KafkaError,
+        RedisError,
+        ConveyorTimeout,
+    )
+}
+
+
+def _from_core(code: str, message: str) -> ConveyorError:
+    """Build the exception for a native error code (called from Rust only)."""
+    return _BY_CODE.get(code, ConveyorError)(message)

@@ -1,0 +1,456 @@
+//! The job envelope: Conveyor's one versioned wire format for a job.
+//!
+//! The byte layout is specified in `docs/envelope.md`; this module is its
+//! reference implementation. Two properties matter more than speed:
+//!
+//! * Encoding is canonical: `encode(decode(b)) == b` for every `b` that
+//!   decodes, so a job can be stored, relayed and read back without its bytes
+//!   changing (the payload is never re-encoded in transit).
+//! * Decoding never panics: any byte string yields an envelope or an [`Error`].
+//!
+//! Stage stamps sit at the very end, so a stage can be recorded by appending
+//! nine bytes ([`append_stage`]) without decoding or re-encoding the rest.
+
+use crate::error::{Error, Result};
+use crate::id::JobId;
+
+/// The first two bytes of every envelope.
+pub const MAGIC: [u8; 2] = *b"CV";
+/// The newest envelope version this build writes and reads.
+pub const VERSION: u8 = 1;
+/// Longest job type name, in bytes.
+pub const MAX_JOB_TYPE_LEN: usize = 200;
+/// Longest dedup key, in bytes.
+pub const MAX_DEDUP_KEY_LEN: usize = 512;
+/// Longest trace context, in bytes (a W3C `traceparent`, optionally with `tracestate`).
+pub const MAX_TRACE_CONTEXT_LEN: usize = 512;
+/// The format's hard ceiling on payload size; deployments set a lower limit.
+pub const MAX_PAYLOAD_LEN: usize = 16 * 1024 * 1024;
+/// Most stage stamps one envelope may carry (about 100 attempts' worth).
+pub const MAX_STAGES: usize = 255;
+
+const FLAG_RUN_AT: u8 = 1;
+const FLAG_DEDUP_KEY: u8 = 1 << 1;
+const FLAG_TRACE_CONTEXT: u8 = 1 << 2;
+const KNOWN_FLAGS: u8 = FLAG_RUN_AT | FLAG_DEDUP_KEY | FLAG_TRACE_CONTEXT;
+/// magic, version, flags, id, enqueued_at, attempt, job type length.
+const FIXED_HEADER_LEN: usize = 2 + 1 + 1 + 16 + 8 + 4 + 1;
+const STAGE_LEN: usize = 1 + 8;
+
+/// A point in a job's life, recorded with a timestamp in the envelope.
+///
+/// Codes are part of the wire format. Decoders keep codes they do not know
+/// (see [`StageStamp::code`]): a stamp is information, never a reason to
+/// refuse a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// Written to Kafka (the record's broker timestamp, stamped by the relay).
+    Kafka = 1,
+    /// Written into its Redis queue by the relay or the direct path.
+    Relayed = 2,
+    /// A worker started an attempt.
+    Started = 3,
+    /// An attempt succeeded.
+    Finished = 4,
+    /// An attempt failed.
+    Failed = 5,
+    /// Given up on and moved to the dead letters.
+    DeadLettered = 6,
+}
+
+impl Stage {
+    /// Every stage this build knows, in code order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Kafka,
+        Stage::Relayed,
+        Stage::Started,
+        Stage::Finished,
+        Stage::Failed,
+        Stage::DeadLettered,
+    ];
+
+    /// The stage for a wire code, if it is one this build knows.
+    pub fn from_code(code: u8) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| *s as u8 == code)
+    }
+
+    /// The stable lower-case name used in docs, metrics and Python.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Kafka => "kafka",
+            Stage::Relayed => "relayed",
+            Stage::Started => "started",
+            Stage::Finished => "finished",
+            Stage::Failed => "failed",
+            Stage::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// One stage stamp: a stage code and when it happened (µs since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageStamp {
+    /// The wire code; see [`Stage::from_code`].
+    pub code: u8,
+    /// Microseconds since the Unix epoch.
+    pub at_us: u64,
+}
+
+/// A job as it travels: who it is, what to run, with what, and where it has been.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique, time-sortable id.
+    pub id: JobId,
+    /// Stable name of the job type; routes the job to its handler.
+    pub job_type: String,
+    /// Attempts made so far (0 until a worker first runs it).
+    pub attempt: u32,
+    /// When the producer accepted the job (µs since the epoch).
+    pub enqueued_at_us: u64,
+    /// Do not run before this time (µs since the epoch).
+    pub run_at_us: Option<u64>,
+    /// Jobs sharing a dedup key are not queued twice at once.
+    pub dedup_key: Option<String>,
+    /// W3C trace context (`traceparent`, optionally `;`-joined `tracestate`).
+    pub trace_context: Option<String>,
+    /// The handler's arguments, opaque bytes (JSON by default).
+    pub payload: Vec<u8>,
+    /// Stage stamps in the order they were recorded.
+    pub stages: Vec<StageStamp>,
+}
+
+impl Envelope {
+    /// Checks every field against the format's rules.
+    pub fn validate(&self) -> Result<()> {
+        validate_job_type(&self.job_type)?;
+        if let Some(key) = &self.dedup_key {
+            check_len("dedup key", key.len(), MAX_DEDUP_KEY_LEN)?;
+        }
+        if let Some(trace) = &self.trace_context {
+            check_len("trace context", trace.len(), MAX_TRACE_CONTEXT_LEN)?;
+            if !trace.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(Error::InvalidJob(
+                    "trace context must be printable ASCII".to_owned(),
+                ));
+            }
+        }
+        if self.payload.len() > MAX_PAYLOAD_LEN {
+            return Err(Error::InvalidJob(format!(
+                "payload is {} bytes, over the format's limit of {MAX_PAYLOAD_LEN}",
+                self.payload.len()
+            )));
+        }
+        if self.stages.len() > MAX_STAGES {
+            return Err(Error::InvalidJob(format!(
+                "{} stage stamps, over the limit of {MAX_STAGES}",
+                self.stages.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Size in bytes of the encoded envelope.
+    pub fn encoded_len(&self) -> usize {
+        FIXED_HEADER_LEN
+            + self.job_type.len()
+            + self.run_at_us.map_or(0, |_| 8)
+            + self.dedup_key.as_ref().map_or(0, |k| 2 + k.len())
+            + self.trace_context.as_ref().map_or(0, |t| 2 + t.len())
+            + 4
+            + self.payload.len()
+            + STAGE_LEN * self.stages.len()
+    }
+
+    /// Encodes the envelope after validating it.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        self.validate()?;
+        let mut out = Vec::with_capacity(self.encoded_len());
+        let mut flags = 0;
+        if self.run_at_us.is_some() {
+            flags |= FLAG_RUN_AT;
+        }
+        if self.dedup_key.is_some() {
+            flags |= FLAG_DEDUP_KEY;
+        }
+        if self.trace_context.is_some() {
+            flags |= FLAG_TRACE_CONTEXT;
+        }
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(flags);
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&self.enqueued_at_us.to_be_bytes());
+        out.extend_from_slice(&self.attempt.to_be_bytes());
+        // validate() bounds every length below, so the casts cannot truncate.
+        out.push(self.job_type.len() as u8);
+        out.extend_from_slice(self.job_type.as_bytes());
+        if let Some(run_at) = self.run_at_us {
+            out.extend_from_slice(&run_at.to_be_bytes());
+        }
+        for text in [&self.dedup_key, &self.trace_context].into_iter().flatten() {
+            out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.payload);
+        for stamp in &self.stages {
+            out.push(stamp.code);
+            out.extend_from_slice(&stamp.at_us.to_be_bytes());
+        }
+        Ok(out)
+    }
+
+    /// Decodes an envelope; any malformed input is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope> {
+        let mut r = Reader { bytes, pos: 0 };
+        if r.take(2, "magic")? != MAGIC {
+            return Err(Error::Decode(
+                "not a Conveyor envelope (bad magic bytes)".to_owned(),
+            ));
+        }
+        let version = r.u8("version")?;
+        if version > VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: VERSION,
+            });
+        }
+        if version == 0 {
+            return Err(Error::Decode("version 0 does not exist".to_owned()));
+        }
+        let flags = r.u8("flags")?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::Decode(format!(
+                "unknown flag bits {:#04x}",
+                flags & !KNOWN_FLAGS
+            )));
+        }
+        let id = JobId(r.array("id")?);
+        let enqueued_at_us = u64::from_be_bytes(r.array("enqueued_at")?);
+        let attempt = u32::from_be_bytes(r.array("attempt")?);
+        let type_len = r.u8("job type length")? as usize;
+        let job_type = r.text(type_len, "job type")?;
+        let run_at_us = if flags & FLAG_RUN_AT != 0 {
+            Some(u64::from_be_bytes(r.array("run_at")?))
+        } else {
+            None
+        };
+        let dedup_key = if flags & FLAG_DEDUP_KEY != 0 {
+            Some(r.short_text("dedup key")?)
+        } else {
+            None
+        };
+        let trace_context = if flags & FLAG_TRACE_CONTEXT != 0 {
+            Some(r.short_text("trace context")?)
+        } else {
+            None
+        };
+        let payload_len = u32::from_be_bytes(r.array("payload length")?) as usize;
+        if payload_len > MAX_PAYLOAD_LEN {
+            return Err(Error::Decode(format!(
+                "payload length {payload_len} is over the format's limit"
+            )));
+        }
+        let payload = r.take(payload_len, "payload")?.to_vec();
+        let rest = r.remaining();
+        if rest.len() % STAGE_LEN != 0 {
+            return Err(Error::Decode(format!(
+                "{} bytes after the payload are not a whole number of stage stamps",
+                rest.len()
+            )));
+        }
+        let stages: Vec<StageStamp> = rest
+            .chunks_exact(STAGE_LEN)
+            .map(|c| StageStamp {
+                code: c[0],
+                at_us: u64::from_be_bytes(c[1..].try_into().unwrap_or_default()),
+            })
+            .collect();
+        let envelope = Envelope {
+            id,
+            job_type,
+            attempt,
+            enqueued_at_us,
+            run_at_us,
+            dedup_key,
+            trace_context,
+            payload,
+            stages,
+        };
+        envelope.validate().map_err(|e| match e {
+            Error::InvalidJob(reason) => Error::Decode(reason),
+            other => other,
+        })?;
+        Ok(envelope)
+    }
+}
+
+/// Appends a stage stamp to an encoded envelope in place, without re-encoding it.
+///
+/// The caller vouches that `encoded` is a valid envelope (it came from
+/// [`Envelope::encode`] or passed [`Envelope::decode`]).
+pub fn append_stage(encoded: &mut Vec<u8>, stage: Stage, at_us: u64) {
+    encoded.push(stage as u8);
+    encoded.extend_from_slice(&at_us.to_be_bytes());
+}
+
+/// Checks a job type name: 1 to 200 bytes, a letter first, then letters,
+/// digits and `_ . : -`. Names appear in Redis keys, metric labels and URLs,
+/// so they are kept to characters that need no escaping anywhere.
+pub fn validate_job_type(name: &str) -> Result<()> {
+    check_len("job type", name.len(), MAX_JOB_TYPE_LEN)?;
+    let mut chars = name.bytes();
+    let first_ok = chars.next().is_some_and(|b| b.is_ascii_alphabetic());
+    let rest_ok = chars.all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if first_ok && rest_ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidJob(format!(
+            "job type {name:?} must start with a letter and use only letters, digits and _ . : -"
+        )))
+    }
+}
+
+fn check_len(what: &str, len: usize, max: usize) -> Result<()> {
+    if len == 0 || len > max {
+        return Err(Error::InvalidJob(format!(
+            "{what} must be 1 to {max} bytes, got {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// A bounds-checked cursor: every read names what it was reading, so a
+/// truncated envelope says where it ends.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let slice = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(slice)
+            }
+            None => Err(Error::Decode(format!(
+                "truncated: {what} needs {n} bytes at offset {}, envelope is {} bytes",
+                self.pos,
+                self.bytes.len()
+            ))),
+        }
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, what)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn text(&mut self, n: usize, what: &str) -> Result<String> {
+        let raw = self.take(n, what)?;
+        String::from_utf8(raw.to_vec())
+            .map_err(|_| Error::Decode(format!("{what} is not valid UTF-8")))
+    }
+
+    fn short_text(&mut self, what: &str) -> Result<String> {
+        let n = u16::from_be_bytes(self.array(what)?) as usize;
+        self.text(n, what)
+    }
+
+    fn remaining(&self) -> &'a [u8] {
+        &self.bytes[self.pos..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            id: JobId::generate(),
+            job_type: "billing.charge".to_owned(),
+            attempt: 2,
+            enqueued_at_us: 1_700_000_000_000_000,
+            run_at_us: Some(1_700_000_060_000_000),
+            dedup_key: Some("invoice-42".to_owned()),
+            trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+            payload: br#"{"amount": 12}"#.to_vec(),
+            stages: vec![StageStamp { code: Stage::Kafka as u8, at_us: 1_700_000_000_001_000 }],
+        }
+    }
+
+    #[test]
+    fn round_trips_byte_for_byte() {
+        let env = sample();
+        let bytes = env.encode().unwrap();
+        assert_eq!(bytes.len(), env.encoded_len());
+        let back = Envelope::decode(&bytes).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.encode().unwrap(), bytes);
+    }
+
+    #[test]
+    fn appended_stage_decodes() {
+        let env = sample();
+        let mut bytes = env.encode().unwrap();
+        append_stage(&mut bytes, Stage::Relayed, 99);
+        let back = Envelope::decode(&bytes).unwrap();
+        assert_eq!(back.stages.last(), Some(&StageStamp { code: 2, at_us: 99 }));
+    }
+
+    #[test]
+    fn newer_version_is_refused_clearly() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[2] = VERSION + 1;
+        let err = Envelope::decode(&bytes).unwrap_err();
+        assert_eq!(err.code(), "unsupported_version");
+        assert!(err.to_string().contains("upgrade"));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample().encode().unwrap();
+        // Cutting whole stage stamps off the end leaves a valid envelope.
+        let stage_start = bytes.len() - STAGE_LEN;
+        for cut in 0..stage_start {
+            assert!(Envelope::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_job_types_are_refused() {
+        for bad in ["", "9lives", "has space", "ünï", &"x".repeat(201)] {
+            let mut env = sample();
+            env.job_type = bad.to_owned();
+            assert_eq!(env.encode().unwrap_err().code(), "invalid_job", "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_on_mutated_envelopes(pos in 0usize..120, byte in any::<u8>()) {
+            let mut bytes = sample().encode().unwrap();
+            let at = pos % bytes.len();
+            bytes[at] = byte;
+            if let Ok(env) = Envelope::decode(&bytes) {
+                prop_assert_eq!(env.encode().unwrap(), bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The one error type of the core crate.
+//!
+//! Every failure a caller can see is an [`Error`]; [`Error::code`] gives the
+//! stable name that the Python package maps to its exception classes
+//! (`conveyor.errors`), so the mapping is written once and never by message.
+
+use rdkafka::error::KafkaError;
+
+/// Everything that can go wrong in the core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A job (or one of its fields) breaks a rule of the envelope; nothing was sent.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    /// Bytes that claim to be an envelope are not a well-formed one.
+    #[error("malformed envelope: {0}")]
+    Decode(String),
+    /// The envelope was written by a newer Conveyor than this one.
+    #[error(
+        "envelope version {found} is newer than this build understands (up to {supported}); \
+         upgrade conveyor on this side"
+    )]
+    UnsupportedVersion {
+        /// The version byte found in the envelope.
+        found: u8,
+        /// The newest version this build reads.
+        supported: u8,
+    },
+    /// Kafka refused or failed an operation.
+    #[error("kafka {op} failed: {source}")]
+    Kafka {
+        /// What we were doing, e.g. `"produce"`.
+        op: &'static str,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// Redis refused or failed an operation.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// An operation did not finish within its bound.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+impl Error {
+    /// The stable code for this kind of error, shared with Python (and, for
+    /// script errors, with Lua). Never change an existing code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidJob(_) => "invalid_job",
+            Error::Decode(_) => "decode",
+            Error::UnsupportedVersion { .. } => "unsupported_version",
+            Error::Kafka { .. } => "kafka",
+            Error::Redis(_) => "redis",
+            Error::Timeout(_) => "timeout",
+        }
+    }
+
+    pub(crate) fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Error {
+        move |source| Error::Kafka { op, source }
+    }
+}
+
+/// The core's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

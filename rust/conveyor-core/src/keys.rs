@@ -1,0 +1,61 @@
+//! The Redis key schema: every key Conveyor writes is built here.
+//!
+//! All keys of one queue share the hash tag `{<queue>}`, so a Redis Cluster
+//! puts them in one slot and a script touching several of them stays atomic.
+//! The full schema is written down in `docs/redis.md`.
+
+use crate::error::{Error, Result};
+
+/// Prefix of every key Conveyor owns, so a shared Redis shows whose keys these are.
+pub const PREFIX: &str = "cv";
+
+/// The keys of one queue, under an optional namespace (tests and tenants).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    base: String,
+}
+
+impl QueueKeys {
+    /// Keys for `queue`; `namespace` (if not empty) keeps separate users of one
+    /// Redis apart. Both follow the job-type naming rule.
+    pub fn new(namespace: &str, queue: &str) -> Result<Self> {
+        validate_name("queue", queue)?;
+        let base = if namespace.is_empty() {
+            format!("{PREFIX}:{{{queue}}}")
+        } else {
+            validate_name("namespace", namespace)?;
+            format!("{PREFIX}:{namespace}:{{{queue}}}")
+        };
+        Ok(Self { base })
+    }
+
+    /// List of encoded envelopes ready to run, oldest first.
+    pub fn ready(&self) -> String {
+        format!("{}:ready", self.base)
+    }
+}
+
+fn validate_name(what: &str, name: &str) -> Result<()> {
+    crate::envelope::validate_job_type(name)
+        .map_err(|_| Error::InvalidJob(format!(
+            "{what} name {name:?} must be 1 to 200 characters: a letter, then letters, digits and _ . : -"
+        )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_a_queue_share_one_hash_tag() {
+        let keys = QueueKeys::new("t1", "emails").unwrap();
+        assert_eq!(keys.ready(), "cv:t1:{emails}:ready");
+        assert_eq!(QueueKeys::new("", "emails").unwrap().ready(), "cv:{emails}:ready");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        assert!(QueueKeys::new("", "has{brace}").is_err());
+        assert!(QueueKeys::new("bad ns", "q").is_err());
+    }
+}

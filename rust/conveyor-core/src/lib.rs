@@ -1,0 +1,15 @@
+//! Conveyor's core: the job envelope, the Redis key schema and scripts, and
+//! the Kafka and Redis plumbing. No Python here: the `conveyor-py` crate
+//! binds this to the `conveyor._core` module, and `cargo test` tests it alone.
+
+pub mod envelope;
+pub mod error;
+pub mod id;
+pub mod kafka;
+pub mod keys;
+pub mod redis_store;
+pub mod runtime;
+
+pub use envelope::{Envelope, Stage, StageStamp};
+pub use error::{Error, Result};
+pub use id::JobId;

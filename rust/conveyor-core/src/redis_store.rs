@@ -1,0 +1,83 @@
+//! Redis plumbing: connections and the Lua scripts that change queue state.
+//!
+//! Every state change is one script from `scripts/` (named `<what>-<key count>.lua`,
+//! each opening with a header of its KEYS, ARGV and return codes). Reads that
+//! change nothing are plain commands.
+
+use std::time::Duration;
+
+use redis::{Client, Connection};
+
+use crate::error::Result;
+use crate::keys::QueueKeys;
+
+/// The scripts, embedded at build time.
+pub mod scripts {
+    use std::sync::LazyLock;
+
+    use redis::Script;
+
+    /// Appends envelopes to a ready list. See `scripts/push_ready-1.lua`.
+    pub static PUSH_READY: LazyLock<Script> =
+        LazyLock::new(|| Script::new(include_str!("scripts/push_ready-1.lua")));
+}
+
+/// A synchronous connection to one Redis server.
+pub struct RedisStore {
+    conn: Connection,
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://[:password@]host:port/db`), bounding the
+    /// connect and every reply by `timeout`.
+    pub fn connect(url: &str, timeout: Duration) -> Result<Self> {
+        let client = Client::open(url)?;
+        let conn = client.get_connection_with_timeout(timeout)?;
+        conn.set_read_timeout(Some(timeout))?;
+        conn.set_write_timeout(Some(timeout))?;
+        Ok(Self { conn })
+    }
+
+    /// The server's `INFO server` fields as `(name, value)`: proof it answered.
+    pub fn server_info(&mut self) -> Result<Vec<(String, String)>> {
+        let text: String = redis::cmd("INFO").arg("server").query(&mut self.conn)?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+
+    /// Appends encoded envelopes to a queue's ready list in one atomic step;
+    /// returns the list's new length.
+    pub fn push_ready(&mut self, keys: &QueueKeys, envelopes: &[Vec<u8>]) -> Result<u64> {
+        if envelopes.is_empty() {
+            return Ok(redis::cmd("LLEN").arg(keys.ready()).query(&mut self.conn)?);
+        }
+        let mut invocation = scripts::PUSH_READY.key(keys.ready());
+        for env in envelopes {
+            invocation.arg(env.as_slice());
+        }
+        Ok(invocation.invoke(&mut self.conn)?)
+    }
+
+    /// Reads up to `count` envelopes from the head of a ready list without
+    /// taking them.
+    pub fn peek_ready(&mut self, keys: &QueueKeys, count: usize) -> Result<Vec<Vec<u8>>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(redis::cmd("LRANGE")
+            .arg(keys.ready())
+            .arg(0)
+            .arg(count as i64 - 1)
+            .query(&mut self.conn)?)
+    }
+
+    /// Deletes every key of a queue (tests and `dev` resets).
+    pub fn purge(&mut self, keys: &QueueKeys) -> Result<()> {
+        redis::cmd("DEL").arg(keys.ready()).exec(&mut self.conn)?;
+        Ok(())
+    }
+}
+

@@ -1,0 +1,29 @@
+//! `conveyor._core`: the private native module of the `conveyor` package.
+//!
+//! A thin layer over `conveyor-core`: it converts arguments into owned Rust
+//! values, releases the GIL (`Python::detach`) around every network call and
+//! every batch, and turns core errors into the exceptions that
+//! `conveyor.errors` defines. No logic lives here that Rust tests could not see.
+
+mod envelope;
+mod errors;
+mod kafka;
+mod redis;
+
+use pyo3::prelude::*;
+
+/// The native module.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("ENVELOPE_VERSION", conveyor_core::envelope::VERSION)?;
+    m.add("MAX_PAYLOAD_LEN", conveyor_core::envelope::MAX_PAYLOAD_LEN)?;
+    let stages: Vec<(u8, &str)> = conveyor_core::Stage::ALL
+        .iter()
+        .map(|s| (*s as u8, s.name()))
+        .collect();
+    m.add("STAGES", stages)?;
+    envelope::register(m)?;
+    kafka::register(m)?;
+    redis::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `RedisStore`: a Redis connection running Conveyor's scripts.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use conveyor_core::keys::QueueKeys;
+use conveyor_core::redis_store::RedisStore as CoreStore;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
+
+use crate::errors::IntoPyResult;
+
+/// One connection to one Redis server. Calls from several threads take turns.
+#[pyclass(frozen, module = "conveyor._core")]
+pub struct RedisStore {
+    inner: Mutex<CoreStore>,
+}
+
+impl RedisStore {
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut CoreStore) -> conveyor_core::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let mut store = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut store)
+        })
+        .py()
+    }
+}
+
+#[pymethods]
+impl RedisStore {
+    #[new]
+    #[pyo3(signature = (url, *, timeout_s=5.0))]
+    fn new(py: Python<'_>, url: &str, timeout_s: f64) -> PyResult<Self> {
+        let store = py
+            .detach(|| CoreStore::connect(url, Duration::from_secs_f64(timeout_s)))
+            .py()?;
+        Ok(Self { inner: Mutex::new(store) })
+    }
+
+    /// The server's `INFO server` section as a dict.
+    fn server_info(&self, py: Python<'_>) -> PyResult<Vec<(String, String)>> {
+        self.with(py, |s| s.server_info())
+    }
+
+    /// Appends encoded envelopes to a queue's ready list; returns its new length.
+    fn push_ready(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        envelopes: Vec<PyBackedBytes>,
+    ) -> PyResult<u64> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let owned: Vec<Vec<u8>> = envelopes.iter().map(|b| b.to_vec()).collect();
+        self.with(py, |s| s.push_ready(&keys, &owned))
+    }
+
+    /// Up to `count` envelopes from the head of a ready list, left in place.
+    fn peek_ready<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        queue: &str,
+        count: usize,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let items = self.with(py, |s| s.peek_ready(&keys, count))?;
+        Ok(items.iter().map(|b| PyBytes::new(py, b)).collect())
+    }
+
+    /// Deletes every key of a queue.
+    fn purge(&self, py: Python<'_>, namespace: &str, queue: &str) -> PyResult<()> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        self.with(py, |s| s.purge(&keys))
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RedisStore>()
+}
