@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Ports of the local development servers; chosen off the usual 9092/6379 so a
-#: system Kafka or Redis on this machine is never touched by accident.
-DEV_KAFKA_PORT = 19092
-DEV_KAFKA_CONTROLLER_PORT = 19093
-DEV_REDIS_PORT = 16379
+#: system Kafka or Redis on this machine is never touched by accident. The
+#: Kafka controller listens on the port after the broker's.
+DEV_KAFKA_PORT = int(os.environ.get("CONVEYOR_DEV_KAFKA_PORT", "19092"))
+DEV_REDIS_PORT = int(os.environ.get("CONVEYOR_DEV_REDIS_PORT", "16379"))
 
 
 def dev_home() -> Path:

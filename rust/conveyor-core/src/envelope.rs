@@ -290,8 +290,10 @@ impl Envelope {
 ///
 /// The caller vouches that `encoded` is a valid envelope (it came from
 /// [`Envelope::encode`] or passed [`Envelope::decode`]).
-pub fn append_stage(encoded: &mut Vec<u8>, stage: Stage, at_us: u64) {
-    encoded.push(stage as u8);
+/// `code` is a [`Stage`] as `u8`; codes this build does not know are allowed,
+/// as decoders keep them.
+pub fn append_stage(encoded: &mut Vec<u8>, code: u8, at_us: u64) {
+    encoded.push(code);
     encoded.extend_from_slice(&at_us.to_be_bytes());
 }
 
@@ -404,7 +406,7 @@ mod tests {
     fn appended_stage_decodes() {
         let env = sample();
         let mut bytes = env.encode().unwrap();
-        append_stage(&mut bytes, Stage::Relayed, 99);
+        append_stage(&mut bytes, Stage::Relayed as u8, 99);
         let back = Envelope::decode(&bytes).unwrap();
         assert_eq!(back.stages.last(), Some(&StageStamp { code: 2, at_us: 99 }));
     }

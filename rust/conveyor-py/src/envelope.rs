@@ -164,6 +164,21 @@ fn decode_many(py: Python<'_>, data: Vec<PyBackedBytes>) -> PyResult<Vec<Envelop
     .py()
 }
 
+/// Returns `data` with a stage stamp appended, without re-encoding the rest
+/// (the payload bytes stay exactly as they were). `data` must decode.
+#[pyfunction]
+fn append_stage<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    code: u8,
+    at_us: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut stamped = data.to_vec();
+    core_env::Envelope::decode(&stamped).py()?;
+    core_env::append_stage(&mut stamped, code, at_us);
+    Ok(PyBytes::new(py, &stamped))
+}
+
 /// A fresh job id.
 #[pyfunction]
 fn new_job_id() -> String {
@@ -175,5 +190,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_many, m)?)?;
     m.add_function(wrap_pyfunction!(decode_many, m)?)?;
     m.add_function(wrap_pyfunction!(new_job_id, m)?)?;
+    m.add_function(wrap_pyfunction!(append_stage, m)?)?;
     Ok(())
 }

@@ -1,0 +1,62 @@
+"""Session fixtures: the real Kafka and Redis, started by Conveyor's own dev-server code.
+
+Tests never skip for a missing server: if Kafka or Redis cannot be started the
+session fails, locally and in CI alike. The servers run on their own ports and
+folder (not the `conveyor dev up` ones), and each test gets its own topic and
+Redis namespace so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from conveyor import _core
+from conveyor.devservers import DevServers
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_HOME = Path(os.environ.get("CONVEYOR_TEST_HOME", ROOT / ".dev" / "test"))
+TEST_KAFKA_PORT = int(os.environ.get("CONVEYOR_TEST_KAFKA_PORT", "29092"))
+TEST_REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "26379"))
+
+settings.register_profile("fast", max_examples=100, deadline=None)
+settings.register_profile("slow", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[DevServers]:
+    """Kafka and Redis for the whole session; stopped at the end if this session
+    started them (set CONVEYOR_TEST_KEEP_SERVERS=1 to keep them for the next run)."""
+    servers = DevServers.at(TEST_HOME, kafka_port=TEST_KAFKA_PORT, redis_port=TEST_REDIS_PORT)
+    kafka_started, redis_started = servers.up()
+    yield servers
+    if not os.environ.get("CONVEYOR_TEST_KEEP_SERVERS"):
+        if kafka_started:
+            servers.kafka.down()
+        if redis_started:
+            servers.redis.down()
+
+
+def _unique(request: pytest.FixtureRequest, prefix: str) -> str:
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    return f"{prefix}-{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def topic(servers: DevServers, request: pytest.FixtureRequest) -> str:
+    """A fresh 3-partition topic of this test's own."""
+    name = _unique(request, "t")
+    assert _core.kafka_create_topic(servers.kafka.bootstrap, name, 3, 1)
+    return name
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """A Redis key namespace of this test's own."""
+    return _unique(request, "ns")
