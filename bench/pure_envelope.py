@@ -54,8 +54,9 @@ class PyEnvelope:
         )
         job_type = self.job_type.encode()
         parts = [
-            _HEADER.pack(MAGIC, VERSION, flags, self.id, self.enqueued_at_us, self.attempt,
-                         len(job_type)),
+            _HEADER.pack(
+                MAGIC, VERSION, flags, self.id, self.enqueued_at_us, self.attempt, len(job_type)
+            ),
             job_type,
         ]
         if self.run_at_us is not None:
@@ -115,5 +116,4 @@ def decode(data: bytes) -> PyEnvelope:
     stages = [_STAGE.unpack_from(data, p) for p in range(pos, len(data), _STAGE.size)]
     if not _JOB_TYPE.match(job_type):
         raise DecodeError("bad job type")
-    return PyEnvelope(id_, job_type, payload, attempt, enqueued, run_at, texts[0], texts[1],
-                      stages)
+    return PyEnvelope(id_, job_type, payload, attempt, enqueued, run_at, texts[0], texts[1], stages)

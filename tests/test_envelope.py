@@ -14,15 +14,17 @@ from conveyor import _core
 from conveyor.errors import EnvelopeDecodeError, InvalidJobError, UnsupportedEnvelopeVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import pure_envelope  # noqa: E402
+import pure_envelope
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 job_types = st.from_regex(r"[A-Za-z][A-Za-z0-9_.:\-]{0,199}", fullmatch=True)
 short_text = st.text(min_size=1, max_size=60).filter(lambda s: 0 < len(s.encode()) <= 512)
 trace = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=100)
-ids = st.binary(min_size=16, max_size=16).map(
-    lambda b: pure_envelope.PyEnvelope(b, "x", b"").id_text
-).filter(lambda t: t[0] in "01234567")
+ids = (
+    st.binary(min_size=16, max_size=16)
+    .map(lambda b: pure_envelope.PyEnvelope(b, "x", b"").id_text)
+    .filter(lambda t: t[0] in "01234567")
+)
 
 
 @st.composite
@@ -46,8 +48,17 @@ def test_every_valid_envelope_round_trips_byte_for_byte(env: conveyor.Envelope) 
     back = conveyor.Envelope.decode(data)
     assert back == env
     assert back.encode() == data
-    for attr in ("id", "job_type", "attempt", "enqueued_at_us", "run_at_us", "dedup_key",
-                 "trace_context", "payload", "stages"):
+    for attr in (
+        "id",
+        "job_type",
+        "attempt",
+        "enqueued_at_us",
+        "run_at_us",
+        "dedup_key",
+        "trace_context",
+        "payload",
+        "stages",
+    ):
         assert getattr(back, attr) == getattr(env, attr)
 
 

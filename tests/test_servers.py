@@ -70,8 +70,14 @@ def test_dev_status_cli_reports_running_servers(servers: DevServers) -> None:
         "CONVEYOR_DEV_KAFKA_PORT": str(servers.kafka.nodes[0].port),
         "CONVEYOR_DEV_REDIS_PORT": str(servers.redis.port),
     }
-    out = subprocess.run([sys.executable, "-m", "conveyor", "dev", "status"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "conveyor", "dev", "status"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert f"127.0.0.1:{servers.kafka.nodes[0].port}" in out.stdout
     assert out.stdout.count("running (pid") == 2
@@ -79,15 +85,21 @@ def test_dev_status_cli_reports_running_servers(servers: DevServers) -> None:
 
 def test_dev_status_cli_fails_when_nothing_runs(tmp_path: Path) -> None:
     env = {**os.environ, "CONVEYOR_DEV_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "conveyor", "dev", "status"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "conveyor", "dev", "status"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert out.stdout.count("stopped") == 2
 
 
 def test_missing_java_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(DevServerError, match="Java 17 or newer.*apt-get install"):
+    with pytest.raises(DevServerError, match=r"Java 17 or newer.*apt-get install"):
         require_java()
 
 

@@ -1,9 +1,29 @@
 """Type stubs for the private native module; `make lint` checks them against the build."""
 
+from typing import final
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "MAX_PAYLOAD_LEN",
+    "STAGES",
+    "Envelope",
+    "KafkaProducer",
+    "KafkaRecord",
+    "RedisStore",
+    "append_stage",
+    "decode_many",
+    "encode_many",
+    "kafka_cluster_info",
+    "kafka_create_topic",
+    "kafka_read_partition",
+    "new_job_id",
+]
+
 ENVELOPE_VERSION: int
 MAX_PAYLOAD_LEN: int
 STAGES: list[tuple[int, str]]
 
+@final
 class Envelope:
     """A job envelope. Immutable; timestamps are microseconds since the Unix epoch."""
 
@@ -41,8 +61,8 @@ class Envelope:
     def payload(self) -> bytes: ...
     @property
     def stages(self) -> list[tuple[int, int]]: ...
-    def __eq__(self, other: object) -> bool: ...
-    def __ne__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
 
 def encode_many(envelopes: list[Envelope]) -> list[bytes]: ...
 def decode_many(data: list[bytes]) -> list[Envelope]: ...
@@ -69,6 +89,7 @@ def kafka_read_partition(
     properties: list[tuple[str, str]] | None = None,
 ) -> list[KafkaRecord]: ...
 
+@final
 class KafkaRecord:
     """A record read back from Kafka."""
 
@@ -85,6 +106,7 @@ class KafkaRecord:
     @property
     def headers(self) -> list[tuple[str, bytes]]: ...
 
+@final
 class KafkaProducer:
     """A Kafka producer of envelopes."""
 
@@ -100,6 +122,7 @@ class KafkaProducer:
     ) -> list[tuple[int, int]]: ...
     def flush(self, timeout_s: float = 30.0) -> None: ...
 
+@final
 class RedisStore:
     """One connection to one Redis server."""
 

@@ -50,7 +50,7 @@ def _print_status(servers: object, started: dict[str, bool]) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from conveyor.demo import run
 
-    return run(jobs=args.jobs)
+    return run(jobs=args.jobs, keep_servers=args.keep_servers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
     demo.add_argument("--jobs", type=int, default=1000, help="how many jobs to send (default 1000)")
+    demo.add_argument(
+        "--keep-servers", action="store_true", help="leave Kafka and Redis running afterwards"
+    )
     demo.set_defaults(run=_demo)
     return parser
 

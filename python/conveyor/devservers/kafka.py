@@ -48,7 +48,7 @@ def require_java() -> str:
     how = "On Debian or Ubuntu: `sudo apt-get install openjdk-17-jre-headless`."
     if java is None:
         raise DevServerError(f"Java 17 or newer is needed to run the local Kafka. {how}")
-    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    out = subprocess.run([java, "-version"], check=False, capture_output=True, text=True).stderr
     match = re.search(r'version "(\d+)', out)
     if match is None or int(match.group(1)) < 17:
         raise DevServerError(f"Kafka 4 needs Java 17 or newer; found: {out.strip()!r}. {how}")
@@ -74,12 +74,23 @@ def ensure_jars(cache: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     (work / "pom.xml").write_text(_POM)
     done = subprocess.run(
-        [mvn, "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime",
-         f"-DoutputDirectory={libs}"],
-        cwd=work, capture_output=True, text=True,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={libs}",
+        ],
+        cwd=work,
+        check=False,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
-        raise DevServerError(f"Maven could not fetch Kafka's jars:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+        raise DevServerError(
+            f"Maven could not fetch Kafka's jars:\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
+        )
     names = sorted(p.name for p in libs.glob("*.jar"))
     if not any(n.startswith(f"kafka_2.13-{KAFKA_VERSION}") for n in names):
         raise DevServerError(f"Maven finished but {libs} has no Kafka jar")
@@ -175,11 +186,20 @@ class KafkaCluster:
         if meta.exists() and f"cluster.id={cluster_id}" in meta.read_text():
             return  # formatted for this cluster already: reuse the storage
         shutil.rmtree(data, ignore_errors=True)
-        cmd = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-               "-t", cluster_id, "-c", str(node.home / "server.properties")]
+        cmd = [
+            java,
+            "-cp",
+            f"{libs}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(node.home / "server.properties"),
+        ]
         if len(self.nodes) == 1:
             cmd.append("--standalone")
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise DevServerError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
 
@@ -200,13 +220,20 @@ class KafkaCluster:
             (node.home / "server.properties").write_text(self._properties(node))
             self._format(java, libs, node, cluster_id)
             proc.start(
-                [java, *JVM_OPTIONS, "-Djava.awt.headless=true", "-cp", f"{libs}/*",
-                 "kafka.Kafka", str(node.home / "server.properties")],
+                [
+                    java,
+                    *JVM_OPTIONS,
+                    "-Djava.awt.headless=true",
+                    "-cp",
+                    f"{libs}/*",
+                    "kafka.Kafka",
+                    str(node.home / "server.properties"),
+                ],
                 cwd=node.home,
             )
             started = True
         for node in self.nodes:
-            self._process(node).wait_ready(lambda: self._serves(), timeout_s)
+            self._process(node).wait_ready(self._serves, timeout_s)
         return started
 
     def _serves(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -115,10 +116,8 @@ def _is_zombie(pid: int) -> bool:
         return False
     if stat.rsplit(")", 1)[-1].split()[0] != "Z":
         return False
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     return True
 
 
@@ -131,8 +130,11 @@ def require_program(program: str, debian_package: str, why: str) -> str:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print(f"{program} is missing; installing Debian's {debian_package} ...", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", debian_package]):
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        for cmd in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", debian_package],
+        ):
+            done = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True)
             if done.returncode != 0:
                 raise DevServerError(f"`{' '.join(cmd)}` failed:\n{done.stderr[-2000:]}")
         found = shutil.which(program)

@@ -33,7 +33,9 @@ class RedisServer:
 
     def _process(self) -> ServerProcess:
         return ServerProcess(
-            "redis", self.home / "redis.pid", self.home / "redis.log",
+            "redis",
+            self.home / "redis.pid",
+            self.home / "redis.log",
             # redis-server retitles itself "redis-server 127.0.0.1:<port>" once up.
             markers=[str(self.home / "redis.conf"), f"127.0.0.1:{self.port}"],
         )

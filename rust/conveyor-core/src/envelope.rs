@@ -254,7 +254,7 @@ impl Envelope {
         }
         let payload = r.take(payload_len, "payload")?.to_vec();
         let rest = r.remaining();
-        if rest.len() % STAGE_LEN != 0 {
+        if !rest.len().is_multiple_of(STAGE_LEN) {
             return Err(Error::Decode(format!(
                 "{} bytes after the payload are not a whole number of stage stamps",
                 rest.len()
@@ -386,9 +386,14 @@ mod tests {
             enqueued_at_us: 1_700_000_000_000_000,
             run_at_us: Some(1_700_000_060_000_000),
             dedup_key: Some("invoice-42".to_owned()),
-            trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+            trace_context: Some(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            ),
             payload: br#"{"amount": 12}"#.to_vec(),
-            stages: vec![StageStamp { code: Stage::Kafka as u8, at_us: 1_700_000_000_001_000 }],
+            stages: vec![StageStamp {
+                code: Stage::Kafka as u8,
+                at_us: 1_700_000_000_001_000,
+            }],
         }
     }
 

@@ -83,7 +83,11 @@ pub fn cluster_info(config: &KafkaConfig, timeout: Duration) -> Result<ClusterIn
         .iter()
         .map(|b| (b.id(), b.host().to_owned(), b.port()))
         .collect();
-    let topics = metadata.topics().iter().map(|t| t.name().to_owned()).collect();
+    let topics = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect();
     Ok(ClusterInfo {
         cluster_id: consumer.client().fetch_cluster_id(timeout),
         brokers,
@@ -91,8 +95,14 @@ pub fn cluster_info(config: &KafkaConfig, timeout: Duration) -> Result<ClusterIn
     })
 }
 
-/// Creates a topic on purpose, with a chosen partition count and replication.
-/// Returns `false` when it already existed (its settings are left alone).
+/// Topic settings Conveyor always sets. The broker stamps each record with
+/// the time it appended it, so a record's timestamp is the job's "in Kafka"
+/// stage, not the producer's clock.
+pub const TOPIC_CONFIGS: &[(&str, &str)] = &[("message.timestamp.type", "LogAppendTime")];
+
+/// Creates a topic on purpose, with a chosen partition count and replication,
+/// and waits until every partition has a leader so the first write does not
+/// stall. Returns `false` when it already existed (its settings are left alone).
 pub fn create_topic(
     config: &KafkaConfig,
     name: &str,
@@ -100,22 +110,52 @@ pub fn create_topic(
     replication: i32,
     timeout: Duration,
 ) -> Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
         .create()
         .map_err(Error::kafka("connect"))?;
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    for (key, value) in TOPIC_CONFIGS {
+        topic = topic.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(timeout));
-    let results = block_on(admin.create_topics([&topic], &options))
-        .map_err(Error::kafka("create topic"))?;
-    match results.into_iter().next() {
-        Some(Ok(_)) => Ok(true),
-        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
-        Some(Err((_, code))) => Err(Error::Kafka {
-            op: "create topic",
-            source: rdkafka::error::KafkaError::AdminOp(code),
-        }),
-        None => Err(Error::Timeout(format!("no answer creating topic {name}"))),
+    let results =
+        block_on(admin.create_topics([&topic], &options)).map_err(Error::kafka("create topic"))?;
+    let created = match results.into_iter().next() {
+        Some(Ok(_)) => true,
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => false,
+        Some(Err((_, code))) => {
+            return Err(Error::Kafka {
+                op: "create topic",
+                source: rdkafka::error::KafkaError::AdminOp(code),
+            })
+        }
+        None => return Err(Error::Timeout(format!("no answer creating topic {name}"))),
+    };
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(1))
+            .map_err(Error::kafka("metadata"))?;
+        let led = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .is_some_and(|t| {
+                t.error().is_none()
+                    && t.partitions().len() as i32 >= partitions
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            });
+        if led {
+            return Ok(created);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Timeout(format!(
+                "topic {name} was created but its partitions have no leader yet"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -141,7 +181,10 @@ impl JobProducer {
     pub fn new(config: &KafkaConfig, delivery_timeout: Duration) -> Result<Self> {
         let mut client = config.client_config();
         client
-            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                delivery_timeout.as_millis().to_string(),
+            )
             .set("enable.idempotence", "true")
             .set("compression.type", "lz4")
             .set("linger.ms", "2");
@@ -170,24 +213,37 @@ impl JobProducer {
             .map(Envelope::encode)
             .collect::<Result<Vec<_>>>()?;
         let ids: Vec<String> = envelopes.iter().map(|e| e.id.to_string()).collect();
-        let sends = envelopes.iter().zip(&encoded).zip(&ids).map(|((env, value), id)| {
-            let mut headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header { key: HEADER_ID, value: Some(id.as_str()) })
-                .insert(Header { key: HEADER_TYPE, value: Some(env.job_type.as_str()) });
-            if let Some(trace) = &env.trace_context {
-                headers = headers.insert(Header { key: HEADER_TRACEPARENT, value: Some(trace.as_str()) });
-            }
-            let mut record = FutureRecord::<str, [u8]>::to(topic)
-                .payload(value.as_slice())
-                .headers(headers);
-            if let Some(key) = &env.dedup_key {
-                record = record.key(key.as_str());
-            }
-            if let Some(p) = partition {
-                record = record.partition(p);
-            }
-            self.inner.send(record, self.delivery_timeout)
-        });
+        let sends = envelopes
+            .iter()
+            .zip(&encoded)
+            .zip(&ids)
+            .map(|((env, value), id)| {
+                let mut headers = OwnedHeaders::new_with_capacity(3)
+                    .insert(Header {
+                        key: HEADER_ID,
+                        value: Some(id.as_str()),
+                    })
+                    .insert(Header {
+                        key: HEADER_TYPE,
+                        value: Some(env.job_type.as_str()),
+                    });
+                if let Some(trace) = &env.trace_context {
+                    headers = headers.insert(Header {
+                        key: HEADER_TRACEPARENT,
+                        value: Some(trace.as_str()),
+                    });
+                }
+                let mut record = FutureRecord::<str, [u8]>::to(topic)
+                    .payload(value.as_slice())
+                    .headers(headers);
+                if let Some(key) = &env.dedup_key {
+                    record = record.key(key.as_str());
+                }
+                if let Some(p) = partition {
+                    record = record.partition(p);
+                }
+                self.inner.send(record, self.delivery_timeout)
+            });
         let results = block_on(join_all(sends));
         Ok(results
             .into_iter()
@@ -196,7 +252,10 @@ impl JobProducer {
                     partition: delivery.partition,
                     offset: delivery.offset,
                 }),
-                Err((source, _)) => Err(Error::Kafka { op: "produce", source }),
+                Err((source, _)) => Err(Error::Kafka {
+                    op: "produce",
+                    source,
+                }),
             })
             .collect())
     }
@@ -245,7 +304,9 @@ pub fn read_partition(
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(from_offset))
         .map_err(Error::kafka("assign"))?;
-    consumer.assign(&assignment).map_err(Error::kafka("assign"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(Error::kafka("assign"))?;
     let deadline = std::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < max {

@@ -50,7 +50,10 @@ mod tests {
     fn keys_of_a_queue_share_one_hash_tag() {
         let keys = QueueKeys::new("t1", "emails").unwrap();
         assert_eq!(keys.ready(), "cv:t1:{emails}:ready");
-        assert_eq!(QueueKeys::new("", "emails").unwrap().ready(), "cv:{emails}:ready");
+        assert_eq!(
+            QueueKeys::new("", "emails").unwrap().ready(),
+            "cv:{emails}:ready"
+        );
     }
 
     #[test]

@@ -59,7 +59,9 @@ impl Envelope {
     /// `UnsupportedEnvelopeVersion`) on anything malformed.
     #[staticmethod]
     fn decode(data: &[u8]) -> PyResult<Self> {
-        core_env::Envelope::decode(data).py().map(|inner| Self { inner })
+        core_env::Envelope::decode(data)
+            .py()
+            .map(|inner| Self { inner })
     }
 
     /// The canonical encoding.
@@ -119,7 +121,11 @@ impl Envelope {
     /// Stage stamps as `(code, at_us)` in recorded order.
     #[getter]
     fn stages(&self) -> Vec<(u8, u64)> {
-        self.inner.stages.iter().map(|s| (s.code, s.at_us)).collect()
+        self.inner
+            .stages
+            .iter()
+            .map(|s| (s.code, s.at_us))
+            .collect()
     }
 
     fn __repr__(&self) -> String {

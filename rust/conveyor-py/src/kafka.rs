@@ -16,7 +16,10 @@ fn config(bootstrap: &str, properties: Option<Vec<(String, String)>>) -> KafkaCo
     }
 }
 
-/// Asks the cluster for metadata; returns `{"cluster_id", "brokers", "topics"}`.
+/// `(cluster id, [(node id, host, port)], topic names)`.
+type ClusterInfoTuple = (Option<String>, Vec<(i32, String, i32)>, Vec<String>);
+
+/// Asks the cluster for metadata: the proof that a broker really serves.
 #[pyfunction]
 #[pyo3(signature = (bootstrap, timeout_s=5.0, properties=None))]
 fn kafka_cluster_info(
@@ -24,7 +27,7 @@ fn kafka_cluster_info(
     bootstrap: &str,
     timeout_s: f64,
     properties: Option<Vec<(String, String)>>,
-) -> PyResult<(Option<String>, Vec<(i32, String, i32)>, Vec<String>)> {
+) -> PyResult<ClusterInfoTuple> {
     let cfg = config(bootstrap, properties);
     let info = py
         .detach(|| core_kafka::cluster_info(&cfg, Duration::from_secs_f64(timeout_s)))
@@ -46,7 +49,13 @@ fn kafka_create_topic(
 ) -> PyResult<bool> {
     let cfg = config(bootstrap, properties);
     py.detach(|| {
-        core_kafka::create_topic(&cfg, name, partitions, replication, Duration::from_secs_f64(timeout_s))
+        core_kafka::create_topic(
+            &cfg,
+            name,
+            partitions,
+            replication,
+            Duration::from_secs_f64(timeout_s),
+        )
     })
     .py()
 }
@@ -79,7 +88,14 @@ fn kafka_read_partition(
     let cfg = config(bootstrap, properties);
     let records = py
         .detach(|| {
-            core_kafka::read_partition(&cfg, topic, partition, from_offset, max, Duration::from_secs_f64(timeout_s))
+            core_kafka::read_partition(
+                &cfg,
+                topic,
+                partition,
+                from_offset,
+                max,
+                Duration::from_secs_f64(timeout_s),
+            )
         })
         .py()?;
     let bytes = |b: &[u8]| PyBytes::new(py, b).unbind();
@@ -91,7 +107,11 @@ fn kafka_read_partition(
             timestamp_ms: r.timestamp_ms,
             key: r.key.as_deref().map(bytes),
             value: bytes(&r.value),
-            headers: r.headers.iter().map(|(k, v)| (k.clone(), bytes(v))).collect(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), bytes(v)))
+                .collect(),
         })
         .collect())
 }
@@ -157,7 +177,8 @@ impl KafkaProducer {
     /// Waits until everything queued is delivered or failed.
     #[pyo3(signature = (timeout_s=30.0))]
     fn flush(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {
-        py.detach(|| self.inner.flush(Duration::from_secs_f64(timeout_s))).py()
+        py.detach(|| self.inner.flush(Duration::from_secs_f64(timeout_s)))
+            .py()
     }
 }
 

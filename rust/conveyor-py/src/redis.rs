@@ -39,7 +39,9 @@ impl RedisStore {
         let store = py
             .detach(|| CoreStore::connect(url, Duration::from_secs_f64(timeout_s)))
             .py()?;
-        Ok(Self { inner: Mutex::new(store) })
+        Ok(Self {
+            inner: Mutex::new(store),
+        })
     }
 
     /// The server's `INFO server` section as a dict.

@@ -1,0 +1,57 @@
+# One command per task, used the same way by developers and by CI (.ci/run).
+# `make help` lists them.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## Install missing system packages (Java 17, Maven, redis-server, C build tools)
+	@scripts/install-deps.sh
+
+$(BIN)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	@touch $@
+
+.PHONY: venv
+venv: $(BIN)/.installed ## Create the virtualenv with the pinned dev tools
+
+.PHONY: build
+build: deps venv ## Build the Rust extension into the virtualenv (release)
+	$(BIN)/maturin develop --release -q
+
+.PHONY: lint
+lint: build ## Every linter and type check, warnings as errors
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest conveyor._core
+
+.PHONY: fmt
+fmt: venv ## Format Rust and Python in place
+	cargo fmt --all
+	$(BIN)/ruff format
+	$(BIN)/ruff check --fix
+
+.PHONY: test
+test: build ## cargo test, then the Python suite against real Kafka and Redis
+	cargo test --release --workspace
+	$(BIN)/python -m pytest
+
+.PHONY: demo
+demo: build ## The main job: local Kafka and Redis, jobs through both, a report
+	$(BIN)/conveyor demo
+
+.PHONY: bench
+bench: build ## Benchmarks (not part of the tests)
+	$(BIN)/python bench/envelope_bench.py
