@@ -32,14 +32,7 @@ impl JobId {
     fn generate_at(ms: u64) -> JobId {
         let pid = std::process::id();
         let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-        let value = match *last {
-            Some((last_pid, prev)) if last_pid == pid && (prev >> 80) as u64 >= ms => {
-                // Same (or a clock that stepped back) millisecond: keep order by
-                // counting up from the previous id.
-                prev.wrapping_add(1)
-            }
-            _ => ((ms as u128) << 80) | (rand::random::<u128>() & RANDOM_MASK),
-        };
+        let value = next_value(*last, pid, ms, rand::random::<u128>());
         *last = Some((pid, value));
         JobId(value.to_be_bytes())
     }
@@ -70,6 +63,18 @@ impl JobId {
             value = (value << 5) | digit as u128;
         }
         Ok(JobId(value.to_be_bytes()))
+    }
+}
+
+/// The id after `last` for process `pid` at `ms`, with `random` as fresh bits.
+fn next_value(last: Option<(u32, u128)>, pid: u32, ms: u64, random: u128) -> u128 {
+    match last {
+        // Same (or a clock that stepped back) millisecond: keep order by
+        // counting up from the previous id.
+        Some((last_pid, prev)) if last_pid == pid && (prev >> 80) as u64 >= ms => {
+            prev.wrapping_add(1)
+        }
+        _ => ((ms as u128) << 80) | (random & RANDOM_MASK),
     }
 }
 
@@ -133,8 +138,19 @@ mod tests {
 
     #[test]
     fn timestamp_is_the_creation_millisecond() {
-        let id = JobId::generate_at(1_700_000_000_123);
-        assert_eq!(id.timestamp_ms(), 1_700_000_000_123);
+        let value = next_value(None, 1, 1_700_000_000_123, u128::MAX);
+        assert_eq!(JobId(value.to_be_bytes()).timestamp_ms(), 1_700_000_000_123);
+        let before = now_ms();
+        let id = JobId::generate();
+        assert!(id.timestamp_ms() >= before && id.timestamp_ms() <= now_ms());
+    }
+
+    #[test]
+    fn same_millisecond_counts_up_but_a_forked_child_starts_afresh() {
+        let first = next_value(None, 7, 1_000, 5);
+        assert_eq!(next_value(Some((7, first)), 7, 1_000, 99), first + 1);
+        let child = next_value(Some((7, first)), 8, 1_000, 99);
+        assert_eq!(child, (1_000u128 << 80) | 99);
     }
 
     #[test]
