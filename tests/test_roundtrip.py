@@ -26,7 +26,7 @@ def test_envelopes_survive_kafka_and_redis_byte_for_byte(
         for i in range(300)
     ]
     producer = _core.KafkaProducer(servers.kafka.bootstrap)
-    delivered = producer.send_batch(topic, sent)
+    delivered = producer.send_envelopes(topic, sent).wait()
     assert len(delivered) == len(sent)
     assert {p for p, _ in delivered} == {0, 1, 2}, "records spread over every partition"
 

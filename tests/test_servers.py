@@ -14,7 +14,7 @@ import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.devservers.kafka import KAFKA_VERSION, require_java
-from conveyor.errors import DevServerError, KafkaError, RedisError
+from conveyor.errors import DevServerError, RedisError, UnknownTopicError
 
 pytestmark = pytest.mark.servers
 
@@ -43,8 +43,8 @@ def test_topics_are_created_on_purpose_once(servers: DevServers, topic: str) -> 
 def test_writing_to_a_missing_topic_is_an_error_not_an_auto_create(servers: DevServers) -> None:
     producer = _core.KafkaProducer(servers.kafka.bootstrap, delivery_timeout_s=3.0)
     started = time.monotonic()
-    with pytest.raises(KafkaError):
-        producer.send_batch("no-such-topic-here", [conveyor.Envelope("x", b"{}")])
+    with pytest.raises(UnknownTopicError, match="conveyor topics create"):
+        producer.send_envelopes("no-such-topic-here", [conveyor.Envelope("x", b"{}")]).wait()
     assert time.monotonic() - started < 15
     _, _, topics = _core.kafka_cluster_info(servers.kafka.bootstrap)
     assert "no-such-topic-here" not in topics

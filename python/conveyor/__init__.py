@@ -9,17 +9,22 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from conveyor._core import ENVELOPE_VERSION, Envelope, decode_many, encode_many, new_job_id
+from conveyor.app import Conveyor
+from conveyor.enqueue import Enqueued
 from conveyor.envelope import Stage
 from conveyor.errors import (
     ConveyorError,
     ConveyorTimeout,
+    DeliveryError,
     DevServerError,
     EnvelopeDecodeError,
     InvalidJobError,
     KafkaError,
     RedisError,
+    UnknownTopicError,
     UnsupportedEnvelopeVersion,
 )
+from conveyor.jobs import JobOptions, JobType
 from conveyor.settings import Settings
 
 try:
@@ -29,16 +34,22 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "Conveyor",
     "ConveyorError",
     "ConveyorTimeout",
+    "DeliveryError",
     "DevServerError",
+    "Enqueued",
     "Envelope",
     "EnvelopeDecodeError",
     "InvalidJobError",
+    "JobOptions",
+    "JobType",
     "KafkaError",
     "RedisError",
     "Settings",
     "Stage",
+    "UnknownTopicError",
     "UnsupportedEnvelopeVersion",
     "__version__",
     "decode_many",

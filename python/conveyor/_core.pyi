@@ -6,11 +6,14 @@ __all__ = [
     "ENVELOPE_VERSION",
     "MAX_PAYLOAD_LEN",
     "STAGES",
+    "DeliveryHandle",
     "Envelope",
     "KafkaProducer",
     "KafkaRecord",
     "RedisStore",
     "append_stage",
+    "check_job_type",
+    "check_queue_name",
     "decode_many",
     "encode_many",
     "kafka_cluster_info",
@@ -68,6 +71,8 @@ def encode_many(envelopes: list[Envelope]) -> list[bytes]: ...
 def decode_many(data: list[bytes]) -> list[Envelope]: ...
 def new_job_id() -> str: ...
 def append_stage(data: bytes, code: int, at_us: int) -> bytes: ...
+def check_job_type(name: str) -> None: ...
+def check_queue_name(name: str) -> None: ...
 def kafka_cluster_info(
     bootstrap: str, timeout_s: float = 5.0, properties: list[tuple[str, str]] | None = None
 ) -> tuple[str | None, list[tuple[int, str, int]], list[str]]: ...
@@ -114,13 +119,37 @@ class KafkaProducer:
         cls,
         bootstrap: str,
         *,
+        acks: str = "leader",
         delivery_timeout_s: float = 30.0,
+        enqueue_timeout_s: float = 5.0,
         properties: list[tuple[str, str]] | None = None,
     ) -> KafkaProducer: ...
-    def send_batch(
+    def send(
+        self,
+        topic: str,
+        job_type: str,
+        payloads: list[bytes],
+        *,
+        dedup_keys: list[str | None] | None = None,
+        run_at_us: int | None = None,
+        trace_context: str | None = None,
+        partition: int | None = None,
+    ) -> DeliveryHandle: ...
+    def send_envelopes(
         self, topic: str, envelopes: list[Envelope], partition: int | None = None
-    ) -> list[tuple[int, int]]: ...
+    ) -> DeliveryHandle: ...
+    def check_topic(self, topic: str) -> None: ...
     def flush(self, timeout_s: float = 30.0) -> None: ...
+
+@final
+class DeliveryHandle:
+    """A batch of jobs handed to Kafka, awaiting the broker's acknowledgements."""
+
+    @property
+    def ids(self) -> list[str]: ...
+    def done(self) -> bool: ...
+    def wait(self, timeout_s: float | None = None) -> list[tuple[int, int]]: ...
+    def __len__(self) -> int: ...
 
 @final
 class RedisStore:

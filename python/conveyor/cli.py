@@ -47,6 +47,36 @@ def _print_status(servers: object, started: dict[str, bool]) -> None:
         print(f"{name:<14} {address:<28} {status}")
 
 
+def _topics(args: argparse.Namespace) -> int:
+    from conveyor import _core
+    from conveyor.app import Conveyor
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    if args.action == "list":
+        _, _, topics = _core.kafka_cluster_info(
+            settings.kafka_bootstrap, properties=list(settings.kafka_properties)
+        )
+        for topic in sorted(t for t in topics if t.startswith(settings.topic_prefix)):
+            print(topic)
+        return 0
+    if args.partitions is not None or args.replication is not None:
+        from dataclasses import replace
+
+        settings = replace(
+            settings,
+            topic_partitions=args.partitions or settings.topic_partitions,
+            topic_replication=args.replication or settings.topic_replication,
+        )
+    app = Conveyor(settings)
+    queues = args.queues or sorted(app.queues())
+    created = set(app.ensure_topics(queues))
+    for queue in queues:
+        topic = settings.topic_for(queue)
+        print(f"{topic:<40} {'created' if topic in created else 'exists (left as it is)'}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from conveyor.demo import run
 
@@ -63,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="local development servers (Kafka and Redis on loopback)")
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.set_defaults(run=_dev)
+
+    topics = commands.add_parser("topics", help="Kafka topics of queues (created on purpose)")
+    topics.add_argument("action", choices=["create", "list"])
+    topics.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
+    topics.add_argument("--partitions", type=int, help="partitions of new topics (default 3)")
+    topics.add_argument("--replication", type=int, help="replication of new topics (default 1)")
+    topics.set_defaults(run=_topics)
 
     demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
     demo.add_argument("--jobs", type=int, default=1000, help="how many jobs to send (default 1000)")

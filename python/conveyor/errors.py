@@ -37,6 +37,18 @@ class KafkaError(ConveyorError):
     code = "kafka"
 
 
+class UnknownTopicError(KafkaError):
+    """The Kafka topic for a queue does not exist; Conveyor never auto-creates topics."""
+
+    code = "unknown_topic"
+
+
+class DeliveryError(KafkaError):
+    """Jobs handed to the producer were not written to Kafka; the message names them."""
+
+    code = "delivery"
+
+
 class RedisError(ConveyorError):
     """Redis refused or failed an operation."""
 
@@ -62,6 +74,8 @@ _BY_CODE: dict[str, type[ConveyorError]] = {
         EnvelopeDecodeError,
         UnsupportedEnvelopeVersion,
         KafkaError,
+        UnknownTopicError,
+        DeliveryError,
         RedisError,
         ConveyorTimeout,
     )

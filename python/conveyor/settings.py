@@ -39,20 +39,64 @@ def cache_home() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Connection settings shared by every Conveyor component."""
+    """Connection and producer settings shared by every Conveyor component."""
 
     kafka_bootstrap: str = f"127.0.0.1:{DEV_KAFKA_PORT}"
     redis_url: str = f"redis://127.0.0.1:{DEV_REDIS_PORT}/0"
     #: Prefix that keeps separate users of one Redis and one Kafka apart.
     namespace: str = ""
+    #: Queues that may be enqueued to besides those of registered job types.
+    queues: tuple[str, ...] = ("default",)
+    #: Kafka topic of queue `q` is `<topic_prefix>[<namespace>.]<q>`.
+    topic_prefix: str = "conveyor."
+    #: Largest payload (the encoded handler arguments) a job may carry.
+    max_payload_bytes: int = 1024 * 1024
+    #: "leader" (lowest latency) or "all" (every in-sync replica) before a send counts.
+    acks: str = "leader"
+    #: How long a job may wait for Kafka before its enqueue fails.
+    delivery_timeout_s: float = 30.0
+    #: Partitions and replication of topics Conveyor creates.
+    topic_partitions: int = 3
+    topic_replication: int = 1
+    #: Extra librdkafka properties (SASL, TLS, tuning).
+    kafka_properties: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Defaults, overridden by `CONVEYOR_KAFKA_BOOTSTRAP`, `CONVEYOR_REDIS_URL`
-        and `CONVEYOR_NAMESPACE` where set."""
+        """Defaults, overridden by `CONVEYOR_*` environment variables where set.
+
+        `CONVEYOR_KAFKA_BOOTSTRAP`, `CONVEYOR_REDIS_URL` (a password goes in it),
+        `CONVEYOR_NAMESPACE`, `CONVEYOR_ACKS`, and for SASL
+        `CONVEYOR_KAFKA_SASL_MECHANISM`, `CONVEYOR_KAFKA_SASL_USERNAME`,
+        `CONVEYOR_KAFKA_SASL_PASSWORD` (with `CONVEYOR_KAFKA_SECURITY_PROTOCOL`,
+        default `SASL_SSL`).
+        """
+        env = os.environ
         default = cls()
+        properties: list[tuple[str, str]] = []
+        if env.get("CONVEYOR_KAFKA_SASL_MECHANISM"):
+            properties += [
+                ("security.protocol", env.get("CONVEYOR_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")),
+                ("sasl.mechanism", env["CONVEYOR_KAFKA_SASL_MECHANISM"]),
+                ("sasl.username", env.get("CONVEYOR_KAFKA_SASL_USERNAME", "")),
+                ("sasl.password", env.get("CONVEYOR_KAFKA_SASL_PASSWORD", "")),
+            ]
         return cls(
-            kafka_bootstrap=os.environ.get("CONVEYOR_KAFKA_BOOTSTRAP", default.kafka_bootstrap),
-            redis_url=os.environ.get("CONVEYOR_REDIS_URL", default.redis_url),
-            namespace=os.environ.get("CONVEYOR_NAMESPACE", default.namespace),
+            kafka_bootstrap=env.get("CONVEYOR_KAFKA_BOOTSTRAP", default.kafka_bootstrap),
+            redis_url=env.get("CONVEYOR_REDIS_URL", default.redis_url),
+            namespace=env.get("CONVEYOR_NAMESPACE", default.namespace),
+            acks=env.get("CONVEYOR_ACKS", default.acks),
+            kafka_properties=tuple(properties),
         )
+
+    def topic_for(self, queue: str) -> str:
+        """The Kafka topic that carries `queue`."""
+        middle = f"{self.namespace}." if self.namespace else ""
+        return f"{self.topic_prefix}{middle}{queue}"
+
+    def __repr__(self) -> str:
+        # Never print secrets: a password may sit in the Redis URL or SASL settings.
+        hidden = ("redis_url", "kafka_properties")
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in hidden)
+        extra = len(self.kafka_properties)
+        return f"Settings({shown}, redis_url=<hidden>, kafka_properties=<{extra} set>)"

@@ -121,6 +121,28 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A new job as a producer makes it: a fresh id, enqueued now, attempt 0,
+    /// no stages. Not yet validated: [`Envelope::encode`] checks it.
+    pub fn new_job(
+        job_type: String,
+        payload: Vec<u8>,
+        dedup_key: Option<String>,
+        run_at_us: Option<u64>,
+        trace_context: Option<String>,
+    ) -> Envelope {
+        Envelope {
+            id: JobId::generate(),
+            job_type,
+            attempt: 0,
+            enqueued_at_us: crate::id::now_us(),
+            run_at_us,
+            dedup_key,
+            trace_context,
+            payload,
+            stages: Vec::new(),
+        }
+    }
+
     /// Checks every field against the format's rules.
     pub fn validate(&self) -> Result<()> {
         validate_job_type(&self.job_type)?;

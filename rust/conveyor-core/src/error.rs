@@ -34,6 +34,15 @@ pub enum Error {
         /// The client's error.
         source: KafkaError,
     },
+    /// A Kafka topic that Conveyor was asked to write to does not exist.
+    #[error(
+        "Kafka topic {0:?} does not exist; Conveyor never auto-creates topics: \
+         create it with `conveyor topics create` (or let a worker create its queues' topics)"
+    )]
+    UnknownTopic(String),
+    /// Jobs handed to the producer were not written to Kafka.
+    #[error("{0}")]
+    Delivery(String),
     /// Redis refused or failed an operation.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -51,6 +60,8 @@ impl Error {
             Error::Decode(_) => "decode",
             Error::UnsupportedVersion { .. } => "unsupported_version",
             Error::Kafka { .. } => "kafka",
+            Error::UnknownTopic(_) => "unknown_topic",
+            Error::Delivery(_) => "delivery",
             Error::Redis(_) => "redis",
             Error::Timeout(_) => "timeout",
         }

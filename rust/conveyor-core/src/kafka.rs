@@ -1,5 +1,5 @@
-//! Kafka plumbing: cluster metadata, deliberate topic creation, a producer of
-//! envelopes, and a bounded reader of one partition.
+//! Kafka plumbing: cluster metadata, deliberate topic creation, and a bounded
+//! reader of one partition. The producer is in `producer.rs`.
 //!
 //! How an envelope rides in a Kafka record (see `docs/envelope.md`): the value
 //! is the whole encoded envelope; the key is the dedup key when there is one
@@ -9,17 +9,14 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::runtime::block_on;
 
@@ -48,9 +45,11 @@ impl KafkaConfig {
         }
     }
 
-    fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap_servers);
+        // Topics are created on purpose; a metadata request must never create one.
+        config.set("allow.auto.create.topics", "false");
         for (key, value) in &self.properties {
             config.set(key, value);
         }
@@ -144,7 +143,9 @@ pub fn create_topic(
             .find(|t| t.name() == name)
             .is_some_and(|t| {
                 t.error().is_none()
-                    && t.partitions().len() as i32 >= partitions
+                    // An existing topic keeps the partitions it has.
+                && (!created || t.partitions().len() as i32 >= partitions)
+                && !t.partitions().is_empty()
                     && t.partitions().iter().all(|p| p.leader() >= 0)
             });
         if led {
@@ -156,113 +157,6 @@ pub fn create_topic(
             )));
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Where a record landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    /// Partition the broker wrote it to.
-    pub partition: i32,
-    /// Its offset in that partition.
-    pub offset: i64,
-}
-
-/// A producer of envelopes. Cheap to share: clones use one librdkafka client.
-#[derive(Clone)]
-pub struct JobProducer {
-    inner: FutureProducer,
-    delivery_timeout: Duration,
-}
-
-impl JobProducer {
-    /// Creates a producer; `delivery_timeout` bounds how long a record may wait
-    /// for the broker before its send fails (librdkafka's default is 5 minutes).
-    pub fn new(config: &KafkaConfig, delivery_timeout: Duration) -> Result<Self> {
-        let mut client = config.client_config();
-        client
-            .set(
-                "message.timeout.ms",
-                delivery_timeout.as_millis().to_string(),
-            )
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "2");
-        // User properties win over our defaults.
-        for (key, value) in &config.properties {
-            client.set(key, value);
-        }
-        let inner = client.create().map_err(Error::kafka("create producer"))?;
-        Ok(Self {
-            inner,
-            delivery_timeout,
-        })
-    }
-
-    /// Sends a batch of envelopes to `topic` and waits for every broker
-    /// acknowledgement. Results are in input order; one failure does not hide
-    /// the others. Encoding errors fail the whole call before anything is sent.
-    pub fn send_batch(
-        &self,
-        topic: &str,
-        envelopes: &[Envelope],
-        partition: Option<i32>,
-    ) -> Result<Vec<Result<Delivered>>> {
-        let encoded = envelopes
-            .iter()
-            .map(Envelope::encode)
-            .collect::<Result<Vec<_>>>()?;
-        let ids: Vec<String> = envelopes.iter().map(|e| e.id.to_string()).collect();
-        let sends = envelopes
-            .iter()
-            .zip(&encoded)
-            .zip(&ids)
-            .map(|((env, value), id)| {
-                let mut headers = OwnedHeaders::new_with_capacity(3)
-                    .insert(Header {
-                        key: HEADER_ID,
-                        value: Some(id.as_str()),
-                    })
-                    .insert(Header {
-                        key: HEADER_TYPE,
-                        value: Some(env.job_type.as_str()),
-                    });
-                if let Some(trace) = &env.trace_context {
-                    headers = headers.insert(Header {
-                        key: HEADER_TRACEPARENT,
-                        value: Some(trace.as_str()),
-                    });
-                }
-                let mut record = FutureRecord::<str, [u8]>::to(topic)
-                    .payload(value.as_slice())
-                    .headers(headers);
-                if let Some(key) = &env.dedup_key {
-                    record = record.key(key.as_str());
-                }
-                if let Some(p) = partition {
-                    record = record.partition(p);
-                }
-                self.inner.send(record, self.delivery_timeout)
-            });
-        let results = block_on(join_all(sends));
-        Ok(results
-            .into_iter()
-            .map(|r| match r {
-                Ok(delivery) => Ok(Delivered {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-                Err((source, _)) => Err(Error::Kafka {
-                    op: "produce",
-                    source,
-                }),
-            })
-            .collect())
-    }
-
-    /// Waits until everything queued in this producer is delivered or failed.
-    pub fn flush(&self, timeout: Duration) -> Result<()> {
-        self.inner.flush(timeout).map_err(Error::kafka("flush"))
     }
 }
 

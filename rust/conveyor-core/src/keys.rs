@@ -35,11 +35,20 @@ impl QueueKeys {
     }
 }
 
-fn validate_name(what: &str, name: &str) -> Result<()> {
-    crate::envelope::validate_job_type(name)
-        .map_err(|_| Error::InvalidJob(format!(
-            "{what} name {name:?} must be 1 to 200 characters: a letter, then letters, digits and _ . : -"
+/// Queue and namespace names: a letter, then letters, digits and `_ . -`, at
+/// most 100 bytes, so that they are valid in Kafka topic names too.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    let mut bytes = name.bytes();
+    let ok = name.len() <= 100
+        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidJob(format!(
+            "{what} name {name:?} must be 1 to 100 characters: a letter, then letters, digits and _ . -"
         )))
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +69,7 @@ mod tests {
     fn bad_names_are_refused() {
         assert!(QueueKeys::new("", "has{brace}").is_err());
         assert!(QueueKeys::new("bad ns", "q").is_err());
+        assert!(QueueKeys::new("", "no:colons").is_err());
+        assert!(QueueKeys::new("", &"q".repeat(101)).is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod id;
 pub mod kafka;
 pub mod keys;
+pub mod producer;
 pub mod redis_store;
 pub mod runtime;
 

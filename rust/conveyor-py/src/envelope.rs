@@ -185,6 +185,18 @@ fn append_stage<'py>(
     Ok(PyBytes::new(py, &stamped))
 }
 
+/// Raises `InvalidJobError` unless `name` is a valid job type name.
+#[pyfunction]
+fn check_job_type(name: &str) -> PyResult<()> {
+    core_env::validate_job_type(name).py()
+}
+
+/// Raises `InvalidJobError` unless `name` is a valid queue (or namespace) name.
+#[pyfunction]
+fn check_queue_name(name: &str) -> PyResult<()> {
+    conveyor_core::keys::validate_name("queue", name).py()
+}
+
 /// A fresh job id.
 #[pyfunction]
 fn new_job_id() -> String {
@@ -197,5 +209,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_many, m)?)?;
     m.add_function(wrap_pyfunction!(new_job_id, m)?)?;
     m.add_function(wrap_pyfunction!(append_stage, m)?)?;
+    m.add_function(wrap_pyfunction!(check_job_type, m)?)?;
+    m.add_function(wrap_pyfunction!(check_queue_name, m)?)?;
     Ok(())
 }

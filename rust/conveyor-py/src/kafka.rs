@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
-use conveyor_core::kafka::{self as core_kafka, JobProducer, KafkaConfig};
+use conveyor_core::kafka::{self as core_kafka, KafkaConfig};
+use conveyor_core::producer::{Acks, JobProducer, Pending, ProducerOptions};
+use conveyor_core::Envelope;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 
-use crate::envelope::Envelope;
+use crate::envelope::Envelope as PyEnvelope;
 use crate::errors::IntoPyResult;
 
 fn config(bootstrap: &str, properties: Option<Vec<(String, String)>>) -> KafkaConfig {
@@ -116,8 +119,13 @@ fn kafka_read_partition(
         .collect())
 }
 
-/// A Kafka producer of envelopes (librdkafka inside; batching and
-/// compression happen in Rust).
+fn secs(s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("not a duration: {s}")))
+}
+
+/// A Kafka producer of envelopes: librdkafka inside, batching and compression
+/// on its own threads, the GIL released for every call.
 #[pyclass(frozen, module = "conveyor._core")]
 pub struct KafkaProducer {
     inner: JobProducer,
@@ -126,64 +134,143 @@ pub struct KafkaProducer {
 #[pymethods]
 impl KafkaProducer {
     #[new]
-    #[pyo3(signature = (bootstrap, *, delivery_timeout_s=30.0, properties=None))]
+    #[pyo3(signature = (bootstrap, *, acks="leader", delivery_timeout_s=30.0, enqueue_timeout_s=5.0, properties=None))]
     fn new(
+        py: Python<'_>,
         bootstrap: &str,
+        acks: &str,
         delivery_timeout_s: f64,
+        enqueue_timeout_s: f64,
         properties: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
+        let acks = match acks {
+            "leader" => Acks::Leader,
+            "all" => Acks::All,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "acks must be 'leader' or 'all', not {other:?}"
+                )))
+            }
+        };
+        let options = ProducerOptions {
+            acks,
+            delivery_timeout: secs(delivery_timeout_s)?,
+            enqueue_timeout: secs(enqueue_timeout_s)?,
+        };
         let cfg = config(bootstrap, properties);
-        let inner = JobProducer::new(&cfg, Duration::from_secs_f64(delivery_timeout_s)).py()?;
+        let inner = py.detach(|| JobProducer::new(&cfg, options)).py()?;
         Ok(Self { inner })
     }
 
-    /// Sends envelopes and waits for every acknowledgement; returns
-    /// `(partition, offset)` per envelope. If any failed, raises `KafkaError`
-    /// naming how many, after all others were acknowledged or failed.
-    #[pyo3(signature = (topic, envelopes, partition=None))]
-    fn send_batch(
+    /// Makes envelopes for `payloads` (one job each, fresh ids, enqueued now)
+    /// and hands them to Kafka; returns at once with a handle.
+    #[pyo3(signature = (topic, job_type, payloads, *, dedup_keys=None, run_at_us=None, trace_context=None, partition=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send(
         &self,
         py: Python<'_>,
         topic: &str,
-        envelopes: Vec<PyRef<'_, Envelope>>,
+        job_type: String,
+        payloads: Vec<PyBackedBytes>,
+        dedup_keys: Option<Vec<Option<String>>>,
+        run_at_us: Option<u64>,
+        trace_context: Option<String>,
         partition: Option<i32>,
-    ) -> PyResult<Vec<(i32, i64)>> {
-        let owned: Vec<_> = envelopes.iter().map(|e| e.inner.clone()).collect();
+    ) -> PyResult<DeliveryHandle> {
+        if let Some(keys) = &dedup_keys {
+            if keys.len() != payloads.len() {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "{} dedup keys for {} payloads",
+                    keys.len(),
+                    payloads.len()
+                )));
+            }
+        }
         py.detach(|| {
-            let results = self.inner.send_batch(topic, &owned, partition)?;
-            let total = results.len();
-            let mut delivered = Vec::with_capacity(total);
-            let mut failures = Vec::new();
-            for r in results {
-                match r {
-                    Ok(d) => delivered.push((d.partition, d.offset)),
-                    Err(e) => failures.push(e),
-                }
-            }
-            match failures.into_iter().next() {
-                None => Ok(delivered),
-                Some(first) => Err(conveyor_core::Error::Kafka {
-                    op: "produce",
-                    source: match first {
-                        conveyor_core::Error::Kafka { source, .. } => source,
-                        other => return Err(other),
-                    },
-                }),
-            }
+            let mut keys = dedup_keys.map(Vec::into_iter);
+            let envelopes: Vec<Envelope> = payloads
+                .iter()
+                .map(|payload| {
+                    Envelope::new_job(
+                        job_type.clone(),
+                        payload.to_vec(),
+                        keys.as_mut().and_then(Iterator::next).flatten(),
+                        run_at_us,
+                        trace_context.clone(),
+                    )
+                })
+                .collect();
+            self.inner.send(topic, &envelopes, partition)
         })
         .py()
+        .map(|inner| DeliveryHandle { inner })
     }
 
-    /// Waits until everything queued is delivered or failed.
+    /// Hands ready-made envelopes to Kafka; returns at once with a handle.
+    #[pyo3(signature = (topic, envelopes, partition=None))]
+    fn send_envelopes(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        envelopes: Vec<PyRef<'_, PyEnvelope>>,
+        partition: Option<i32>,
+    ) -> PyResult<DeliveryHandle> {
+        let owned: Vec<Envelope> = envelopes.iter().map(|e| e.inner.clone()).collect();
+        py.detach(|| self.inner.send(topic, &owned, partition))
+            .py()
+            .map(|inner| DeliveryHandle { inner })
+    }
+
+    /// Raises `UnknownTopicError` unless `topic` exists (checked once per topic).
+    fn check_topic(&self, py: Python<'_>, topic: &str) -> PyResult<()> {
+        py.detach(|| self.inner.check_topic(topic)).py()
+    }
+
+    /// Delivers everything pending; raises `DeliveryError` for failures that
+    /// no handle reported.
     #[pyo3(signature = (timeout_s=30.0))]
     fn flush(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {
-        py.detach(|| self.inner.flush(Duration::from_secs_f64(timeout_s)))
-            .py()
+        let timeout = secs(timeout_s)?;
+        py.detach(|| self.inner.flush(timeout)).py()
+    }
+}
+
+/// A batch of jobs handed to Kafka, awaiting the broker's acknowledgements.
+#[pyclass(frozen, module = "conveyor._core")]
+pub struct DeliveryHandle {
+    inner: Pending,
+}
+
+#[pymethods]
+impl DeliveryHandle {
+    /// The jobs' ids, in send order.
+    #[getter]
+    fn ids(&self) -> Vec<String> {
+        self.inner.ids().iter().map(ToString::to_string).collect()
+    }
+
+    /// Whether every job was acknowledged or failed.
+    fn done(&self) -> bool {
+        self.inner.is_done()
+    }
+
+    /// Waits for the acknowledgements; returns `(partition, offset)` per job,
+    /// or raises `DeliveryError` naming the jobs that were not written.
+    #[pyo3(signature = (timeout_s=None))]
+    fn wait(&self, py: Python<'_>, timeout_s: Option<f64>) -> PyResult<Vec<(i32, i64)>> {
+        let timeout = timeout_s.map(secs).transpose()?;
+        let delivered = py.detach(|| self.inner.wait(timeout)).py()?;
+        Ok(delivered.iter().map(|d| (d.partition, d.offset)).collect())
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.ids().len()
     }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KafkaProducer>()?;
+    m.add_class::<DeliveryHandle>()?;
     m.add_class::<KafkaRecord>()?;
     m.add_function(wrap_pyfunction!(kafka_cluster_info, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_create_topic, m)?)?;

@@ -1,0 +1,256 @@
+"""The application object: registry of job types and the producer behind enqueue."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from conveyor import _core
+from conveyor.enqueue import Enqueued
+from conveyor.errors import ConveyorError, InvalidJobError
+from conveyor.jobs import Call, JobOptions, JobType, P, R, split_call
+from conveyor.payload import encode_call
+from conveyor.settings import Settings
+
+# Producers inherited across fork(): librdkafka's threads do not survive it, and
+# destroying such a client in the child can hang, so they are kept, never used.
+_ORPHANED_BY_FORK: list[_core.KafkaProducer] = []
+_LIVE_APPS: weakref.WeakSet[Conveyor] = weakref.WeakSet()
+
+
+class Conveyor:
+    """A Conveyor application: register job types, enqueue jobs.
+
+    With no settings it reads `Settings.from_env()`, which with nothing set
+    points at the servers `conveyor dev up` starts.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._jobs: dict[str, JobType[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._producer: _core.KafkaProducer | None = None
+        self._producer_pid = 0
+        for queue in self.settings.queues:
+            _core.check_queue_name(queue)
+        _LIVE_APPS.add(self)
+
+    # Registry
+
+    def job(
+        self,
+        name: str,
+        *,
+        queue: str = "default",
+        max_attempts: int = 5,
+        timeout_s: float | None = None,
+        priority: int = 0,
+    ) -> Callable[[Callable[P, R]], JobType[P, R]]:
+        """Decorator registering a handler under the stable type name `name`."""
+        _core.check_job_type(name)
+        _core.check_queue_name(queue)
+        if max_attempts < 1:
+            raise InvalidJobError(f"max_attempts must be at least 1, not {max_attempts}")
+        options = JobOptions(queue, max_attempts, timeout_s, priority)
+
+        def register(fn: Callable[P, R]) -> JobType[P, R]:
+            if name in self._jobs:
+                raise InvalidJobError(f"job type {name!r} is already registered")
+            job_type = JobType(self, name, fn, options)
+            self._jobs[name] = job_type
+            return job_type
+
+        return register
+
+    @property
+    def registry(self) -> Mapping[str, JobType[Any, Any]]:
+        """Registered job types by name."""
+        return dict(self._jobs)
+
+    def queues(self) -> set[str]:
+        """Queues this application may enqueue to."""
+        return set(self.settings.queues) | {j.options.queue for j in self._jobs.values()}
+
+    # Enqueue
+
+    def enqueue(
+        self,
+        type_name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        dedup_key: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | float | None = None,
+        trace_context: str | None = None,
+    ) -> Enqueued:
+        """Send one job of type `type_name`, which need not be registered here.
+
+        The queue is the registered type's, else `queue`, else "default".
+        Returns at once; `wait()` on the result blocks for the broker's ack.
+        """
+        payload = encode_call(args, kwargs or {}, self.settings.max_payload_bytes)
+        return self._send(
+            type_name,
+            queue,
+            [payload],
+            dedup_keys=None if dedup_key is None else [dedup_key],
+            delay=delay,
+            run_at=run_at,
+            trace_context=trace_context,
+        )
+
+    def enqueue_many(
+        self,
+        type_name: str,
+        calls: Iterable[Call],
+        *,
+        queue: str | None = None,
+        dedup_keys: Sequence[str | None] | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | float | None = None,
+        trace_context: str | None = None,
+    ) -> Enqueued:
+        """Send a batch of jobs of one type in one call."""
+        limit = self.settings.max_payload_bytes
+        payloads = [encode_call(*split_call(call), limit) for call in calls]
+        if dedup_keys is not None and len(dedup_keys) != len(payloads):
+            raise InvalidJobError(f"{len(dedup_keys)} dedup keys for {len(payloads)} jobs")
+        return self._send(
+            type_name,
+            queue,
+            payloads,
+            dedup_keys=dedup_keys,
+            delay=delay,
+            run_at=run_at,
+            trace_context=trace_context,
+        )
+
+    def _send(
+        self,
+        type_name: str,
+        queue: str | None,
+        payloads: list[bytes],
+        *,
+        dedup_keys: Sequence[str | None] | None,
+        delay: float | timedelta | None,
+        run_at: datetime | float | None,
+        trace_context: str | None,
+    ) -> Enqueued:
+        registered = self._jobs.get(type_name)
+        if registered is None:
+            _core.check_job_type(type_name)
+        queue = registered.options.queue if registered else (queue or "default")
+        if queue not in self.queues():
+            raise InvalidJobError(
+                f"unknown queue {queue!r}: known queues are {sorted(self.queues())}; "
+                "add it to Settings.queues or register a job type on it"
+            )
+        run_at_us = _run_at_us(delay, run_at)
+        handle = self._get_producer().send(
+            self.settings.topic_for(queue),
+            type_name,
+            payloads,
+            dedup_keys=None if dedup_keys is None else list(dedup_keys),
+            run_at_us=run_at_us,
+            trace_context=trace_context,
+        )
+        return Enqueued(handle)
+
+    def _get_producer(self) -> _core.KafkaProducer:
+        pid = os.getpid()
+        producer = self._producer
+        if producer is not None and self._producer_pid == pid:
+            return producer
+        with self._lock:
+            if self._producer is not None and self._producer_pid != pid:
+                # We are a forked child: the parent's client is dead here.
+                _ORPHANED_BY_FORK.append(self._producer)
+                self._producer = None
+            if self._producer is None:
+                s = self.settings
+                self._producer = _core.KafkaProducer(
+                    s.kafka_bootstrap,
+                    acks=s.acks,
+                    delivery_timeout_s=s.delivery_timeout_s,
+                    properties=list(s.kafka_properties),
+                )
+                self._producer_pid = pid
+            return self._producer
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Deliver everything pending; raises DeliveryError for failed jobs that
+        no `wait()` reported."""
+        if self._producer is not None and self._producer_pid == os.getpid():
+            self._producer.flush(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush, then let go of the producer."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._producer = None
+
+    def __enter__(self) -> Conveyor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Topics
+
+    def ensure_topics(self, queues: Iterable[str] | None = None) -> list[str]:
+        """Create the Kafka topics of `queues` (default: all known) that do not
+        exist, with the configured partitions and replication. Returns the
+        topics created."""
+        s = self.settings
+        created = []
+        for queue in sorted(set(queues) if queues is not None else self.queues()):
+            _core.check_queue_name(queue)
+            topic = s.topic_for(queue)
+            if _core.kafka_create_topic(
+                s.kafka_bootstrap,
+                topic,
+                s.topic_partitions,
+                s.topic_replication,
+                properties=list(s.kafka_properties),
+            ):
+                created.append(topic)
+        return created
+
+
+def _run_at_us(delay: float | timedelta | None, run_at: datetime | float | None) -> int | None:
+    if delay is not None and run_at is not None:
+        raise InvalidJobError("give a delay or a run_at time, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise InvalidJobError(f"delay must not be negative, got {seconds}s")
+        return int((time.time() + seconds) * 1_000_000)
+    if run_at is not None:
+        if isinstance(run_at, datetime):
+            if run_at.tzinfo is None:
+                raise InvalidJobError(
+                    "run_at must be timezone-aware (naive datetimes are ambiguous)"
+                )
+            return int(run_at.timestamp() * 1_000_000)
+        return int(float(run_at) * 1_000_000)
+    return None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # Jobs handed to the producer but not yet written must not vanish at exit.
+    for app in list(_LIVE_APPS):
+        try:
+            app.flush(timeout_s=10.0)
+        except ConveyorError as err:
+            print(f"conveyor: at exit: {err}", file=sys.stderr)

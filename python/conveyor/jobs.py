@@ -1,0 +1,132 @@
+"""Job types: a handler registered under a stable name, and how to enqueue it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.errors import InvalidJobError
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.enqueue import Enqueued
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: One call of a handler in `enqueue_many`: positional args, or keyword args.
+Call = Sequence[Any] | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job type runs. Workers read these from the registry."""
+
+    #: Queue (and so Kafka topic and Redis queue) the job type goes to.
+    queue: str = "default"
+    #: Attempts before the job is dead-lettered.
+    max_attempts: int = 5
+    #: Seconds an attempt may run before it counts as failed; None: no limit.
+    timeout_s: float | None = None
+    #: Higher runs first among jobs of one queue.
+    priority: int = 0
+
+
+class JobType(Generic[P, R]):
+    """A handler registered with `@app.job(name)`.
+
+    Calling it runs the handler here and now; `enqueue` sends it to run later,
+    with arguments checked against the handler's signature before anything is sent.
+    """
+
+    def __init__(self, app: Conveyor, name: str, fn: Callable[P, R], options: JobOptions):
+        self.app = app
+        self.name = name
+        self.fn = fn
+        self.options = options
+        self._signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"JobType({self.name!r}, queue={self.options.queue!r})"
+
+    def check_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise InvalidJobError unless the handler accepts these arguments."""
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise InvalidJobError(
+                f"arguments do not fit {self.name}{self._signature}: {err}"
+            ) from err
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+        """Send one job with these handler arguments; returns at once."""
+        return self.enqueue_with(args, kwargs)
+
+    def enqueue_with(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        dedup_key: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | float | None = None,
+        trace_context: str | None = None,
+    ) -> Enqueued:
+        """Send one job with options: a dedup key, a delay or a run-at time
+        (a datetime, or seconds since the epoch), a W3C trace context."""
+        kwargs = kwargs or {}
+        self.check_args(args, kwargs)
+        return self.app.enqueue(
+            self.name,
+            args,
+            kwargs,
+            queue=self.options.queue,
+            dedup_key=dedup_key,
+            delay=delay,
+            run_at=run_at,
+            trace_context=trace_context,
+        )
+
+    def enqueue_many(
+        self,
+        calls: Iterable[Call],
+        *,
+        dedup_keys: Sequence[str | None] | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | float | None = None,
+        trace_context: str | None = None,
+    ) -> Enqueued:
+        """Send a batch in one call: each item is a tuple of positional
+        arguments or a dict of keyword arguments. One handle for the batch."""
+        materialised = list(calls)
+        for call in materialised:
+            args, kwargs = split_call(call)
+            self.check_args(args, kwargs)
+        return self.app.enqueue_many(
+            self.name,
+            materialised,
+            queue=self.options.queue,
+            dedup_keys=dedup_keys,
+            delay=delay,
+            run_at=run_at,
+            trace_context=trace_context,
+        )
+
+
+def split_call(call: Call) -> tuple[Sequence[Any], Mapping[str, Any]]:
+    """`(args, kwargs)` of one `enqueue_many` item."""
+    if isinstance(call, Mapping):
+        return (), call
+    if isinstance(call, (str, bytes)) or not isinstance(call, Sequence):
+        raise InvalidJobError(
+            f"each call must be a tuple of arguments or a dict of keyword arguments, not {call!r}"
+        )
+    return call, {}

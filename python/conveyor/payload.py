@@ -1,0 +1,40 @@
+"""Handler arguments as job payloads: JSON, so any language can enqueue and read them.
+
+A payload is the UTF-8 JSON object `{"args": [...], "kwargs": {...}}`. No pickle
+or any other format that runs code when read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from conveyor.errors import InvalidJobError
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> bytes:
+    """The payload for a call with `args` and `kwargs`; raises InvalidJobError
+    if they are not JSON-encodable or the result is over `limit` bytes."""
+    try:
+        text = _encoder.encode({"args": list(args), "kwargs": dict(kwargs)})
+    except (TypeError, ValueError) as err:
+        raise InvalidJobError(f"job arguments are not JSON-encodable: {err}") from err
+    data = text.encode()
+    if len(data) > limit:
+        raise InvalidJobError(f"job payload is {len(data)} bytes, over the limit of {limit}")
+    return data
+
+
+def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
+    """The `(args, kwargs)` of a payload; raises InvalidJobError if malformed."""
+    try:
+        call = json.loads(payload)
+        args, kwargs = call["args"], call["kwargs"]
+    except (ValueError, TypeError, KeyError) as err:
+        raise InvalidJobError(f"job payload is not a Conveyor call: {err}") from err
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise InvalidJobError("job payload must hold a list of args and an object of kwargs")
+    return args, kwargs

@@ -1,0 +1,429 @@
+//! The job producer: envelopes into Kafka with delivery tracked per batch.
+//!
+//! `send` only hands records to librdkafka (which batches and compresses them
+//! on its own threads) and returns a [`Pending`] at once; the caller may wait
+//! on it or not. A failure nobody waited for is never swallowed: when its
+//! `Pending` is dropped unobserved, the failure moves to the producer, and the
+//! next [`JobProducer::flush`] reports it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::id::JobId;
+use crate::kafka::{KafkaConfig, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE};
+use crate::runtime;
+
+/// How many failed job ids an error message lists before it only counts.
+const FAILURE_SAMPLES: usize = 10;
+
+/// Which acknowledgement a send waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// The partition leader wrote it (lowest latency; the original design's choice).
+    Leader,
+    /// Every in-sync replica wrote it.
+    All,
+}
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerOptions {
+    /// Acknowledgement level.
+    pub acks: Acks,
+    /// How long a record may wait for the broker before its send fails.
+    pub delivery_timeout: Duration,
+    /// How long `send` may wait for room in the local queue before failing
+    /// the records that do not fit (Kafka down or far too slow).
+    pub enqueue_timeout: Duration,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        Self {
+            acks: Acks::Leader,
+            delivery_timeout: Duration::from_secs(30),
+            enqueue_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition the broker wrote it to.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+}
+
+/// A delivery failure: which job, and why.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The job that was not written.
+    pub id: JobId,
+    /// What Kafka (or the local queue) said.
+    pub reason: String,
+}
+
+#[derive(Default)]
+struct Unobserved {
+    count: u64,
+    samples: Vec<Failure>,
+}
+
+impl Unobserved {
+    fn record(&mut self, failures: impl IntoIterator<Item = Failure>) {
+        for failure in failures {
+            self.count += 1;
+            if self.samples.len() < FAILURE_SAMPLES {
+                self.samples.push(failure);
+            }
+        }
+    }
+}
+
+struct Shared {
+    unobserved: Mutex<Unobserved>,
+    in_flight: Mutex<usize>,
+    settled: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A producer of envelopes. Cheap to clone; clones share one librdkafka client.
+#[derive(Clone)]
+pub struct JobProducer {
+    inner: FutureProducer,
+    options: ProducerOptions,
+    shared: Arc<Shared>,
+    known_topics: Arc<Mutex<HashSet<String>>>,
+}
+
+impl JobProducer {
+    /// Creates a producer. User properties in `config` win over our defaults.
+    pub fn new(config: &KafkaConfig, options: ProducerOptions) -> Result<Self> {
+        let mut client = config.client_config();
+        client
+            .set(
+                "message.timeout.ms",
+                options.delivery_timeout.as_millis().to_string(),
+            )
+            .set(
+                "acks",
+                match options.acks {
+                    Acks::Leader => "1",
+                    Acks::All => "all",
+                },
+            )
+            // Idempotence needs acks=all; with leader acks, retries may duplicate,
+            // which the relay's dedup and at-least-once workers absorb.
+            .set(
+                "enable.idempotence",
+                (options.acks == Acks::All).to_string(),
+            )
+            .set("compression.type", "lz4")
+            .set("linger.ms", "2");
+        for (key, value) in &config.properties {
+            client.set(key, value);
+        }
+        let inner = client.create().map_err(Error::kafka("create producer"))?;
+        Ok(Self {
+            inner,
+            options,
+            shared: Arc::new(Shared {
+                unobserved: Mutex::new(Unobserved::default()),
+                in_flight: Mutex::new(0),
+                settled: Condvar::new(),
+            }),
+            known_topics: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    /// Fails fast with [`Error::UnknownTopic`] when `topic` does not exist,
+    /// instead of letting every record time out. Checked once per topic.
+    pub fn check_topic(&self, topic: &str) -> Result<()> {
+        if lock(&self.known_topics).contains(topic) {
+            return Ok(());
+        }
+        let metadata = self
+            .inner
+            .client()
+            .fetch_metadata(Some(topic), self.options.enqueue_timeout)
+            .map_err(Error::kafka("metadata"))?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        match found {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                lock(&self.known_topics).insert(topic.to_owned());
+                Ok(())
+            }
+            _ => Err(Error::UnknownTopic(topic.to_owned())),
+        }
+    }
+
+    /// Hands `envelopes` to librdkafka for `topic` and returns at once.
+    /// Encoding errors fail the call before anything is sent.
+    pub fn send(
+        &self,
+        topic: &str,
+        envelopes: &[Envelope],
+        partition: Option<i32>,
+    ) -> Result<Pending> {
+        self.check_topic(topic)?;
+        let encoded = envelopes
+            .iter()
+            .map(Envelope::encode)
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<JobId> = envelopes.iter().map(|e| e.id).collect();
+        let deadline = Instant::now() + self.options.enqueue_timeout;
+        let mut futures = Vec::with_capacity(envelopes.len());
+        for ((env, value), id) in envelopes.iter().zip(&encoded).zip(&ids) {
+            let id_text = id.to_string();
+            let mut headers = OwnedHeaders::new_with_capacity(3)
+                .insert(Header {
+                    key: HEADER_ID,
+                    value: Some(id_text.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_TYPE,
+                    value: Some(env.job_type.as_str()),
+                });
+            if let Some(trace) = &env.trace_context {
+                headers = headers.insert(Header {
+                    key: HEADER_TRACEPARENT,
+                    value: Some(trace.as_str()),
+                });
+            }
+            let mut record = FutureRecord::<str, [u8]>::to(topic)
+                .payload(value.as_slice())
+                .headers(headers);
+            if let Some(key) = &env.dedup_key {
+                record = record.key(key.as_str());
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            futures.push(self.enqueue_record(record, deadline));
+        }
+        Ok(self.track(ids, futures))
+    }
+
+    /// Puts one record on librdkafka's local queue, waiting for room until
+    /// `deadline` (the queue is full only when Kafka is down or too slow).
+    fn enqueue_record(
+        &self,
+        mut record: FutureRecord<'_, str, [u8]>,
+        deadline: Instant,
+    ) -> std::result::Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+        loop {
+            match self.inner.send_result(record) {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    // Serve delivery reports so the queue drains.
+                    self.inner.poll(Duration::from_millis(1));
+                }
+                Err((err, _)) => return Err(err),
+            }
+        }
+    }
+
+    fn track(
+        &self,
+        ids: Vec<JobId>,
+        futures: Vec<std::result::Result<rdkafka::producer::DeliveryFuture, KafkaError>>,
+    ) -> Pending {
+        let state = Arc::new(PendingState::default());
+        *lock(&self.shared.in_flight) += 1;
+        let task_state = Arc::clone(&state);
+        let shared = Arc::clone(&self.shared);
+        let task_ids = ids.clone();
+        runtime::spawn(async move {
+            let waits = futures.into_iter().map(|f| async move {
+                match f {
+                    Err(err) => Err(err.to_string()),
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(d)) => Ok(Delivered {
+                            partition: d.partition,
+                            offset: d.offset,
+                        }),
+                        Ok(Err((err, _))) => Err(err.to_string()),
+                        Err(_) => Err("producer closed before delivery".to_owned()),
+                    },
+                }
+            });
+            let results: Vec<std::result::Result<Delivered, String>> = join_all(waits).await;
+            {
+                let mut inner = lock(&task_state.inner);
+                if inner.abandoned {
+                    lock(&shared.unobserved).record(failures(&task_ids, &results));
+                } else {
+                    inner.results = Some(results);
+                }
+            }
+            task_state.ready.notify_all();
+            *lock(&shared.in_flight) -= 1;
+            shared.settled.notify_all();
+        });
+        Pending {
+            ids,
+            state,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Delivers everything pending, then reports failures nobody waited for.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        self.inner.flush(timeout).map_err(Error::kafka("flush"))?;
+        let mut in_flight = lock(&self.shared.in_flight);
+        while *in_flight > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(format!(
+                    "{} batches still awaiting delivery reports",
+                    *in_flight
+                )));
+            }
+            in_flight = self
+                .shared
+                .settled
+                .wait_timeout(in_flight, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(in_flight);
+        let unobserved = std::mem::take(&mut *lock(&self.shared.unobserved));
+        if unobserved.count > 0 {
+            return Err(delivery_error(unobserved.count, &unobserved.samples));
+        }
+        Ok(())
+    }
+}
+
+fn failures<'a>(
+    ids: &'a [JobId],
+    results: &'a [std::result::Result<Delivered, String>],
+) -> impl Iterator<Item = Failure> + 'a {
+    ids.iter().zip(results).filter_map(|(id, r)| {
+        r.as_ref().err().map(|reason| Failure {
+            id: *id,
+            reason: reason.clone(),
+        })
+    })
+}
+
+fn delivery_error(count: u64, samples: &[Failure]) -> Error {
+    let listed: Vec<String> = samples
+        .iter()
+        .map(|f| format!("{} ({})", f.id, f.reason))
+        .collect();
+    Error::Delivery(format!(
+        "{count} job(s) were not written to Kafka: {}{}",
+        listed.join(", "),
+        if count as usize > samples.len() {
+            ", …"
+        } else {
+            ""
+        }
+    ))
+}
+
+#[derive(Default)]
+struct PendingInner {
+    results: Option<Vec<std::result::Result<Delivered, String>>>,
+    observed: bool,
+    abandoned: bool,
+}
+
+#[derive(Default)]
+struct PendingState {
+    inner: Mutex<PendingInner>,
+    ready: Condvar,
+}
+
+/// A batch handed to the producer, awaiting its broker acknowledgements.
+pub struct Pending {
+    ids: Vec<JobId>,
+    state: Arc<PendingState>,
+    shared: Arc<Shared>,
+}
+
+impl Pending {
+    /// The ids of the batch's jobs, in send order.
+    pub fn ids(&self) -> &[JobId] {
+        &self.ids
+    }
+
+    /// Whether every record has been acknowledged or has failed.
+    pub fn is_done(&self) -> bool {
+        lock(&self.state.inner).results.is_some()
+    }
+
+    /// Waits for every acknowledgement (`None`: as long as it takes, which the
+    /// delivery timeout bounds). Returns where each job landed, or
+    /// [`Error::Delivery`] naming the jobs that were not written.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<Vec<Delivered>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut inner = lock(&self.state.inner);
+        while inner.results.is_none() {
+            inner = match deadline {
+                None => self
+                    .state
+                    .ready
+                    .wait(inner)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Timeout(format!(
+                            "{} job(s) still awaiting Kafka's acknowledgement",
+                            self.ids.len()
+                        )));
+                    }
+                    self.state
+                        .ready
+                        .wait_timeout(inner, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        inner.observed = true;
+        let results = inner.results.as_deref().unwrap_or_default();
+        let failed: Vec<Failure> = failures(&self.ids, results).collect();
+        if failed.is_empty() {
+            Ok(results
+                .iter()
+                .filter_map(|r| r.as_ref().ok().copied())
+                .collect())
+        } else {
+            let samples = &failed[..failed.len().min(FAILURE_SAMPLES)];
+            Err(delivery_error(failed.len() as u64, samples))
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.state.inner);
+        match &inner.results {
+            Some(results) if !inner.observed => {
+                lock(&self.shared.unobserved).record(failures(&self.ids, results));
+            }
+            Some(_) => {}
+            None => inner.abandoned = true,
+        }
+    }
+}
