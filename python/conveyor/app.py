@@ -40,6 +40,7 @@ class Conveyor:
         self._producer_pid = 0
         for queue in self.settings.queues:
             _core.check_queue_name(queue)
+        self._queues = frozenset(self.settings.queues)
         _LIVE_APPS.add(self)
 
     # Registry
@@ -65,6 +66,7 @@ class Conveyor:
                 raise InvalidJobError(f"job type {name!r} is already registered")
             job_type = JobType(self, name, fn, options)
             self._jobs[name] = job_type
+            self._queues = self._queues | {queue}
             return job_type
 
         return register
@@ -74,9 +76,9 @@ class Conveyor:
         """Registered job types by name."""
         return dict(self._jobs)
 
-    def queues(self) -> set[str]:
+    def queues(self) -> frozenset[str]:
         """Queues this application may enqueue to."""
-        return set(self.settings.queues) | {j.options.queue for j in self._jobs.values()}
+        return self._queues
 
     # Enqueue
 
@@ -149,9 +151,9 @@ class Conveyor:
         if registered is None:
             _core.check_job_type(type_name)
         queue = registered.options.queue if registered else (queue or "default")
-        if queue not in self.queues():
+        if queue not in self._queues:
             raise InvalidJobError(
-                f"unknown queue {queue!r}: known queues are {sorted(self.queues())}; "
+                f"unknown queue {queue!r}: known queues are {sorted(self._queues)}; "
                 "add it to Settings.queues or register a job type on it"
             )
         run_at_us = _run_at_us(delay, run_at)

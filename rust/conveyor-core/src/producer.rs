@@ -2,7 +2,8 @@
 //!
 //! `send` only hands records to librdkafka (which batches and compresses them
 //! on its own threads) and returns a [`Pending`] at once; the caller may wait
-//! on it or not. A failure nobody waited for is never swallowed: when its
+//! on it or not. Delivery reports arrive in librdkafka's callback, which fills
+//! in the batch's slot directly: no task or future per job. A failure nobody waited for is never swallowed: when its
 //! `Pending` is dropped unobserved, the failure moves to the producer, and the
 //! next [`JobProducer::flush`] reports it.
 
@@ -10,16 +11,17 @@ use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use std::fmt::Write as _;
+
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::id::JobId;
 use crate::kafka::{KafkaConfig, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE};
-use crate::runtime;
 
 /// How many failed job ids an error message lists before it only counts.
 const FAILURE_SAMPLES: usize = 10;
@@ -100,10 +102,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// librdkafka's callbacks land here.
+struct Context {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<(Arc<Batch>, usize)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (batch, index) = *opaque;
+        let outcome = match result {
+            Ok(message) => Ok(Delivered {
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Err((err, _)) => Err(err.to_string()),
+        };
+        batch.complete(index, outcome, &self.shared);
+    }
+}
+
 /// A producer of envelopes. Cheap to clone; clones share one librdkafka client.
 #[derive(Clone)]
 pub struct JobProducer {
-    inner: FutureProducer,
+    inner: Arc<ThreadedProducer<Context>>,
     options: ProducerOptions,
     shared: Arc<Shared>,
     known_topics: Arc<Mutex<HashSet<String>>>,
@@ -136,15 +161,21 @@ impl JobProducer {
         for (key, value) in &config.properties {
             client.set(key, value);
         }
-        let inner = client.create().map_err(Error::kafka("create producer"))?;
+        let shared = Arc::new(Shared {
+            unobserved: Mutex::new(Unobserved::default()),
+            in_flight: Mutex::new(0),
+            settled: Condvar::new(),
+        });
+        let context = Context {
+            shared: Arc::clone(&shared),
+        };
+        let inner = client
+            .create_with_context(context)
+            .map_err(Error::kafka("create producer"))?;
         Ok(Self {
-            inner,
+            inner: Arc::new(inner),
             options,
-            shared: Arc::new(Shared {
-                unobserved: Mutex::new(Unobserved::default()),
-                in_flight: Mutex::new(0),
-                settled: Condvar::new(),
-            }),
+            shared,
             known_topics: Arc::new(Mutex::new(HashSet::new())),
         })
     }
@@ -183,11 +214,15 @@ impl JobProducer {
             .iter()
             .map(Envelope::encode)
             .collect::<Result<Vec<_>>>()?;
-        let ids: Vec<JobId> = envelopes.iter().map(|e| e.id).collect();
+        let batch = Arc::new(Batch::new(envelopes.iter().map(|e| e.id).collect()));
+        if !envelopes.is_empty() {
+            *lock(&self.shared.in_flight) += 1;
+        }
         let deadline = Instant::now() + self.options.enqueue_timeout;
-        let mut futures = Vec::with_capacity(envelopes.len());
-        for ((env, value), id) in envelopes.iter().zip(&encoded).zip(&ids) {
-            let id_text = id.to_string();
+        let mut id_text = String::with_capacity(26);
+        for (index, (env, value)) in envelopes.iter().zip(&encoded).enumerate() {
+            id_text.clear();
+            let _ = write!(id_text, "{}", env.id);
             let mut headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
                     key: HEADER_ID,
@@ -203,83 +238,55 @@ impl JobProducer {
                     value: Some(trace.as_str()),
                 });
             }
-            let mut record = FutureRecord::<str, [u8]>::to(topic)
-                .payload(value.as_slice())
-                .headers(headers);
+            let mut record = BaseRecord::<str, [u8], _>::with_opaque_to(
+                topic,
+                Box::new((Arc::clone(&batch), index)),
+            )
+            .payload(value.as_slice())
+            .headers(headers);
             if let Some(key) = &env.dedup_key {
                 record = record.key(key.as_str());
             }
             if let Some(p) = partition {
                 record = record.partition(p);
             }
-            futures.push(self.enqueue_record(record, deadline));
+            if let Err((err, record)) = self.enqueue_record(record, deadline) {
+                let (batch, index) = *record.delivery_opaque;
+                batch.complete(index, Err(err.to_string()), &self.shared);
+            }
         }
-        Ok(self.track(ids, futures))
+        Ok(Pending {
+            batch,
+            shared: Arc::clone(&self.shared),
+        })
     }
 
     /// Puts one record on librdkafka's local queue, waiting for room until
     /// `deadline` (the queue is full only when Kafka is down or too slow).
-    fn enqueue_record(
+    #[allow(clippy::result_large_err)]
+    fn enqueue_record<'a>(
         &self,
-        mut record: FutureRecord<'_, str, [u8]>,
+        mut record: BaseRecord<'a, str, [u8], Box<(Arc<Batch>, usize)>>,
         deadline: Instant,
-    ) -> std::result::Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    ) -> std::result::Result<
+        (),
+        (
+            KafkaError,
+            BaseRecord<'a, str, [u8], Box<(Arc<Batch>, usize)>>,
+        ),
+    > {
         loop {
-            match self.inner.send_result(record) {
-                Ok(future) => return Ok(future),
+            match self.inner.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if Instant::now() < deadline =>
                 {
                     record = back;
-                    // Serve delivery reports so the queue drains.
-                    self.inner.poll(Duration::from_millis(1));
+                    // The polling thread serves delivery reports; give it a moment.
+                    std::thread::sleep(Duration::from_micros(200));
                 }
-                Err((err, _)) => return Err(err),
+                Err(failed) => return Err(failed),
             }
-        }
-    }
-
-    fn track(
-        &self,
-        ids: Vec<JobId>,
-        futures: Vec<std::result::Result<rdkafka::producer::DeliveryFuture, KafkaError>>,
-    ) -> Pending {
-        let state = Arc::new(PendingState::default());
-        *lock(&self.shared.in_flight) += 1;
-        let task_state = Arc::clone(&state);
-        let shared = Arc::clone(&self.shared);
-        let task_ids = ids.clone();
-        runtime::spawn(async move {
-            let waits = futures.into_iter().map(|f| async move {
-                match f {
-                    Err(err) => Err(err.to_string()),
-                    Ok(delivery) => match delivery.await {
-                        Ok(Ok(d)) => Ok(Delivered {
-                            partition: d.partition,
-                            offset: d.offset,
-                        }),
-                        Ok(Err((err, _))) => Err(err.to_string()),
-                        Err(_) => Err("producer closed before delivery".to_owned()),
-                    },
-                }
-            });
-            let results: Vec<std::result::Result<Delivered, String>> = join_all(waits).await;
-            {
-                let mut inner = lock(&task_state.inner);
-                if inner.abandoned {
-                    lock(&shared.unobserved).record(failures(&task_ids, &results));
-                } else {
-                    inner.results = Some(results);
-                }
-            }
-            task_state.ready.notify_all();
-            *lock(&shared.in_flight) -= 1;
-            shared.settled.notify_all();
-        });
-        Pending {
-            ids,
-            state,
-            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -340,35 +347,82 @@ fn delivery_error(count: u64, samples: &[Failure]) -> Error {
     ))
 }
 
-#[derive(Default)]
-struct PendingInner {
-    results: Option<Vec<std::result::Result<Delivered, String>>>,
+type Outcome = std::result::Result<Delivered, String>;
+
+struct BatchInner {
+    results: Vec<Option<Outcome>>,
+    remaining: usize,
     observed: bool,
     abandoned: bool,
 }
 
-#[derive(Default)]
-struct PendingState {
-    inner: Mutex<PendingInner>,
+/// One `send` call's jobs and their delivery outcomes as they arrive.
+struct Batch {
+    ids: Vec<JobId>,
+    inner: Mutex<BatchInner>,
     ready: Condvar,
+}
+
+impl Batch {
+    fn new(ids: Vec<JobId>) -> Self {
+        let n = ids.len();
+        Self {
+            ids,
+            inner: Mutex::new(BatchInner {
+                results: vec![None; n],
+                remaining: n,
+                observed: false,
+                abandoned: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn complete(&self, index: usize, outcome: Outcome, shared: &Shared) {
+        let mut inner = lock(&self.inner);
+        if inner.results[index].replace(outcome).is_some() {
+            return; // a second report for one record: keep the count honest
+        }
+        inner.remaining -= 1;
+        if inner.remaining > 0 {
+            return;
+        }
+        if inner.abandoned {
+            let results = outcomes(&inner.results);
+            lock(&shared.unobserved).record(failures(&self.ids, &results));
+        }
+        drop(inner);
+        self.ready.notify_all();
+        *lock(&shared.in_flight) -= 1;
+        shared.settled.notify_all();
+    }
+}
+
+fn outcomes(slots: &[Option<Outcome>]) -> Vec<Outcome> {
+    slots
+        .iter()
+        .map(|s| {
+            s.clone()
+                .unwrap_or_else(|| Err("no delivery report".to_owned()))
+        })
+        .collect()
 }
 
 /// A batch handed to the producer, awaiting its broker acknowledgements.
 pub struct Pending {
-    ids: Vec<JobId>,
-    state: Arc<PendingState>,
+    batch: Arc<Batch>,
     shared: Arc<Shared>,
 }
 
 impl Pending {
     /// The ids of the batch's jobs, in send order.
     pub fn ids(&self) -> &[JobId] {
-        &self.ids
+        &self.batch.ids
     }
 
     /// Whether every record has been acknowledged or has failed.
     pub fn is_done(&self) -> bool {
-        lock(&self.state.inner).results.is_some()
+        lock(&self.batch.inner).remaining == 0
     }
 
     /// Waits for every acknowledgement (`None`: as long as it takes, which the
@@ -376,11 +430,11 @@ impl Pending {
     /// [`Error::Delivery`] naming the jobs that were not written.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Vec<Delivered>> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut inner = lock(&self.state.inner);
-        while inner.results.is_none() {
+        let mut inner = lock(&self.batch.inner);
+        while inner.remaining > 0 {
             inner = match deadline {
                 None => self
-                    .state
+                    .batch
                     .ready
                     .wait(inner)
                     .unwrap_or_else(|e| e.into_inner()),
@@ -388,11 +442,12 @@ impl Pending {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(Error::Timeout(format!(
-                            "{} job(s) still awaiting Kafka's acknowledgement",
-                            self.ids.len()
+                            "{} of {} job(s) still awaiting Kafka's acknowledgement",
+                            inner.remaining,
+                            self.batch.ids.len()
                         )));
                     }
-                    self.state
+                    self.batch
                         .ready
                         .wait_timeout(inner, left)
                         .unwrap_or_else(|e| e.into_inner())
@@ -401,13 +456,10 @@ impl Pending {
             };
         }
         inner.observed = true;
-        let results = inner.results.as_deref().unwrap_or_default();
-        let failed: Vec<Failure> = failures(&self.ids, results).collect();
+        let results = outcomes(&inner.results);
+        let failed: Vec<Failure> = failures(&self.batch.ids, &results).collect();
         if failed.is_empty() {
-            Ok(results
-                .iter()
-                .filter_map(|r| r.as_ref().ok().copied())
-                .collect())
+            Ok(results.into_iter().filter_map(|r| r.ok()).collect())
         } else {
             let samples = &failed[..failed.len().min(FAILURE_SAMPLES)];
             Err(delivery_error(failed.len() as u64, samples))
@@ -417,13 +469,12 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let mut inner = lock(&self.state.inner);
-        match &inner.results {
-            Some(results) if !inner.observed => {
-                lock(&self.shared.unobserved).record(failures(&self.ids, results));
-            }
-            Some(_) => {}
-            None => inner.abandoned = true,
+        let mut inner = lock(&self.batch.inner);
+        if inner.remaining > 0 {
+            inner.abandoned = true;
+        } else if !inner.observed {
+            let results = outcomes(&inner.results);
+            lock(&self.shared.unobserved).record(failures(&self.batch.ids, &results));
         }
     }
 }

@@ -1,0 +1,147 @@
+"""Enqueue into the local Kafka: Conveyor's client against confluent-kafka.
+
+Run: `make bench` (or `.venv/bin/python bench/enqueue_bench.py [--jobs N]`).
+Starts the `conveyor dev up` servers if needed. Each variant sends the same
+~100-byte jobs to a fresh 3-partition topic and counts as done only when the
+broker acknowledged every job (leader acks, lz4, as Conveyor's defaults).
+The peer builds the same envelope in pure Python (bench/pure_envelope.py) and
+produces with confluent-kafka, the standard Python client; ratios are measured
+side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import Producer
+
+import conveyor
+import conveyor.payload
+import pure_envelope
+from conveyor import _core
+from conveyor.devservers import DevServers
+
+TEXT = "You have 3 new messages in #general from @alice"  # makes ~100-byte payloads
+
+
+def _topic(bootstrap: str) -> str:
+    name = f"bench.enqueue-{uuid.uuid4().hex[:8]}"
+    _core.kafka_create_topic(bootstrap, name, 3, 1)
+    return name
+
+
+def conveyor_many(app: conveyor.Conveyor, jobs: int) -> None:
+    batch = 10_000
+    handles = [
+        app.enqueue_many("notify.push", [(i, TEXT) for i in range(start, min(start + batch, jobs))])
+        for start in range(0, jobs, batch)
+    ]
+    for h in handles:
+        h.wait(60)
+
+
+def conveyor_single(app: conveyor.Conveyor, jobs: int) -> None:
+    for i in range(jobs):
+        app.enqueue("notify.push", (i, TEXT))
+    app.flush(60)
+
+
+def core_many(producer: _core.KafkaProducer, topic: str, jobs: int) -> None:
+    payload = conveyor.payload.encode_call((1, TEXT), {}, 1 << 20)
+    payloads = [payload] * 10_000
+    handles = [producer.send(topic, "notify.push", payloads) for _ in range(jobs // 10_000)]
+    for h in handles:
+        h.wait(60)
+
+
+def confluent_single(bootstrap: str, topic: str, jobs: int) -> None:
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "1",
+            "compression.type": "lz4",
+            "linger.ms": 2,
+            "enable.idempotence": False,
+        }
+    )
+    failures: list[str] = []
+
+    def on_delivery(err: object, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for i in range(jobs):
+        env = pure_envelope.PyEnvelope(
+            id=uuid.uuid4().bytes,
+            job_type="notify.push",
+            payload=conveyor.payload.encode_call((i, TEXT), {}, 1 << 20),
+            enqueued_at_us=time.time_ns() // 1000,
+        )
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    env.encode(),
+                    on_delivery=on_delivery,
+                    headers=[("cv-id", env.id_text), ("cv-type", env.job_type)],
+                )
+                break
+            except BufferError:
+                producer.poll(0.001)
+        producer.poll(0)
+    producer.flush(60)
+    assert not failures, failures[:3]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=200_000, help="jobs per variant (max 1M)")
+    args = parser.parse_args()
+    jobs = min(args.jobs, 1_000_000)
+    servers = DevServers.default()
+    servers.up()
+    bootstrap = servers.kafka.bootstrap
+
+    def fresh_app() -> conveyor.Conveyor:
+        ns = f"b{uuid.uuid4().hex[:6]}"
+        app = conveyor.Conveyor(conveyor.Settings(kafka_bootstrap=bootstrap, namespace=ns))
+        app.ensure_topics()
+        app.enqueue("warm.up", ()).wait(10)  # connect before timing
+        return app
+
+    core_producer = _core.KafkaProducer(bootstrap)
+    core_topic = _topic(bootstrap)
+    core_producer.send(core_topic, "warm.up", [b"{}"]).wait(10)
+    variants: dict[str, Callable[[], None]] = {
+        "confluent-kafka + pure-Python envelope, produce() per job": (
+            lambda: confluent_single(bootstrap, _topic(bootstrap), jobs)
+        ),
+        "Conveyor app.enqueue() per job": lambda: conveyor_single(fresh_app(), jobs),
+        "Conveyor app.enqueue_many(), 10k per call": lambda: conveyor_many(fresh_app(), jobs),
+        "Rust producer alone, payloads pre-encoded": (
+            lambda: core_many(core_producer, core_topic, jobs)
+        ),
+    }
+    print(
+        f"{jobs:,} jobs of ~100 bytes per variant into Kafka {bootstrap} "
+        f"(1 broker, 3 partitions, leader acks, lz4) on {os.cpu_count()} cores"
+    )
+    results = {}
+    for name, run in variants.items():
+        start = time.perf_counter()
+        run()
+        results[name] = time.perf_counter() - start
+        print(f"  {name}: {jobs / results[name]:,.0f} jobs/s", flush=True)
+    base = next(iter(results.values()))
+    print("\n| variant | seconds | jobs/s | vs confluent-kafka |")
+    print("|---|---:|---:|---:|")
+    for name, seconds in results.items():
+        print(f"| {name} | {seconds:.2f} | {jobs / seconds:,.0f} | {base / seconds:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
