@@ -8,6 +8,7 @@ __all__ = [
     "STAGES",
     "DeliveryHandle",
     "Envelope",
+    "Gate",
     "KafkaProducer",
     "KafkaRecord",
     "RedisStore",
@@ -160,3 +161,32 @@ class RedisStore:
     def push_ready(self, namespace: str, queue: str, envelopes: list[bytes]) -> int: ...
     def peek_ready(self, namespace: str, queue: str, count: int) -> list[bytes]: ...
     def purge(self, namespace: str, queue: str) -> None: ...
+    def publish_registry(self, namespace: str, entries: list[tuple[str, str]]) -> int: ...
+    def read_registry(self, namespace: str) -> list[tuple[str, str]]: ...
+
+@final
+class Gate:
+    """A running gate (HTTP enqueue service)."""
+
+    def __new__(
+        cls,
+        bind: str,
+        bootstrap: str,
+        *,
+        namespace: str = "",
+        topic_prefix: str = "conveyor.",
+        routes: dict[str, str] | None = None,
+        registry_url: str | None = None,
+        registry_refresh_s: float = 5.0,
+        acks: str = "leader",
+        request_timeout_s: float = 5.0,
+        delivery_timeout_s: float = 30.0,
+        max_payload_bytes: int = 1048576,
+        max_batch: int = 1000,
+        token: str | None = None,
+        properties: list[tuple[str, str]] | None = None,
+    ) -> Gate: ...
+    @property
+    def address(self) -> str: ...
+    def routes(self) -> dict[str, str]: ...
+    def stop(self, timeout_s: float = 30.0) -> None: ...

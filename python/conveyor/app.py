@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
 import threading
@@ -206,6 +207,27 @@ class Conveyor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def publish_registry(self) -> int:
+        """Record this application's job types in Redis, where gates learn
+        which types exist and their queues. Returns how many types the
+        registry holds. Workers call this when they start."""
+        entries = [
+            (
+                name,
+                json.dumps(
+                    {
+                        "queue": j.options.queue,
+                        "max_attempts": j.options.max_attempts,
+                        "timeout_s": j.options.timeout_s,
+                        "priority": j.options.priority,
+                    }
+                ),
+            )
+            for name, j in sorted(self._jobs.items())
+        ]
+        store = _core.RedisStore(self.settings.redis_url)
+        return store.publish_registry(self.settings.namespace, entries)
 
     # Topics
 

@@ -77,6 +77,51 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gate(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from conveyor import _core
+    from conveyor.errors import InvalidJobError
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    routes = {}
+    for route in args.route:
+        job_type, sep, queue = route.partition("=")
+        if not sep:
+            raise InvalidJobError(f"--route takes TYPE=QUEUE, not {route!r}")
+        routes[job_type] = queue
+    gate = _core.Gate(
+        args.bind,
+        settings.kafka_bootstrap,
+        namespace=settings.namespace,
+        topic_prefix=settings.topic_prefix,
+        routes=routes,
+        registry_url=None if args.no_registry else settings.redis_url,
+        acks=args.acks or settings.acks,
+        request_timeout_s=args.request_timeout,
+        delivery_timeout_s=settings.delivery_timeout_s,
+        max_payload_bytes=settings.max_payload_bytes,
+        token=os.environ.get("CONVEYOR_GATE_TOKEN") or None,
+        properties=list(settings.kafka_properties),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(
+        f"gate serving on http://{gate.address}  (Kafka {settings.kafka_bootstrap}, "
+        f"{len(gate.routes())} job types known)",
+        flush=True,
+    )
+    while not stop.wait(0.5):
+        pass
+    print("gate stopping: finishing requests in flight ...", flush=True)
+    gate.stop()
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from conveyor.demo import run
 
@@ -100,6 +145,29 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--partitions", type=int, help="partitions of new topics (default 3)")
     topics.add_argument("--replication", type=int, help="replication of new topics (default 1)")
     topics.set_defaults(run=_topics)
+
+    gate = commands.add_parser(
+        "gate", help="serve the HTTP enqueue gate (Rust, no Python per request)"
+    )
+    gate.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    gate.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="TYPE=QUEUE",
+        help="accept a job type without a published registry entry",
+    )
+    gate.add_argument(
+        "--no-registry", action="store_true", help="do not read the job type registry from Redis"
+    )
+    gate.add_argument("--acks", choices=["leader", "all"], help="acknowledgement to wait for")
+    gate.add_argument(
+        "--request-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for Kafka before answering 503 (default 5)",
+    )
+    gate.set_defaults(run=_gate)
 
     demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
     demo.add_argument("--jobs", type=int, default=1000, help="how many jobs to send (default 1000)")

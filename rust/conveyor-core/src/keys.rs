@@ -35,7 +35,18 @@ impl QueueKeys {
     }
 }
 
-/// Queue and namespace names: a letter, then letters, digits and `_ . -`, at
+/// The hash of job types that applications publish and the gate reads:
+/// field = job type name, value = JSON `{"queue": …, "max_attempts": …, …}`.
+pub fn registry_key(namespace: &str) -> Result<String> {
+    if namespace.is_empty() {
+        Ok(format!("{PREFIX}:registry"))
+    } else {
+        validate_name("namespace", namespace)?;
+        Ok(format!("{PREFIX}:{namespace}:registry"))
+    }
+}
+
+/// Checks a queue or namespace name: a letter, then letters, digits and `_ . -`, at
 /// most 100 bytes, so that they are valid in Kafka topic names too.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let mut bytes = name.bytes();

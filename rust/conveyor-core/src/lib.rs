@@ -4,9 +4,11 @@
 
 pub mod envelope;
 pub mod error;
+pub mod gate;
 pub mod id;
 pub mod kafka;
 pub mod keys;
+pub mod metrics;
 pub mod producer;
 pub mod redis_store;
 pub mod runtime;

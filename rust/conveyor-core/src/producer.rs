@@ -102,6 +102,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Which batch, and which slot in it, a record reports to.
+type Slot = Box<(Arc<Batch>, usize)>;
+/// A record as handed to librdkafka.
+type Record<'a> = BaseRecord<'a, str, [u8], Slot>;
+
 /// librdkafka's callbacks land here.
 struct Context {
     shared: Arc<Shared>,
@@ -110,7 +115,7 @@ struct Context {
 impl ClientContext for Context {}
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = Box<(Arc<Batch>, usize)>;
+    type DeliveryOpaque = Slot;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
         let (batch, index) = *opaque;
@@ -266,15 +271,9 @@ impl JobProducer {
     #[allow(clippy::result_large_err)]
     fn enqueue_record<'a>(
         &self,
-        mut record: BaseRecord<'a, str, [u8], Box<(Arc<Batch>, usize)>>,
+        mut record: Record<'a>,
         deadline: Instant,
-    ) -> std::result::Result<
-        (),
-        (
-            KafkaError,
-            BaseRecord<'a, str, [u8], Box<(Arc<Batch>, usize)>>,
-        ),
-    > {
+    ) -> std::result::Result<(), (KafkaError, Record<'a>)> {
         loop {
             match self.inner.send(record) {
                 Ok(()) => return Ok(()),
@@ -361,6 +360,8 @@ struct Batch {
     ids: Vec<JobId>,
     inner: Mutex<BatchInner>,
     ready: Condvar,
+    /// Wakes an async waiter; holds a permit if the batch settles first.
+    settled: tokio::sync::Notify,
 }
 
 impl Batch {
@@ -375,6 +376,7 @@ impl Batch {
                 abandoned: false,
             }),
             ready: Condvar::new(),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
@@ -393,6 +395,7 @@ impl Batch {
         }
         drop(inner);
         self.ready.notify_all();
+        self.settled.notify_one();
         *lock(&shared.in_flight) -= 1;
         shared.settled.notify_all();
     }
@@ -464,6 +467,26 @@ impl Pending {
             let samples = &failed[..failed.len().min(FAILURE_SAMPLES)];
             Err(delivery_error(failed.len() as u64, samples))
         }
+    }
+}
+
+impl Pending {
+    /// [`Pending::wait`] for async callers (the gate): the same outcome,
+    /// without blocking a runtime thread.
+    pub async fn wait_async(&self, timeout: Duration) -> Result<Vec<Delivered>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_done() {
+            if tokio::time::timeout_at(deadline, self.batch.settled.notified())
+                .await
+                .is_err()
+            {
+                return Err(Error::Timeout(format!(
+                    "{} job(s) not acknowledged by Kafka within {timeout:?}",
+                    self.batch.ids.len()
+                )));
+            }
+        }
+        self.wait(Some(Duration::ZERO))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::{Client, Connection};
 
 use crate::error::Result;
-use crate::keys::QueueKeys;
+use crate::keys::{registry_key, QueueKeys};
 
 /// The scripts, embedded at build time.
 pub mod scripts {
@@ -20,6 +20,10 @@ pub mod scripts {
     /// Appends envelopes to a ready list. See `scripts/push_ready-1.lua`.
     pub static PUSH_READY: LazyLock<Script> =
         LazyLock::new(|| Script::new(include_str!("scripts/push_ready-1.lua")));
+
+    /// Records job types in the registry. See `scripts/publish_registry-1.lua`.
+    pub static PUBLISH_REGISTRY: LazyLock<Script> =
+        LazyLock::new(|| Script::new(include_str!("scripts/publish_registry-1.lua")));
 }
 
 /// A synchronous connection to one Redis server.
@@ -71,6 +75,28 @@ impl RedisStore {
             .arg(keys.ready())
             .arg(0)
             .arg(count as i64 - 1)
+            .query(&mut self.conn)?)
+    }
+
+    /// Publishes job types (`(name, JSON options)`) to the registry; returns
+    /// how many types it holds afterwards.
+    pub fn publish_registry(
+        &mut self,
+        namespace: &str,
+        entries: &[(String, String)],
+    ) -> Result<u64> {
+        let mut invocation = scripts::PUBLISH_REGISTRY.key(registry_key(namespace)?);
+        for (name, options) in entries {
+            crate::envelope::validate_job_type(name)?;
+            invocation.arg(name).arg(options);
+        }
+        Ok(invocation.invoke(&mut self.conn)?)
+    }
+
+    /// Every published job type as `(name, JSON options)`.
+    pub fn read_registry(&mut self, namespace: &str) -> Result<Vec<(String, String)>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(registry_key(namespace)?)
             .query(&mut self.conn)?)
     }
 

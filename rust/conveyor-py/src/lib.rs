@@ -7,6 +7,7 @@
 
 mod envelope;
 mod errors;
+mod gate;
 mod kafka;
 mod redis;
 
@@ -24,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("STAGES", stages)?;
     envelope::register(m)?;
     kafka::register(m)?;
+    gate::register(m)?;
     redis::register(m)?;
     Ok(())
 }

@@ -75,6 +75,22 @@ impl RedisStore {
         Ok(items.iter().map(|b| PyBytes::new(py, b)).collect())
     }
 
+    /// Publishes job types (`(name, JSON options)`) for the gate; returns how
+    /// many the registry holds.
+    fn publish_registry(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        entries: Vec<(String, String)>,
+    ) -> PyResult<u64> {
+        self.with(py, |s| s.publish_registry(namespace, &entries))
+    }
+
+    /// Every published job type as `(name, JSON options)`.
+    fn read_registry(&self, py: Python<'_>, namespace: &str) -> PyResult<Vec<(String, String)>> {
+        self.with(py, |s| s.read_registry(namespace))
+    }
+
     /// Deletes every key of a queue.
     fn purge(&self, py: Python<'_>, namespace: &str, queue: &str) -> PyResult<()> {
         let keys = QueueKeys::new(namespace, queue).py()?;

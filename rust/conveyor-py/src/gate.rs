@@ -1,0 +1,119 @@
+//! `Gate`: the HTTP enqueue service, started from Python, served from Rust.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use conveyor_core::gate::{self, GateConfig, GateHandle};
+use conveyor_core::kafka::KafkaConfig;
+use conveyor_core::producer::{Acks, ProducerOptions};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::errors::IntoPyResult;
+
+fn secs(s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| PyValueError::new_err(format!("not a duration: {s}")))
+}
+
+/// A running gate. Python only configures and starts it; requests never touch Python.
+#[pyclass(frozen, module = "conveyor._core")]
+pub struct Gate {
+    handle: Mutex<GateHandle>,
+}
+
+#[pymethods]
+impl Gate {
+    #[new]
+    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="leader", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, properties=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        bind: &str,
+        bootstrap: &str,
+        namespace: &str,
+        topic_prefix: &str,
+        routes: Option<HashMap<String, String>>,
+        registry_url: Option<String>,
+        registry_refresh_s: f64,
+        acks: &str,
+        request_timeout_s: f64,
+        delivery_timeout_s: f64,
+        max_payload_bytes: usize,
+        max_batch: usize,
+        token: Option<String>,
+        properties: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
+        let config = GateConfig {
+            bind: bind.parse().map_err(|e| {
+                PyValueError::new_err(format!("bind {bind:?} is not HOST:PORT: {e}"))
+            })?,
+            kafka: KafkaConfig {
+                bootstrap_servers: bootstrap.to_owned(),
+                properties: properties.unwrap_or_default(),
+            },
+            producer: ProducerOptions {
+                acks: match acks {
+                    "leader" => Acks::Leader,
+                    "all" => Acks::All,
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "acks must be 'leader' or 'all', not {other:?}"
+                        )))
+                    }
+                },
+                delivery_timeout: secs(delivery_timeout_s)?,
+                enqueue_timeout: secs(request_timeout_s)?,
+            },
+            topic_prefix: topic_prefix.to_owned(),
+            namespace: namespace.to_owned(),
+            routes: routes.unwrap_or_default(),
+            registry_url,
+            registry_refresh: secs(registry_refresh_s)?,
+            request_timeout: secs(request_timeout_s)?,
+            max_payload_bytes,
+            max_batch,
+            token,
+        };
+        let handle = py.detach(|| gate::start(config)).py()?;
+        Ok(Self {
+            handle: Mutex::new(handle),
+        })
+    }
+
+    /// `HOST:PORT` the gate listens on.
+    #[getter]
+    fn address(&self) -> String {
+        self.handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .address()
+            .to_string()
+    }
+
+    /// Job types the gate accepts now, with their queues.
+    fn routes(&self) -> HashMap<String, String> {
+        self.handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .routes()
+    }
+
+    /// Stops accepting, finishes requests in flight, flushes the producer.
+    #[pyo3(signature = (timeout_s=30.0))]
+    fn stop(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {
+        let timeout = secs(timeout_s)?;
+        py.detach(|| {
+            self.handle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop(timeout)
+        })
+        .py()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Gate>()
+}
