@@ -83,7 +83,6 @@ def test_bad_arguments_are_refused_before_anything_is_sent(app: conveyor.Conveyo
         strict.enqueue_with((1, 2), delay=1, run_at=time.time())
     with pytest.raises(InvalidJobError, match="timezone-aware"):
         strict.enqueue_with((1, 2), run_at=datetime(2030, 1, 1))
-    assert app._producer is None, "nothing reached the producer"
     assert read_all(app.settings.kafka_bootstrap, app.settings.topic_for("default"), 1, 2) == []
 
 

@@ -1,6 +1,7 @@
 """Type stubs for the private native module; `make lint` checks them against the build."""
 
-from typing import final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, final
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -16,6 +17,7 @@ __all__ = [
     "check_job_type",
     "check_queue_name",
     "decode_many",
+    "encode_call",
     "encode_many",
     "kafka_cluster_info",
     "kafka_create_topic",
@@ -73,6 +75,11 @@ def decode_many(data: list[bytes]) -> list[Envelope]: ...
 def new_job_id() -> str: ...
 def append_stage(data: bytes, code: int, at_us: int) -> bytes: ...
 def check_job_type(name: str) -> None: ...
+def encode_call(
+    args: list[Any] | tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    max_payload_bytes: int = ...,
+) -> bytes: ...
 def check_queue_name(name: str) -> None: ...
 def kafka_cluster_info(
     bootstrap: str, timeout_s: float = 5.0, properties: list[tuple[str, str]] | None = None
@@ -131,6 +138,31 @@ class KafkaProducer:
         job_type: str,
         payloads: list[bytes],
         *,
+        dedup_keys: list[str | None] | None = None,
+        run_at_us: int | None = None,
+        trace_context: str | None = None,
+        partition: int | None = None,
+    ) -> DeliveryHandle: ...
+    def send_call(
+        self,
+        topic: str,
+        job_type: str,
+        args: list[Any] | tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+        *,
+        max_payload_bytes: int,
+        dedup_key: str | None = None,
+        run_at_us: int | None = None,
+        trace_context: str | None = None,
+        partition: int | None = None,
+    ) -> DeliveryHandle: ...
+    def send_calls(
+        self,
+        topic: str,
+        job_type: str,
+        calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+        *,
+        max_payload_bytes: int,
         dedup_keys: list[str | None] | None = None,
         run_at_us: int | None = None,
         trace_context: str | None = None,

@@ -16,8 +16,7 @@ from typing import Any
 from conveyor import _core
 from conveyor.enqueue import Enqueued
 from conveyor.errors import ConveyorError, InvalidJobError
-from conveyor.jobs import Call, JobOptions, JobType, P, R, split_call
-from conveyor.payload import encode_call
+from conveyor.jobs import Call, JobOptions, JobType, P, R
 from conveyor.settings import Settings
 
 # Producers inherited across fork(): librdkafka's threads do not survive it, and
@@ -100,16 +99,22 @@ class Conveyor:
         The queue is the registered type's, else `queue`, else "default".
         Returns at once; `wait()` on the result blocks for the broker's ack.
         """
-        payload = encode_call(args, kwargs or {}, self.settings.max_payload_bytes)
-        return self._send(
+        topic, run_at_us = self._route(type_name, queue, delay, run_at)
+        if not isinstance(args, (list, tuple)):
+            args = list(args)
+        if kwargs is not None and not isinstance(kwargs, dict):
+            kwargs = dict(kwargs)
+        handle = self._get_producer().send_call(
+            topic,
             type_name,
-            queue,
-            [payload],
-            dedup_keys=None if dedup_key is None else [dedup_key],
-            delay=delay,
-            run_at=run_at,
+            args,
+            kwargs,
+            max_payload_bytes=self.settings.max_payload_bytes,
+            dedup_key=dedup_key,
+            run_at_us=run_at_us,
             trace_context=trace_context,
         )
+        return Enqueued(handle)
 
     def enqueue_many(
         self,
@@ -123,31 +128,29 @@ class Conveyor:
         trace_context: str | None = None,
     ) -> Enqueued:
         """Send a batch of jobs of one type in one call."""
-        limit = self.settings.max_payload_bytes
-        payloads = [encode_call(*split_call(call), limit) for call in calls]
-        if dedup_keys is not None and len(dedup_keys) != len(payloads):
-            raise InvalidJobError(f"{len(dedup_keys)} dedup keys for {len(payloads)} jobs")
-        return self._send(
+        calls = calls if isinstance(calls, list) else list(calls)
+        if dedup_keys is not None and len(dedup_keys) != len(calls):
+            raise InvalidJobError(f"{len(dedup_keys)} dedup keys for {len(calls)} jobs")
+        topic, run_at_us = self._route(type_name, queue, delay, run_at)
+        handle = self._get_producer().send_calls(
+            topic,
             type_name,
-            queue,
-            payloads,
-            dedup_keys=dedup_keys,
-            delay=delay,
-            run_at=run_at,
+            calls,
+            max_payload_bytes=self.settings.max_payload_bytes,
+            dedup_keys=None if dedup_keys is None else list(dedup_keys),
+            run_at_us=run_at_us,
             trace_context=trace_context,
         )
+        return Enqueued(handle)
 
-    def _send(
+    def _route(
         self,
         type_name: str,
         queue: str | None,
-        payloads: list[bytes],
-        *,
-        dedup_keys: Sequence[str | None] | None,
         delay: float | timedelta | None,
         run_at: datetime | float | None,
-        trace_context: str | None,
-    ) -> Enqueued:
+    ) -> tuple[str, int | None]:
+        """The topic for a job type (checking the names) and its run-at time."""
         registered = self._jobs.get(type_name)
         if registered is None:
             _core.check_job_type(type_name)
@@ -157,16 +160,7 @@ class Conveyor:
                 f"unknown queue {queue!r}: known queues are {sorted(self._queues)}; "
                 "add it to Settings.queues or register a job type on it"
             )
-        run_at_us = _run_at_us(delay, run_at)
-        handle = self._get_producer().send(
-            self.settings.topic_for(queue),
-            type_name,
-            payloads,
-            dedup_keys=None if dedup_keys is None else list(dedup_keys),
-            run_at_us=run_at_us,
-            trace_context=trace_context,
-        )
-        return Enqueued(handle)
+        return self.settings.topic_for(queue), _run_at_us(delay, run_at)
 
     def _get_producer(self) -> _core.KafkaProducer:
         pid = os.getpid()

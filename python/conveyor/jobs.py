@@ -48,6 +48,7 @@ class JobType(Generic[P, R]):
         self.fn = fn
         self.options = options
         self._signature = inspect.signature(fn)
+        self._shape = _Shape.of(self._signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -107,9 +108,11 @@ class JobType(Generic[P, R]):
         """Send a batch in one call: each item is a tuple of positional
         arguments or a dict of keyword arguments. One handle for the batch."""
         materialised = list(calls)
+        shape = self._shape
         for call in materialised:
-            args, kwargs = split_call(call)
-            self.check_args(args, kwargs)
+            if shape is None or not shape.accepts(call):
+                args, kwargs = split_call(call)
+                self.check_args(args, kwargs)
         return self.app.enqueue_many(
             self.name,
             materialised,
@@ -130,3 +133,44 @@ def split_call(call: Call) -> tuple[Sequence[Any], Mapping[str, Any]]:
             f"each call must be a tuple of arguments or a dict of keyword arguments, not {call!r}"
         )
     return call, {}
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a plain signature (no positional-only or keyword-only parameters)
+    accepts, checked in a few operations per call; `enqueue_many` checks
+    thousands of calls. Anything it does not accept gets the full check."""
+
+    required: int
+    names: tuple[str, ...]
+    required_names: frozenset[str]
+    var_args: bool
+    var_kwargs: bool
+
+    @classmethod
+    def of(cls, signature: inspect.Signature) -> _Shape | None:
+        plain, names, required_names = [], [], set()
+        var_args = var_kwargs = False
+        for p in signature.parameters.values():
+            if p.kind is p.VAR_POSITIONAL:
+                var_args = True
+            elif p.kind is p.VAR_KEYWORD:
+                var_kwargs = True
+            elif p.kind is p.POSITIONAL_OR_KEYWORD:
+                plain.append(p)
+                names.append(p.name)
+                if p.default is p.empty:
+                    required_names.add(p.name)
+            else:
+                return None
+        required = sum(1 for p in plain if p.default is p.empty)
+        return cls(required, tuple(names), frozenset(required_names), var_args, var_kwargs)
+
+    def accepts(self, call: object) -> bool:
+        if isinstance(call, tuple | list):
+            n = len(call)
+            return n >= self.required and (n <= len(self.names) or self.var_args)
+        if isinstance(call, dict):
+            keys = call.keys()
+            return self.required_names <= keys and (self.var_kwargs or keys <= set(self.names))
+        return False

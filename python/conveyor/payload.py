@@ -10,22 +10,23 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from conveyor import _core
 from conveyor.errors import InvalidJobError
-
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> bytes:
     """The payload for a call with `args` and `kwargs`; raises InvalidJobError
-    if they are not JSON-encodable or the result is over `limit` bytes."""
-    try:
-        text = _encoder.encode({"args": list(args), "kwargs": dict(kwargs)})
-    except (TypeError, ValueError) as err:
-        raise InvalidJobError(f"job arguments are not JSON-encodable: {err}") from err
-    data = text.encode()
-    if len(data) > limit:
-        raise InvalidJobError(f"job payload is {len(data)} bytes, over the limit of {limit}")
-    return data
+    if they are not JSON-encodable or the result is over `limit` bytes.
+
+    The encoder is the Rust one every enqueue path uses: compact, UTF-8, floats
+    kept as floats, and no silent conversions (non-string keys, NaN, arbitrary
+    objects and cycles are refused).
+    """
+    if not isinstance(args, (list, tuple)):
+        args = list(args)
+    if not isinstance(kwargs, dict):
+        kwargs = dict(kwargs)
+    return _core.encode_call(args, kwargs, limit)
 
 
 def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:

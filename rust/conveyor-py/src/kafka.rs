@@ -7,10 +7,11 @@ use conveyor_core::producer::{Acks, JobProducer, Pending, ProducerOptions};
 use conveyor_core::Envelope;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::envelope::Envelope as PyEnvelope;
 use crate::errors::IntoPyResult;
+use crate::payload;
 
 fn config(bootstrap: &str, properties: Option<Vec<(String, String)>>) -> KafkaConfig {
     KafkaConfig {
@@ -194,6 +195,99 @@ impl KafkaProducer {
                     Envelope::new_job(
                         job_type.clone(),
                         payload.to_vec(),
+                        keys.as_mut().and_then(Iterator::next).flatten(),
+                        run_at_us,
+                        trace_context.clone(),
+                    )
+                })
+                .collect();
+            self.inner.send(topic, &envelopes, partition)
+        })
+        .py()
+        .map(|inner| DeliveryHandle { inner })
+    }
+
+    /// One job from handler arguments: encodes `{"args", "kwargs"}` as JSON
+    /// here (one encoder for every path), then sends like `send`.
+    #[pyo3(signature = (topic, job_type, args, kwargs=None, *, max_payload_bytes, dedup_key=None, run_at_us=None, trace_context=None, partition=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send_call(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        job_type: String,
+        args: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyAny>>,
+        max_payload_bytes: usize,
+        dedup_key: Option<String>,
+        run_at_us: Option<u64>,
+        trace_context: Option<String>,
+        partition: Option<i32>,
+    ) -> PyResult<DeliveryHandle> {
+        let mut payload = Vec::with_capacity(128);
+        payload::encode_call(args, kwargs, max_payload_bytes, &mut payload).py()?;
+        py.detach(|| {
+            let envelope =
+                Envelope::new_job(job_type, payload, dedup_key, run_at_us, trace_context);
+            self.inner
+                .send(topic, std::slice::from_ref(&envelope), partition)
+        })
+        .py()
+        .map(|inner| DeliveryHandle { inner })
+    }
+
+    /// Many jobs of one type, one call: each item of `calls` is a list or
+    /// tuple of positional arguments, or a dict of keyword arguments.
+    #[pyo3(signature = (topic, job_type, calls, *, max_payload_bytes, dedup_keys=None, run_at_us=None, trace_context=None, partition=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send_calls(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        job_type: String,
+        calls: &Bound<'_, PyAny>,
+        max_payload_bytes: usize,
+        dedup_keys: Option<Vec<Option<String>>>,
+        run_at_us: Option<u64>,
+        trace_context: Option<String>,
+        partition: Option<i32>,
+    ) -> PyResult<DeliveryHandle> {
+        let mut payloads = Vec::new();
+        for call in calls.try_iter()? {
+            let call = call?;
+            let mut payload = Vec::with_capacity(128);
+            if call.is_instance_of::<PyDict>() {
+                let empty = pyo3::types::PyTuple::empty(py);
+                payload::encode_call(empty.as_any(), Some(&call), max_payload_bytes, &mut payload)
+            } else {
+                payload::encode_call(&call, None, max_payload_bytes, &mut payload)
+            }
+            .map_err(|e| match e {
+                conveyor_core::Error::InvalidJob(reason) => conveyor_core::Error::InvalidJob(
+                    format!("job {} of the batch: {reason}", payloads.len()),
+                ),
+                other => other,
+            })
+            .py()?;
+            payloads.push(payload);
+        }
+        if let Some(keys) = &dedup_keys {
+            if keys.len() != payloads.len() {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "{} dedup keys for {} jobs",
+                    keys.len(),
+                    payloads.len()
+                )));
+            }
+        }
+        py.detach(|| {
+            let mut keys = dedup_keys.map(Vec::into_iter);
+            let envelopes: Vec<Envelope> = payloads
+                .into_iter()
+                .map(|payload| {
+                    Envelope::new_job(
+                        job_type.clone(),
+                        payload,
                         keys.as_mut().and_then(Iterator::next).flatten(),
                         run_at_us,
                         trace_context.clone(),

@@ -9,9 +9,25 @@ mod envelope;
 mod errors;
 mod gate;
 mod kafka;
+mod payload;
 mod redis;
 
 use pyo3::prelude::*;
+
+/// The JSON payload for a handler call: `{"args": [...], "kwargs": {...}}`.
+#[pyfunction]
+#[pyo3(signature = (args, kwargs=None, max_payload_bytes=conveyor_core::envelope::MAX_PAYLOAD_LEN))]
+fn encode_call<'py>(
+    py: Python<'py>,
+    args: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyAny>>,
+    max_payload_bytes: usize,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    use crate::errors::IntoPyResult;
+    let mut out = Vec::with_capacity(128);
+    payload::encode_call(args, kwargs, max_payload_bytes, &mut out).py()?;
+    Ok(pyo3::types::PyBytes::new(py, &out))
+}
 
 /// The native module.
 #[pymodule]
@@ -27,5 +43,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kafka::register(m)?;
     gate::register(m)?;
     redis::register(m)?;
+    m.add_function(wrap_pyfunction!(encode_call, m)?)?;
     Ok(())
 }
