@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from conveyor import _core
-from conveyor.enqueue import Enqueued
+from conveyor._core import DeliveryHandle as Enqueued
 from conveyor.errors import ConveyorError, InvalidJobError
 from conveyor.jobs import Call, JobOptions, JobType, P, R
 from conveyor.settings import Settings
@@ -23,6 +23,8 @@ from conveyor.settings import Settings
 # destroying such a client in the child can hang, so they are kept, never used.
 _ORPHANED_BY_FORK: list[_core.KafkaProducer] = []
 _LIVE_APPS: weakref.WeakSet[Conveyor] = weakref.WeakSet()
+#: Enough routes for any real set of job types; past it, names are checked each time.
+_ROUTE_CACHE_SIZE = 10_000
 
 
 class Conveyor:
@@ -37,10 +39,11 @@ class Conveyor:
         self._jobs: dict[str, JobType[Any, Any]] = {}
         self._lock = threading.Lock()
         self._producer: _core.KafkaProducer | None = None
-        self._producer_pid = 0
         for queue in self.settings.queues:
             _core.check_queue_name(queue)
         self._queues = frozenset(self.settings.queues)
+        # (job type, queue asked for) -> topic, once the names were checked.
+        self._topics: dict[tuple[str, str | None], str] = {}
         _LIVE_APPS.add(self)
 
     # Registry
@@ -67,6 +70,7 @@ class Conveyor:
             job_type = JobType(self, name, fn, options)
             self._jobs[name] = job_type
             self._queues = self._queues | {queue}
+            self._topics.clear()
             return job_type
 
         return register
@@ -104,7 +108,7 @@ class Conveyor:
             args = list(args)
         if kwargs is not None and not isinstance(kwargs, dict):
             kwargs = dict(kwargs)
-        handle = self._get_producer().send_call(
+        return self._get_producer().send_call(
             topic,
             type_name,
             args,
@@ -114,7 +118,6 @@ class Conveyor:
             run_at_us=run_at_us,
             trace_context=trace_context,
         )
-        return Enqueued(handle)
 
     def enqueue_many(
         self,
@@ -132,7 +135,7 @@ class Conveyor:
         if dedup_keys is not None and len(dedup_keys) != len(calls):
             raise InvalidJobError(f"{len(dedup_keys)} dedup keys for {len(calls)} jobs")
         topic, run_at_us = self._route(type_name, queue, delay, run_at)
-        handle = self._get_producer().send_calls(
+        return self._get_producer().send_calls(
             topic,
             type_name,
             calls,
@@ -141,7 +144,6 @@ class Conveyor:
             run_at_us=run_at_us,
             trace_context=trace_context,
         )
-        return Enqueued(handle)
 
     def _route(
         self,
@@ -151,27 +153,30 @@ class Conveyor:
         run_at: datetime | float | None,
     ) -> tuple[str, int | None]:
         """The topic for a job type (checking the names) and its run-at time."""
+        at = None if delay is None and run_at is None else _run_at_us(delay, run_at)
+        topic = self._topics.get((type_name, queue))
+        if topic is not None:
+            return topic, at
         registered = self._jobs.get(type_name)
         if registered is None:
             _core.check_job_type(type_name)
+        queue_arg = queue
         queue = registered.options.queue if registered else (queue or "default")
         if queue not in self._queues:
             raise InvalidJobError(
                 f"unknown queue {queue!r}: known queues are {sorted(self._queues)}; "
                 "add it to Settings.queues or register a job type on it"
             )
-        return self.settings.topic_for(queue), _run_at_us(delay, run_at)
+        topic = self.settings.topic_for(queue)
+        if len(self._topics) < _ROUTE_CACHE_SIZE:
+            self._topics[(type_name, queue_arg)] = topic
+        return topic, at
 
     def _get_producer(self) -> _core.KafkaProducer:
-        pid = os.getpid()
         producer = self._producer
-        if producer is not None and self._producer_pid == pid:
+        if producer is not None:
             return producer
         with self._lock:
-            if self._producer is not None and self._producer_pid != pid:
-                # We are a forked child: the parent's client is dead here.
-                _ORPHANED_BY_FORK.append(self._producer)
-                self._producer = None
             if self._producer is None:
                 s = self.settings
                 self._producer = _core.KafkaProducer(
@@ -180,13 +185,19 @@ class Conveyor:
                     delivery_timeout_s=s.delivery_timeout_s,
                     properties=list(s.kafka_properties),
                 )
-                self._producer_pid = pid
             return self._producer
+
+    def _forget_producer_after_fork(self) -> None:
+        # We are a forked child: the parent's client is dead here.
+        if self._producer is not None:
+            _ORPHANED_BY_FORK.append(self._producer)
+            self._producer = None
+        self._lock = threading.Lock()
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Deliver everything pending; raises DeliveryError for failed jobs that
         no `wait()` reported."""
-        if self._producer is not None and self._producer_pid == os.getpid():
+        if self._producer is not None:
             self._producer.flush(timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -262,6 +273,14 @@ def _run_at_us(delay: float | timedelta | None, run_at: datetime | float | None)
             return int(run_at.timestamp() * 1_000_000)
         return int(float(run_at) * 1_000_000)
     return None
+
+
+def _after_fork_in_child() -> None:
+    for app in list(_LIVE_APPS):
+        app._forget_producer_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -329,7 +329,10 @@ impl KafkaProducer {
     }
 }
 
-/// A batch of jobs handed to Kafka, awaiting the broker's acknowledgements.
+/// Jobs handed to Kafka (`conveyor.Enqueued`). The ids are known at once;
+/// `wait()` blocks until the broker acknowledged every job, or raises
+/// `DeliveryError` naming those it did not take. A failure nobody waits for is
+/// raised by the next `flush()` instead.
 #[pyclass(frozen, module = "conveyor._core")]
 pub struct DeliveryHandle {
     inner: Pending,
@@ -341,6 +344,25 @@ impl DeliveryHandle {
     #[getter]
     fn ids(&self) -> Vec<String> {
         self.inner.ids().iter().map(ToString::to_string).collect()
+    }
+
+    /// The id of the first (for a single enqueue, the only) job.
+    #[getter]
+    fn id(&self) -> String {
+        self.inner
+            .ids()
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.inner.is_done() {
+            "acknowledged or failed"
+        } else {
+            "in flight"
+        };
+        format!("<Enqueued {} job(s), {state}>", self.inner.ids().len())
     }
 
     /// Whether every job was acknowledged or failed.
