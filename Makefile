@@ -53,5 +53,10 @@ demo: build ## The main job: local Kafka and Redis, jobs through both, a report
 	$(BIN)/conveyor demo
 
 .PHONY: bench
-bench: build ## Benchmarks (not part of the tests)
+bench: build ## Benchmarks (not part of the tests): envelope codec, enqueue
 	$(BIN)/python bench/envelope_bench.py
+	$(BIN)/python bench/enqueue_bench.py
+
+.PHONY: bench-gate
+bench-gate: build ## Gate vs a Python ASGI server (needs wrk and oha)
+	$(BIN)/python bench/gate_bench.py

@@ -109,3 +109,24 @@ def test_settings_default_to_the_dev_servers() -> None:
     defaults = conveyor.Settings()
     assert defaults.kafka_bootstrap == f"127.0.0.1:{settings.DEV_KAFKA_PORT}"
     assert defaults.redis_url == f"redis://127.0.0.1:{settings.DEV_REDIS_PORT}/0"
+
+
+def test_the_demo_accounts_for_every_job(servers: DevServers) -> None:
+    env = {
+        **os.environ,
+        "CONVEYOR_DEV_HOME": str(servers.redis.home.parent),
+        "CONVEYOR_DEV_KAFKA_PORT": str(servers.kafka.nodes[0].port),
+        "CONVEYOR_DEV_REDIS_PORT": str(servers.redis.port),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "conveyor", "demo", "--jobs", "300"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "300/300 jobs present with payload bytes unchanged" in out.stdout
+    assert "every job accounted for" in out.stdout
+    assert servers.redis.pid() is not None, "the demo stops only servers it started"
