@@ -13,6 +13,7 @@ __all__ = [
     "KafkaProducer",
     "KafkaRecord",
     "RedisStore",
+    "Relay",
     "append_stage",
     "check_job_type",
     "check_queue_name",
@@ -197,6 +198,36 @@ class RedisStore:
     def purge(self, namespace: str, queue: str) -> None: ...
     def publish_registry(self, namespace: str, entries: list[tuple[str, str]]) -> int: ...
     def read_registry(self, namespace: str) -> list[tuple[str, str]]: ...
+    def relayed_offsets(self, namespace: str, queue: str) -> list[tuple[str, int]]: ...
+    def ready_len(self, namespace: str, queue: str) -> int: ...
+    def relay_batch(
+        self,
+        namespace: str,
+        queue: str,
+        topic_partition: str,
+        next_offset: int,
+        records: list[tuple[int, bytes]],
+    ) -> tuple[int, int]: ...
+
+@final
+class Relay:
+    """A running relay (Kafka topics into Redis queues)."""
+
+    def __new__(
+        cls,
+        bootstrap: str,
+        redis_url: str,
+        routes: list[tuple[str, str]],
+        *,
+        namespace: str = "",
+        group_id: str = "conveyor-relay",
+        batch_max: int = 5000,
+        batch_wait_s: float = 0.005,
+        properties: list[tuple[str, str]] | None = None,
+    ) -> Relay: ...
+    def stats(self) -> dict[str, int]: ...
+    def assignment(self) -> list[tuple[str, int]]: ...
+    def stop(self) -> None: ...
 
 @final
 class Gate:

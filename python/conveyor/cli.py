@@ -122,6 +122,52 @@ def _gate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relay(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+
+    from conveyor import _core
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    queues = args.queues or list(settings.queues)
+    for queue in queues:
+        _core.check_queue_name(queue)
+    group = "conveyor-relay" + (f".{settings.namespace}" if settings.namespace else "")
+    relay = _core.Relay(
+        settings.kafka_bootstrap,
+        settings.redis_url,
+        [(settings.topic_for(q), q) for q in queues],
+        namespace=settings.namespace,
+        group_id=group,
+        properties=list(settings.kafka_properties),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(
+        f"relay: {', '.join(queues)} from Kafka {settings.kafka_bootstrap} into Redis "
+        f"(group {group})",
+        flush=True,
+    )
+    last, last_at = 0, time.monotonic()
+    while not stop.wait(args.report_every):
+        stats = relay.stats()
+        now = time.monotonic()
+        rate = (stats["relayed"] - last) / (now - last_at)
+        last, last_at = stats["relayed"], now
+        print(
+            f"relay: {stats['relayed']} relayed ({rate:,.0f}/s), {stats['skipped']} skipped, "
+            f"{stats['dead_lettered']} dead-lettered, {stats['redis_errors']} Redis errors, "
+            f"{len(relay.assignment())} partitions owned",
+            flush=True,
+        )
+    print("relay stopping: finishing the batch in flight ...", flush=True)
+    relay.stop()
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from conveyor.demo import run
 
@@ -168,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for Kafka before answering 503 (default 5)",
     )
     gate.set_defaults(run=_gate)
+
+    relay = commands.add_parser("relay", help="relay queues' Kafka topics into Redis")
+    relay.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
+    relay.add_argument(
+        "--report-every",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="print counters this often (default 5)",
+    )
+    relay.set_defaults(run=_relay)
 
     demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
     demo.add_argument("--jobs", type=int, default=1000, help="how many jobs to send (default 1000)")

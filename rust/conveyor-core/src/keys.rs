@@ -33,6 +33,12 @@ impl QueueKeys {
     pub fn ready(&self) -> String {
         format!("{}:ready", self.base)
     }
+
+    /// Hash of `<topic>:<partition>` to the next Kafka offset to relay: what
+    /// the relay has written into this queue, kept in the same atomic step.
+    pub fn relayed(&self) -> String {
+        format!("{}:relayed", self.base)
+    }
 }
 
 /// The hash of job types that applications publish and the gate reads:

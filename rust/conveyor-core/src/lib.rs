@@ -11,6 +11,7 @@ pub mod keys;
 pub mod metrics;
 pub mod producer;
 pub mod redis_store;
+pub mod relay;
 pub mod runtime;
 
 pub use envelope::{Envelope, Stage, StageStamp};

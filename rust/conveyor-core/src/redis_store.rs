@@ -21,6 +21,10 @@ pub mod scripts {
     pub static PUSH_READY: LazyLock<Script> =
         LazyLock::new(|| Script::new(include_str!("scripts/push_ready-1.lua")));
 
+    /// Appends a relayed batch exactly once. See `scripts/relay_batch-2.lua`.
+    pub static RELAY_BATCH: LazyLock<Script> =
+        LazyLock::new(|| Script::new(include_str!("scripts/relay_batch-2.lua")));
+
     /// Records job types in the registry. See `scripts/publish_registry-1.lua`.
     pub static PUBLISH_REGISTRY: LazyLock<Script> =
         LazyLock::new(|| Script::new(include_str!("scripts/publish_registry-1.lua")));
@@ -56,13 +60,18 @@ impl RedisStore {
     /// returns the list's new length.
     pub fn push_ready(&mut self, keys: &QueueKeys, envelopes: &[Vec<u8>]) -> Result<u64> {
         if envelopes.is_empty() {
-            return Ok(redis::cmd("LLEN").arg(keys.ready()).query(&mut self.conn)?);
+            return self.ready_len(keys);
         }
         let mut invocation = scripts::PUSH_READY.key(keys.ready());
         for env in envelopes {
             invocation.arg(env.as_slice());
         }
         Ok(invocation.invoke(&mut self.conn)?)
+    }
+
+    /// How many jobs a queue's ready list holds.
+    pub fn ready_len(&mut self, keys: &QueueKeys) -> Result<u64> {
+        Ok(redis::cmd("LLEN").arg(keys.ready()).query(&mut self.conn)?)
     }
 
     /// Reads up to `count` envelopes from the head of a ready list without
@@ -102,7 +111,43 @@ impl RedisStore {
 
     /// Deletes every key of a queue (tests and `dev` resets).
     pub fn purge(&mut self, keys: &QueueKeys) -> Result<()> {
-        redis::cmd("DEL").arg(keys.ready()).exec(&mut self.conn)?;
+        redis::cmd("DEL")
+            .arg(keys.ready())
+            .arg(keys.relayed())
+            .exec(&mut self.conn)?;
         Ok(())
+    }
+
+    /// Appends one partition's relayed records exactly once (the relay's
+    /// script, callable alone for tools and tests): records below the offset
+    /// Redis holds for `topic:partition` are skipped. Returns `(pushed, skipped)`.
+    pub fn relay_batch(
+        &mut self,
+        keys: &QueueKeys,
+        topic_partition: &str,
+        next_offset: i64,
+        records: &[(i64, Vec<u8>)],
+    ) -> Result<(u64, u64)> {
+        let mut invocation = scripts::RELAY_BATCH.key(keys.ready());
+        invocation
+            .key(keys.relayed())
+            .arg(topic_partition)
+            .arg(next_offset);
+        for (offset, envelope) in records {
+            invocation.arg(*offset).arg(envelope.as_slice());
+        }
+        Ok(invocation.invoke(&mut self.conn)?)
+    }
+
+    /// The next offset to relay per `<topic>:<partition>` of a queue.
+    pub fn relayed_offsets(&mut self, keys: &QueueKeys) -> Result<Vec<(String, i64)>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(keys.relayed())
+            .query(&mut self.conn)?)
+    }
+
+    /// The underlying connection, for the relay's pipelines.
+    pub(crate) fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 }

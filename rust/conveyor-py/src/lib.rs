@@ -11,6 +11,7 @@ mod gate;
 mod kafka;
 mod payload;
 mod redis;
+mod relay;
 
 use pyo3::prelude::*;
 
@@ -43,6 +44,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kafka::register(m)?;
     gate::register(m)?;
     redis::register(m)?;
+    relay::register(m)?;
     m.add_function(wrap_pyfunction!(encode_call, m)?)?;
     Ok(())
 }

@@ -91,6 +91,41 @@ impl RedisStore {
         self.with(py, |s| s.read_registry(namespace))
     }
 
+    /// The next offset to relay per `<topic>:<partition>` of a queue.
+    fn relayed_offsets(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+    ) -> PyResult<Vec<(String, i64)>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        self.with(py, |s| s.relayed_offsets(&keys))
+    }
+
+    /// The relay's exactly-once append for one partition's records
+    /// (`(offset, envelope)` in offset order); returns `(pushed, skipped)`.
+    fn relay_batch(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        topic_partition: &str,
+        next_offset: i64,
+        records: Vec<(i64, PyBackedBytes)>,
+    ) -> PyResult<(u64, u64)> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let owned: Vec<(i64, Vec<u8>)> = records.iter().map(|(o, b)| (*o, b.to_vec())).collect();
+        self.with(py, |s| {
+            s.relay_batch(&keys, topic_partition, next_offset, &owned)
+        })
+    }
+
+    /// How many jobs a queue's ready list holds.
+    fn ready_len(&self, py: Python<'_>, namespace: &str, queue: &str) -> PyResult<u64> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        self.with(py, |s| s.ready_len(&keys))
+    }
+
     /// Deletes every key of a queue.
     fn purge(&self, py: Python<'_>, namespace: &str, queue: &str) -> PyResult<()> {
         let keys = QueueKeys::new(namespace, queue).py()?;

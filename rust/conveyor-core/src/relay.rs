@@ -1,0 +1,444 @@
+//! The relay: Kafka topics into Redis queues, exactly once, no Python per job.
+//!
+//! Ownership: relays of one deployment share a Kafka consumer group, so each
+//! partition has one owner and moves to another relay within seconds when its
+//! owner dies. Exactly once: every batch goes into Redis with one script that
+//! also records, in the queue's `relayed` hash, the offset written up to; a
+//! record below it is skipped. A new owner starts each partition where Redis
+//! says it ends (not where Kafka's committed offset says), and a relay that
+//! lost a partition can only add records nobody wrote yet, in order.
+//! Kafka offsets are committed after Redis holds the jobs, for lag reporting.
+//!
+//! Not yet here (next slices): rate limits, pause, the Redis memory guard,
+//! shadow mode, metrics over HTTP.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::envelope::{append_stage, Envelope, Stage};
+use crate::error::{Error, Result};
+use crate::id::now_us;
+use crate::kafka::{create_topic, KafkaConfig};
+use crate::keys::QueueKeys;
+use crate::redis_store::{scripts, RedisStore};
+
+/// Header on a dead-lettered record: why it could not be relayed.
+pub const HEADER_DEAD_REASON: &str = "cv-dead-reason";
+
+/// What a relay process does.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Kafka to read from.
+    pub kafka: KafkaConfig,
+    /// Consumer group shared by the relays of one deployment.
+    pub group_id: String,
+    /// Redis to write to.
+    pub redis_url: String,
+    /// Namespace of the Redis keys.
+    pub namespace: String,
+    /// `(topic, queue)`: each topic is relayed into its queue.
+    pub routes: Vec<(String, String)>,
+    /// Most records in one batch.
+    pub batch_max: usize,
+    /// How long a batch may wait to fill after its first record.
+    pub batch_wait: Duration,
+}
+
+/// Counters a relay keeps while it runs.
+#[derive(Default)]
+pub struct RelayStats {
+    /// Jobs written into Redis.
+    pub relayed: AtomicU64,
+    /// Records skipped because Redis already held them.
+    pub skipped: AtomicU64,
+    /// Records sent to a dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Batches written.
+    pub batches: AtomicU64,
+    /// Failed Redis writes (each retried until it succeeds).
+    pub redis_errors: AtomicU64,
+    /// Partitions this relay owns now.
+    pub assignment: Mutex<Vec<(String, i32)>>,
+}
+
+/// A relay running on its own thread.
+pub struct RelayHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+    stats: Arc<RelayStats>,
+}
+
+impl RelayHandle {
+    /// Its counters.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Finishes the batch in flight, commits, leaves the group, and returns
+    /// the loop's outcome.
+    pub fn stop(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(Error::Timeout("relay thread panicked".to_owned()))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts a relay: creates the dead-letter topics, joins the group, relays.
+pub fn start(config: RelayConfig) -> Result<RelayHandle> {
+    if config.routes.is_empty() {
+        return Err(Error::InvalidJob(
+            "the relay needs at least one topic".to_owned(),
+        ));
+    }
+    let mut queues = HashMap::new();
+    for (topic, queue) in &config.routes {
+        queues.insert(topic.clone(), QueueKeys::new(&config.namespace, queue)?);
+        create_topic(
+            &config.kafka,
+            &dead_letter_topic(topic),
+            1,
+            1,
+            Duration::from_secs(10),
+        )?;
+    }
+    let stats = Arc::new(RelayStats::default());
+    let context = RelayContext {
+        redis_url: config.redis_url.clone(),
+        queues: queues.clone(),
+        stats: Arc::clone(&stats),
+    };
+    let mut client = config.kafka.client_config();
+    client
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by hand, only after Redis holds the jobs.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A dead relay's partitions move within seconds.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer<RelayContext> = client
+        .create_with_context(context)
+        .map_err(Error::kafka("create relay consumer"))?;
+    let topics: Vec<&str> = config.routes.iter().map(|(t, _)| t.as_str()).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(Error::kafka("subscribe"))?;
+    let dead_letters: ThreadedProducer<DefaultProducerContext> = config
+        .kafka
+        .client_config()
+        .set("acks", "all")
+        .create()
+        .map_err(Error::kafka("create dead-letter producer"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = Relay {
+        consumer,
+        dead_letters,
+        queues,
+        store: None,
+        redis_url: config.redis_url.clone(),
+        stats: Arc::clone(&stats),
+        stop: Arc::clone(&stop),
+        batch_max: config.batch_max.max(1),
+        batch_wait: config.batch_wait,
+    };
+    let thread = std::thread::Builder::new()
+        .name("conveyor-relay".to_owned())
+        .spawn(move || worker.run())
+        .map_err(|e| Error::Timeout(format!("cannot start the relay thread: {e}")))?;
+    Ok(RelayHandle {
+        stop,
+        thread: Some(thread),
+        stats,
+    })
+}
+
+/// Where records that cannot be relayed go, with the reason in a header.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dead")
+}
+
+struct RelayContext {
+    redis_url: String,
+    queues: HashMap<String, QueueKeys>,
+    stats: Arc<RelayStats>,
+}
+
+impl ClientContext for RelayContext {}
+
+impl ConsumerContext for RelayContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assigned = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.start_where_redis_ends(tpl);
+                consumer.assign(tpl).map(|_| tpl.clone())
+            }
+            _ => consumer.unassign().map(|_| TopicPartitionList::new()),
+        };
+        let owned = assigned
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        *self
+            .stats
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = owned;
+    }
+}
+
+impl RelayContext {
+    /// Sets each newly assigned partition's start to the offset Redis holds
+    /// records up to. Without an answer from Redis, Kafka's committed offset
+    /// is used; the script's check still keeps every write exactly-once.
+    fn start_where_redis_ends(&self, tpl: &mut TopicPartitionList) {
+        let Ok(mut store) = RedisStore::connect(&self.redis_url, Duration::from_secs(2)) else {
+            return;
+        };
+        let mut relayed: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let wanted: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        for (topic, partition) in wanted {
+            let Some(keys) = self.queues.get(&topic) else {
+                continue;
+            };
+            let offsets = relayed.entry(topic.clone()).or_insert_with(|| {
+                store
+                    .relayed_offsets(keys)
+                    .map(|v| v.into_iter().collect())
+                    .unwrap_or_default()
+            });
+            if let Some(&next) = offsets.get(&format!("{topic}:{partition}")) {
+                let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(next));
+            }
+        }
+    }
+}
+
+struct Relay {
+    consumer: BaseConsumer<RelayContext>,
+    dead_letters: ThreadedProducer<DefaultProducerContext>,
+    queues: HashMap<String, QueueKeys>,
+    store: Option<RedisStore>,
+    redis_url: String,
+    stats: Arc<RelayStats>,
+    stop: Arc<AtomicBool>,
+    batch_max: usize,
+    batch_wait: Duration,
+}
+
+/// One partition's share of a batch.
+struct PartitionBatch {
+    topic: String,
+    partition: i32,
+    /// `(offset, envelope with stage stamps)` in offset order.
+    jobs: Vec<(i64, Vec<u8>)>,
+    /// The offset after the last record seen (dead letters included).
+    next_offset: i64,
+}
+
+impl Relay {
+    fn run(mut self) -> Result<()> {
+        while !self.stop.load(Ordering::Relaxed) {
+            let messages = self.collect();
+            if !messages.is_empty() {
+                self.relay(messages);
+            }
+        }
+        // Commit what was stored, then leave the group so partitions move now.
+        let _ = self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        self.consumer.unsubscribe();
+        let _ = self.dead_letters.flush(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// Waits up to 100 ms for a first record, then up to `batch_wait` more.
+    fn collect(&self) -> Vec<OwnedMessage> {
+        let mut messages = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        while messages.len() < self.batch_max {
+            let wait = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            match self.consumer.poll(wait) {
+                Some(Ok(message)) => {
+                    messages.push(message.detach());
+                    deadline.get_or_insert_with(|| Instant::now() + self.batch_wait);
+                }
+                // Consumer errors are transient (a broker away); librdkafka retries.
+                Some(Err(_)) | None => {
+                    if deadline.is_none() || wait.is_zero() {
+                        break;
+                    }
+                }
+            }
+        }
+        messages
+    }
+
+    fn relay(&mut self, messages: Vec<OwnedMessage>) {
+        let relayed_at = now_us();
+        let mut batches: Vec<PartitionBatch> = Vec::new();
+        let mut dead = Vec::new();
+        for message in messages {
+            let topic = message.topic().to_owned();
+            let partition = message.partition();
+            let offset = message.offset();
+            let index = match batches
+                .iter()
+                .position(|b| b.partition == partition && b.topic == topic)
+            {
+                Some(i) => i,
+                None => {
+                    batches.push(PartitionBatch {
+                        topic: topic.clone(),
+                        partition,
+                        jobs: Vec::new(),
+                        next_offset: offset,
+                    });
+                    batches.len() - 1
+                }
+            };
+            let batch = &mut batches[index];
+            batch.next_offset = offset + 1;
+            let value = message.payload().unwrap_or_default();
+            match Envelope::decode(value) {
+                Ok(_) => {
+                    let mut stamped = Vec::with_capacity(value.len() + 18);
+                    stamped.extend_from_slice(value);
+                    let kafka_us =
+                        message.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000;
+                    append_stage(&mut stamped, Stage::Kafka as u8, kafka_us);
+                    append_stage(&mut stamped, Stage::Relayed as u8, relayed_at);
+                    batch.jobs.push((offset, stamped));
+                }
+                Err(err) => dead.push((topic, value.to_vec(), err.to_string())),
+            }
+        }
+        // A record that cannot be relayed must not block its partition, nor be
+        // lost: it goes to the dead-letter topic before its offset moves on.
+        if !dead.is_empty() {
+            self.dead_letter(dead);
+        }
+        self.write(&batches);
+        for batch in &batches {
+            // Storing fails only for a partition this relay no longer owns:
+            // its new owner starts from what Redis holds.
+            let _ =
+                self.consumer
+                    .store_offset(&batch.topic, batch.partition, batch.next_offset - 1);
+        }
+    }
+
+    fn dead_letter(&self, dead: Vec<(String, Vec<u8>, String)>) {
+        loop {
+            let mut ok = true;
+            for (topic, value, reason) in &dead {
+                let dead_topic = dead_letter_topic(topic);
+                let record = BaseRecord::<(), [u8]>::to(&dead_topic)
+                    .payload(value.as_slice())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: HEADER_DEAD_REASON,
+                        value: Some(reason.as_str()),
+                    }));
+                ok &= self.dead_letters.send(record).is_ok();
+            }
+            if ok && self.dead_letters.flush(Duration::from_secs(10)).is_ok() {
+                self.stats
+                    .dead_lettered
+                    .fetch_add(dead.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Writes every partition's jobs in one pipeline of script calls,
+    /// retrying until Redis takes them (or the relay is stopped).
+    fn write(&mut self, batches: &[PartitionBatch]) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.try_write(batches) {
+                Ok(()) => return,
+                Err(_) => {
+                    self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    self.store = None;
+                    if self.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn try_write(&mut self, batches: &[PartitionBatch]) -> Result<()> {
+        if self.store.is_none() {
+            let mut store = RedisStore::connect(&self.redis_url, Duration::from_secs(5))?;
+            // Pipelines do not load scripts on NOSCRIPT: load it up front.
+            scripts::RELAY_BATCH
+                .prepare_invoke()
+                .load(store.connection())?;
+            self.store = Some(store);
+        }
+        let Some(store) = self.store.as_mut() else {
+            return Ok(());
+        };
+        let mut pipe = redis::pipe();
+        for batch in batches {
+            let keys = &self.queues[&batch.topic];
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(scripts::RELAY_BATCH.get_hash())
+                .arg(2)
+                .arg(keys.ready())
+                .arg(keys.relayed())
+                .arg(format!("{}:{}", batch.topic, batch.partition))
+                .arg(batch.next_offset);
+            for (offset, job) in &batch.jobs {
+                cmd.arg(*offset).arg(job.as_slice());
+            }
+        }
+        let results: Vec<(u64, u64)> = pipe.query(store.connection())?;
+        for (pushed, skipped) in results {
+            self.stats.relayed.fetch_add(pushed, Ordering::Relaxed);
+            self.stats.skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}

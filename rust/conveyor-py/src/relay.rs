@@ -1,0 +1,94 @@
+//! `Relay`: Kafka to Redis on a Rust thread; Python only starts and stops it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use conveyor_core::kafka::KafkaConfig;
+use conveyor_core::relay::{self, RelayConfig, RelayHandle};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::errors::IntoPyResult;
+
+/// A running relay. No Python runs per job: consuming, checking, stamping
+/// and the pipelined Redis writes all happen on its Rust thread.
+#[pyclass(frozen, module = "conveyor._core")]
+pub struct Relay {
+    handle: Mutex<RelayHandle>,
+}
+
+impl Relay {
+    fn handle(&self) -> std::sync::MutexGuard<'_, RelayHandle> {
+        self.handle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl Relay {
+    #[new]
+    #[pyo3(signature = (bootstrap, redis_url, routes, *, namespace="", group_id="conveyor-relay", batch_max=5000, batch_wait_s=0.005, properties=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        bootstrap: &str,
+        redis_url: String,
+        routes: Vec<(String, String)>,
+        namespace: &str,
+        group_id: &str,
+        batch_max: usize,
+        batch_wait_s: f64,
+        properties: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
+        let config = RelayConfig {
+            kafka: KafkaConfig {
+                bootstrap_servers: bootstrap.to_owned(),
+                properties: properties.unwrap_or_default(),
+            },
+            group_id: group_id.to_owned(),
+            redis_url,
+            namespace: namespace.to_owned(),
+            routes,
+            batch_max,
+            batch_wait: Duration::try_from_secs_f64(batch_wait_s)
+                .map_err(|_| PyValueError::new_err("batch_wait_s must be a duration"))?,
+        };
+        let handle = py.detach(|| relay::start(config)).py()?;
+        Ok(Self {
+            handle: Mutex::new(handle),
+        })
+    }
+
+    /// Counters: relayed, skipped, dead_lettered, batches, redis_errors.
+    fn stats(&self) -> HashMap<&'static str, u64> {
+        let handle = self.handle();
+        let s = handle.stats();
+        HashMap::from([
+            ("relayed", s.relayed.load(Ordering::Relaxed)),
+            ("skipped", s.skipped.load(Ordering::Relaxed)),
+            ("dead_lettered", s.dead_lettered.load(Ordering::Relaxed)),
+            ("batches", s.batches.load(Ordering::Relaxed)),
+            ("redis_errors", s.redis_errors.load(Ordering::Relaxed)),
+        ])
+    }
+
+    /// The `(topic, partition)`s this relay owns now.
+    fn assignment(&self) -> Vec<(String, i32)> {
+        self.handle()
+            .stats()
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Finishes the batch in flight, commits, and leaves the group.
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.handle().stop()).py()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Relay>()
+}

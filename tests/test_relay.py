@@ -1,0 +1,242 @@
+"""The relay: Kafka into Redis exactly once, in per-partition order, across
+restarts, rebalances, crashes and stale owners."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka import Producer
+
+import conveyor
+from conveyor import _core
+from conveyor.devservers import DevServers
+from kafka_reader import read_all
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture
+def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
+    app = conveyor.Conveyor(
+        conveyor.Settings(
+            kafka_bootstrap=servers.kafka.bootstrap,
+            redis_url=servers.redis.url,
+            namespace=namespace,
+        )
+    )
+    app.ensure_topics()
+    yield app
+    app.close()
+
+
+def start_relay(app: conveyor.Conveyor, group: str = "relay") -> _core.Relay:
+    s = app.settings
+    return _core.Relay(
+        s.kafka_bootstrap,
+        s.redis_url,
+        [(s.topic_for("default"), "default")],
+        namespace=s.namespace,
+        group_id=f"{group}-{s.namespace}",
+    )
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def in_redis(app: conveyor.Conveyor) -> list[conveyor.Envelope]:
+    store = _core.RedisStore(app.settings.redis_url)
+    n = store.ready_len(app.settings.namespace, "default")
+    return conveyor.decode_many(store.peek_ready(app.settings.namespace, "default", n))
+
+
+def ready_len(app: conveyor.Conveyor) -> int:
+    return _core.RedisStore(app.settings.redis_url).ready_len(app.settings.namespace, "default")
+
+
+def send(app: conveyor.Conveyor, n: int, start: int = 0) -> dict[str, tuple[int, int]]:
+    """n jobs; returns id -> (partition, offset)."""
+    handle = app.enqueue_many("relay.test", [(i,) for i in range(start, start + n)])
+    return dict(zip(handle.ids, handle.wait(60), strict=True))
+
+
+def assert_exactly_once_in_order(app: conveyor.Conveyor, sent: dict[str, tuple[int, int]]) -> None:
+    jobs = in_redis(app)
+    ids = [e.id for e in jobs]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} jobs relayed twice"
+    assert set(ids) == set(sent), f"{len(set(sent) - set(ids))} jobs missing"
+    per_partition: dict[int, list[int]] = defaultdict(list)
+    for job_id in ids:
+        partition, offset = sent[job_id]
+        per_partition[partition].append(offset)
+    for offsets in per_partition.values():
+        assert offsets == sorted(offsets), "a partition's jobs arrived out of order"
+
+
+def test_jobs_arrive_exactly_once_in_partition_order_with_stages(app: conveyor.Conveyor) -> None:
+    sent = send(app, 5000)
+    relay = start_relay(app)
+    try:
+        wait_until(lambda: ready_len(app) >= 5000, 30, "5000 jobs in Redis")
+        time.sleep(0.3)
+    finally:
+        relay.stop()
+    assert_exactly_once_in_order(app, sent)
+    records = {
+        conveyor.Envelope.decode(r.value).id: r
+        for r in read_all(app.settings.kafka_bootstrap, app.settings.topic_for("default"), 5000)
+    }
+    for env in in_redis(app)[:200]:
+        original = records[env.id].value
+        assert env.encode()[: len(original)] == original, "bytes as the producer sent them"
+        stages = dict(env.stages)
+        assert stages[conveyor.Stage.KAFKA] // 1000 == records[env.id].timestamp_ms
+        assert stages[conveyor.Stage.RELAYED] >= stages[conveyor.Stage.KAFKA]
+    assert relay.stats()["relayed"] == 5000
+
+
+def test_a_restarted_relay_resumes_without_doubling(app: conveyor.Conveyor) -> None:
+    sent = send(app, 3000)
+    first = start_relay(app)
+    wait_until(lambda: ready_len(app) >= 3000, 30, "first batch")
+    first.stop()
+    sent |= send(app, 2000, start=3000)
+    second = start_relay(app)
+    try:
+        wait_until(lambda: ready_len(app) >= 5000, 30, "second batch")
+        time.sleep(0.5)
+    finally:
+        second.stop()
+    assert_exactly_once_in_order(app, sent)
+
+
+def test_a_relay_in_a_new_group_starts_where_redis_ends(app: conveyor.Conveyor) -> None:
+    sent = send(app, 2000)
+    relay = start_relay(app, group="first")
+    wait_until(lambda: ready_len(app) >= 2000, 30, "relayed once")
+    relay.stop()
+    # A new group has no committed offsets in Kafka (as after lost commits):
+    # it must start each partition where Redis says the relayed jobs end.
+    again = start_relay(app, group="second")
+    try:
+        wait_until(lambda: len(again.assignment()) == 3, 20, "the second relay to own all")
+        sent |= send(app, 500, start=2000)
+        wait_until(lambda: ready_len(app) >= 2500, 30, "new jobs")
+        time.sleep(0.5)
+    finally:
+        again.stop()
+    assert_exactly_once_in_order(app, sent)
+    assert again.stats() | {"batches": 0} == {
+        "relayed": 500,
+        "skipped": 0,
+        "dead_lettered": 0,
+        "redis_errors": 0,
+        "batches": 0,
+    }
+
+
+def test_the_relay_script_fences_stale_writers(servers: DevServers, namespace: str) -> None:
+    store = _core.RedisStore(servers.redis.url)
+    job = [conveyor.Envelope("fence.test", str(i).encode()).encode() for i in range(150)]
+
+    def records(lo: int, hi: int) -> list[tuple[int, bytes]]:
+        return [(i, job[i]) for i in range(lo, hi)]
+
+    assert store.relay_batch(namespace, "default", "t:0", 100, records(0, 100)) == (100, 0)
+    # A relay that lost the partition writes what it had read: only the part
+    # nobody wrote yet goes in, in order.
+    assert store.relay_batch(namespace, "default", "t:0", 150, records(50, 150)) == (50, 50)
+    # The new owner, behind, re-sends: nothing is doubled, nothing goes back.
+    assert store.relay_batch(namespace, "default", "t:0", 120, records(100, 120)) == (0, 20)
+    assert dict(store.relayed_offsets(namespace, "default")) == {"t:0": 150}
+    assert store.peek_ready(namespace, "default", 1000) == job
+    assert store.relay_batch(namespace, "default", "t:1", 1, records(0, 1)) == (1, 0)
+
+
+def test_two_relays_share_partitions_and_one_takes_over(app: conveyor.Conveyor) -> None:
+    a, b = start_relay(app), start_relay(app)
+    try:
+        wait_until(
+            lambda: (
+                len(a.assignment()) + len(b.assignment()) == 3
+                and bool(a.assignment())
+                and bool(b.assignment())
+            ),
+            30,
+            "both relays to own partitions",
+        )
+        sent = send(app, 3000)
+        wait_until(lambda: ready_len(app) >= 3000, 30, "jobs relayed by both")
+        a.stop()
+        wait_until(lambda: len(b.assignment()) == 3, 30, "b to own every partition")
+        sent |= send(app, 3000, start=3000)
+        wait_until(lambda: ready_len(app) >= 6000, 30, "jobs relayed by b alone")
+        time.sleep(0.5)
+    finally:
+        b.stop()
+    assert_exactly_once_in_order(app, sent)
+
+
+def test_undecodable_records_are_dead_lettered_without_blocking(app: conveyor.Conveyor) -> None:
+    topic = app.settings.topic_for("default")
+    raw = Producer({"bootstrap.servers": app.settings.kafka_bootstrap})
+    raw.produce(topic, b"not an envelope", partition=0)
+    raw.flush(10)
+    sent = send(app, 300)
+    relay = start_relay(app)
+    try:
+        wait_until(lambda: ready_len(app) >= 300, 30, "good jobs after the bad one")
+        wait_until(lambda: relay.stats()["dead_lettered"] == 1, 10, "one dead letter")
+    finally:
+        relay.stop()
+    assert_exactly_once_in_order(app, sent)
+    [dead] = read_all(app.settings.kafka_bootstrap, f"{topic}.dead", 1)
+    assert dead.value == b"not an envelope"
+    assert b"not a Conveyor envelope" in dead.headers["cv-dead-reason"]
+
+
+def test_sigkilled_relays_lose_and_double_nothing(app: conveyor.Conveyor) -> None:
+    env = {
+        **os.environ,
+        "CONVEYOR_KAFKA_BOOTSTRAP": app.settings.kafka_bootstrap,
+        "CONVEYOR_REDIS_URL": app.settings.redis_url,
+        "CONVEYOR_NAMESPACE": app.settings.namespace,
+    }
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "relay", "--report-every", "1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    steady, victim = spawn(), spawn()
+    sent: dict[str, tuple[int, int]] = {}
+    try:
+        for round_ in range(4):
+            for chunk in range(5):
+                sent |= send(app, 5000, start=(round_ * 5 + chunk) * 5000)
+                time.sleep(0.1)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            victim = spawn()
+        assert len(sent) == 100_000
+        wait_until(lambda: ready_len(app) >= 100_000, 120, "all 100,000 jobs in Redis")
+        time.sleep(1.0)
+    finally:
+        for proc in (steady, victim):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    assert_exactly_once_in_order(app, sent)
