@@ -130,3 +130,15 @@ def test_the_demo_accounts_for_every_job(servers: DevServers) -> None:
     assert "300/300 jobs present with payload bytes unchanged" in out.stdout
     assert "every job accounted for" in out.stdout
     assert servers.redis.pid() is not None, "the demo stops only servers it started"
+
+
+def test_a_port_taken_by_someone_else_is_refused_clearly(
+    servers: DevServers, tmp_path: Path
+) -> None:
+    other = DevServers.at(
+        tmp_path, kafka_port=servers.kafka.nodes[0].port, redis_port=servers.redis.port
+    )
+    with pytest.raises(DevServerError, match="already in use"):
+        other.redis.up()
+    with pytest.raises(DevServerError, match="already in use"):
+        other.kafka.up()

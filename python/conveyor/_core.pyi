@@ -22,6 +22,7 @@ __all__ = [
     "encode_many",
     "kafka_cluster_info",
     "kafka_create_topic",
+    "kafka_end_offsets",
     "kafka_read_partition",
     "new_job_id",
 ]
@@ -102,6 +103,12 @@ def kafka_read_partition(
     timeout_s: float = 5.0,
     properties: list[tuple[str, str]] | None = None,
 ) -> list[KafkaRecord]: ...
+def kafka_end_offsets(
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 5.0,
+    properties: list[tuple[str, str]] | None = None,
+) -> list[tuple[int, int]]: ...
 
 @final
 class KafkaRecord:

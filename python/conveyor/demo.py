@@ -85,8 +85,23 @@ def _run(servers: DevServers, jobs: int) -> int:
         f"{len(JOB_TYPES)} job types registered and published for the gate",
     )
 
-    delivered, expected = _enqueue(app, servers, jobs, topic)
-    store, where = _relay_stand_in(servers, topic, delivered)
+    store = _core.RedisStore(servers.redis.url)
+    store.purge(NAMESPACE, QUEUE)
+    # Relay from now on: earlier runs' jobs stay in Kafka, not in this report.
+    for partition, end in _core.kafka_end_offsets(servers.kafka.bootstrap, topic):
+        store.relay_batch(NAMESPACE, QUEUE, f"{topic}:{partition}", end, [])
+    relay = _core.Relay(
+        servers.kafka.bootstrap,
+        servers.redis.url,
+        [(topic, QUEUE)],
+        namespace=NAMESPACE,
+        group_id=f"conveyor-relay.{NAMESPACE}",
+    )
+    try:
+        where, expected = _enqueue(app, servers, jobs, topic)
+        _drain(store, relay, jobs)
+    finally:
+        relay.stop()
     back = _core.decode_many(store.peek_ready(NAMESPACE, QUEUE, jobs + 1))
     intact = sum(1 for e in back if expected.get(e.id) == e.payload)
     missing = set(expected) - {e.id for e in back}
@@ -104,7 +119,7 @@ def _run(servers: DevServers, jobs: int) -> int:
 
 def _enqueue(
     app: Conveyor, servers: DevServers, jobs: int, topic: str
-) -> tuple[list[tuple[int, int]], dict[str, bytes]]:
+) -> tuple[dict[str, tuple[int, int]], dict[str, bytes]]:
     """Step 3: most jobs through the Python client, a tenth through the gate.
     Returns where each landed and the payload each must have at the end."""
     via_gate = max(1, jobs // 10)
@@ -115,16 +130,19 @@ def _enqueue(
         by_type[names[i % len(names)]].append(JOB_TYPES[names[i % len(names)]](i))
     # A new producer first looks the topic up and connects to its leaders;
     # time that first send apart from the batch, so neither hides the other.
+    first_call = by_type["notify.push"].pop(0)
     t0 = time.perf_counter()
-    app.enqueue("notify.push", (), {"user": 0, "text": "warm-up"}).wait(15)
+    first = app.enqueue("notify.push", (), first_call)
+    first_where = first.wait(15)
     first_ms = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
     handles = [app.enqueue_many(name, calls) for name, calls in by_type.items()]
     delivered = [d for h in handles for d in h.wait(30)]
     took = time.perf_counter() - t0
-    ids = [i for h in handles for i in h.ids]
+    ids = [first.id, *(i for h in handles for i in h.ids)]
+    delivered = first_where + delivered
     # What each job's payload must be when it comes back out of Redis.
-    expected = {
+    expected = {first.id: encode_call((), first_call, 1 << 20)} | {
         job_id: encode_call((), kwargs, 1 << 20)
         for h, calls in zip(handles, by_type.values(), strict=True)
         for job_id, kwargs in zip(h.ids, calls, strict=True)
@@ -151,51 +169,33 @@ def _enqueue(
     _step(
         3,
         f"enqueued {jobs} jobs, each acknowledged by Kafka: {via_client} with the Python "
-        f"client's enqueue_many in {took * 1000:.0f} ms ({via_client / took:,.0f} jobs/s; "
+        f"client ({via_client - 1} by enqueue_many in {took * 1000:.0f} ms, "
+        f"{(via_client - 1) / took:,.0f} jobs/s; "
         f"a new producer's first send took {first_ms:.0f} ms), {via_gate} through the "
         f"HTTP gate in one batch request ({gate_ms:.0f} ms); per partition: "
         + ", ".join(f"p{p}={n}" for p, n in sorted(per_partition.items())),
     )
 
-    return delivered, expected
+    return dict(zip(ids, delivered, strict=True)), expected
 
 
-def _relay_stand_in(
-    servers: DevServers, topic: str, delivered: list[tuple[int, int]]
-) -> tuple[_core.RedisStore, dict[str, tuple[int, int]]]:
-    """Step 4: Kafka to Redis, a Python stand-in until the Rust relay lands."""
-    per_partition = Counter(p for p, _ in delivered)
-    store = _core.RedisStore(servers.redis.url)
-    store.purge(NAMESPACE, QUEUE)
-    first: dict[int, int] = {}
-    for partition, offset in delivered:
-        first[partition] = min(offset, first.get(partition, offset))
+def _drain(store: _core.RedisStore, relay: _core.Relay, jobs: int) -> None:
+    """Step 4: the relay (running since step 2) moves every job into Redis."""
     t0 = time.perf_counter()
-    where: dict[str, tuple[int, int]] = {}
-    for partition, offset in sorted(first.items()):
-        records = _core.kafka_read_partition(
-            servers.kafka.bootstrap,
-            topic,
-            partition,
-            offset,
-            per_partition[partition],
-            timeout_s=15,
-        )
-        now_us = time.time_ns() // 1000
-        batch = []
-        for r in records:
-            stamped = _core.append_stage(r.value, Stage.KAFKA, (r.timestamp_ms or 0) * 1000)
-            batch.append(_core.append_stage(stamped, Stage.RELAYED, now_us))
-            where[dict(r.headers)["cv-id"].decode()] = (r.partition, r.offset)
-        store.push_ready(NAMESPACE, QUEUE, batch)
-    took = time.perf_counter() - t0
+    deadline = time.monotonic() + 60
+    held = store.ready_len(NAMESPACE, QUEUE)
+    while held < jobs and time.monotonic() < deadline:
+        time.sleep(0.2)
+        held = store.ready_len(NAMESPACE, QUEUE)
+        print(f"      relayed so far: {held}/{jobs}", flush=True)
+    stats = relay.stats()
     _step(
         4,
-        f"read {len(where)} records back from Kafka, stamped their stages and pushed them "
-        f"to Redis list cv:{NAMESPACE}:{{{QUEUE}}}:ready in {took * 1000:.0f} ms",
+        f"the relay (Rust, one Kafka consumer group member) wrote {stats['relayed']} jobs "
+        f"into Redis list cv:{NAMESPACE}:{{{QUEUE}}}:ready in {stats['batches']} pipelined "
+        f"batches, {stats['skipped']} skipped as already there, {stats['dead_lettered']} "
+        f"dead-lettered (waited {(time.perf_counter() - t0) * 1000:.0f} ms after enqueue)",
     )
-
-    return store, where
 
 
 def _noop(**_: object) -> None:

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.devservers.process import ServerProcess, require_program
+from conveyor.devservers.process import ServerProcess, require_free_port, require_program
 from conveyor.errors import ConveyorError, DevServerError
 
 #: Pinned Kafka release; the jars are resolved for exactly this version.
@@ -216,6 +216,8 @@ class KafkaCluster:
             proc = self._process(node)
             if proc.pid() is not None:
                 continue
+            require_free_port(node.port, f"Kafka node {node.node_id}")
+            require_free_port(node.controller_port, f"Kafka node {node.node_id}'s controller")
             node.home.mkdir(parents=True, exist_ok=True)
             (node.home / "server.properties").write_text(self._properties(node))
             self._format(java, libs, node, cluster_id)
@@ -241,9 +243,14 @@ class KafkaCluster:
         from conveyor import _core
 
         try:
-            _, brokers, _ = _core.kafka_cluster_info(self.bootstrap, timeout_s=1.0)
+            cluster_id, brokers, _ = _core.kafka_cluster_info(self.bootstrap, timeout_s=1.0)
         except ConveyorError:
             return False
+        if cluster_id != self._cluster_id():
+            raise DevServerError(
+                f"the Kafka answering at {self.bootstrap} is not the one under "
+                f"{self.nodes[0].home} (cluster {cluster_id})"
+            )
         return {b[0] for b in brokers} >= {n.node_id for n in self.nodes}
 
     def down(self) -> bool:

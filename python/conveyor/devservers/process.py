@@ -98,6 +98,20 @@ class ServerProcess:
         return f"last lines of {self.log_file}:\n" + "\n".join(text[-lines:])
 
 
+def require_free_port(port: int, what: str) -> None:
+    """Raise unless nothing listens on 127.0.0.1:`port`: a server of someone
+    else's there would otherwise be taken for ours."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise DevServerError(
+                f"port {port} (for {what}) is already in use by another process; "
+                "stop it, or choose other ports"
+            )
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.devservers.process import ServerProcess, require_program
+from conveyor.devservers.process import ServerProcess, require_free_port, require_program
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class RedisServer:
         if proc.pid() is not None:
             proc.wait_ready(self.ping, timeout_s)
             return False
+        require_free_port(self.port, "Redis")
         server = require_program("redis-server", "redis-server", "to run the local Redis")
         (self.home / "data").mkdir(parents=True, exist_ok=True)
         conf = self.home / "redis.conf"

@@ -160,6 +160,36 @@ pub fn create_topic(
     }
 }
 
+/// The end offset (the offset the next record will get) of each partition of `topic`.
+pub fn end_offsets(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>> {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .create()
+        .map_err(Error::kafka("connect"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(Error::kafka("metadata"))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+        .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+    partitions
+        .into_iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map(|(_, high)| (p, high))
+                .map_err(Error::kafka("watermarks"))
+        })
+        .collect()
+}
+
 /// A record read back from Kafka.
 #[derive(Debug, Clone)]
 pub struct Record {

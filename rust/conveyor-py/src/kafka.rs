@@ -64,6 +64,22 @@ fn kafka_create_topic(
     .py()
 }
 
+/// `(partition, end offset)` of each partition of `topic`.
+#[pyfunction]
+#[pyo3(signature = (bootstrap, topic, timeout_s=5.0, properties=None))]
+fn kafka_end_offsets(
+    py: Python<'_>,
+    bootstrap: &str,
+    topic: &str,
+    timeout_s: f64,
+    properties: Option<Vec<(String, String)>>,
+) -> PyResult<Vec<(i32, i64)>> {
+    let cfg = config(bootstrap, properties);
+    let timeout = secs(timeout_s)?;
+    py.detach(|| core_kafka::end_offsets(&cfg, topic, timeout))
+        .py()
+}
+
 /// A record read back from Kafka.
 #[pyclass(frozen, get_all, module = "conveyor._core")]
 pub struct KafkaRecord {
@@ -391,5 +407,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kafka_cluster_info, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_create_topic, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_read_partition, m)?)?;
+    m.add_function(wrap_pyfunction!(kafka_end_offsets, m)?)?;
     Ok(())
 }
