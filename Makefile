@@ -57,6 +57,10 @@ bench: build ## Benchmarks (not part of the tests): envelope codec, enqueue
 	$(BIN)/python bench/envelope_bench.py
 	$(BIN)/python bench/enqueue_bench.py
 
+.PHONY: bench-relay
+bench-relay: build ## Relay vs a Python relay and the raw limits (1M-job backlog)
+	$(BIN)/python bench/relay_bench.py
+
 .PHONY: bench-gate
 bench-gate: build ## Gate vs a Python ASGI server (needs wrk and oha)
 	$(BIN)/python bench/gate_bench.py

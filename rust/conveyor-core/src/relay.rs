@@ -131,7 +131,18 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         // A dead relay's partitions move within seconds.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Bound the prefetch buffer so relay memory does not grow with the
+        // backlog (librdkafka's default allows 64 MB per partition set)...
+        .set("queued.max.messages.kbytes", "16384")
+        // ...but fetch in large pieces: with the 1 MB default per partition,
+        // a backlog drains at a tenth of the rate (measured in relay_bench).
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("fetch.max.bytes", "16777216");
+    // User properties win over our defaults.
+    for (key, value) in &config.kafka.properties {
+        client.set(key, value);
+    }
     let consumer: BaseConsumer<RelayContext> = client
         .create_with_context(context)
         .map_err(Error::kafka("create relay consumer"))?;

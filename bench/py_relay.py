@@ -1,0 +1,75 @@
+"""The relay as a good Python engineer would write it, for comparison.
+
+confluent-kafka (librdkafka underneath, like ours) consumes in batches;
+redis-py writes each batch with the same exactly-once Lua script the Rust
+relay uses, all partitions of a batch in one pipeline; offsets are stored
+after Redis holds the jobs. Every envelope is checked (decoded in pure
+Python) and stamped, as the Rust relay does. Run by bench/relay_bench.py:
+`python py_relay.py BOOTSTRAP REDIS_URL TOPIC NAMESPACE QUEUE GROUP`.
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pure_envelope
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+SCRIPT = (Path(__file__).resolve().parent.parent / "rust" / "conveyor-core" / "src" / "scripts"
+          / "relay_batch-2.lua").read_text()
+STAGE = struct.Struct(">BQ")
+
+
+def main() -> None:
+    bootstrap, redis_url, topic, namespace, queue, group = sys.argv[1:7]
+    base = f"cv:{namespace}:{{{queue}}}" if namespace else f"cv:{{{queue}}}"
+    ready, relayed = f"{base}:ready", f"{base}:relayed"
+    r = redis.Redis.from_url(redis_url)
+    sha = r.script_load(SCRIPT)
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": True,
+        "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+        "queued.max.messages.kbytes": 16384, "max.partition.fetch.bytes": 4194304,
+        "fetch.max.bytes": 16777216,
+    })
+    consumer.subscribe([topic])
+    running = True
+
+    def stop(*_: object) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    while running:
+        messages = consumer.consume(num_messages=5000, timeout=0.1)
+        if not messages:
+            continue
+        now_us = time.time_ns() // 1000
+        batches: dict[int, list[tuple[int, bytes]]] = {}
+        for m in messages:
+            if m.error():
+                continue
+            value = m.value() or b""
+            pure_envelope.decode(value)  # check it, as the Rust relay does
+            stamps = STAGE.pack(1, m.timestamp()[1] * 1000) + STAGE.pack(2, now_us)
+            batches.setdefault(m.partition() or 0, []).append((m.offset() or 0, value + stamps))
+        pipe = r.pipeline(transaction=False)
+        for partition, jobs in batches.items():
+            args: list[object] = [f"{topic}:{partition}", jobs[-1][0] + 1]
+            for offset, job in jobs:
+                args += [offset, job]
+            pipe.evalsha(sha, 2, ready, relayed, *args)
+        pipe.execute()
+        consumer.store_offsets(offsets=[
+            TopicPartition(topic, p, jobs[-1][0] + 1) for p, jobs in batches.items()
+        ])
+    consumer.close()
+
+
+if __name__ == "__main__":
+    main()
