@@ -16,12 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-import pure_envelope
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-SCRIPT = (Path(__file__).resolve().parent.parent / "rust" / "conveyor-core" / "src" / "scripts"
-          / "relay_batch-2.lua").read_text()
+import pure_envelope
+
+SCRIPT = (
+    Path(__file__).resolve().parent.parent
+    / "rust"
+    / "conveyor-core"
+    / "src"
+    / "scripts"
+    / "relay_batch-2.lua"
+).read_text()
 STAGE = struct.Struct(">BQ")
 
 
@@ -31,12 +38,18 @@ def main() -> None:
     ready, relayed = f"{base}:ready", f"{base}:relayed"
     r = redis.Redis.from_url(redis_url)
     sha = r.script_load(SCRIPT)
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": True,
-        "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-        "queued.max.messages.kbytes": 16384, "max.partition.fetch.bytes": 4194304,
-        "fetch.max.bytes": 16777216,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "queued.max.messages.kbytes": 16384,
+            "max.partition.fetch.bytes": 4194304,
+            "fetch.max.bytes": 16777216,
+        }
+    )
     consumer.subscribe([topic])
     running = True
 
@@ -60,14 +73,14 @@ def main() -> None:
             batches.setdefault(m.partition() or 0, []).append((m.offset() or 0, value + stamps))
         pipe = r.pipeline(transaction=False)
         for partition, jobs in batches.items():
-            args: list[object] = [f"{topic}:{partition}", jobs[-1][0] + 1]
+            args: list[bytes | str | int] = [f"{topic}:{partition}", jobs[-1][0] + 1]
             for offset, job in jobs:
                 args += [offset, job]
             pipe.evalsha(sha, 2, ready, relayed, *args)
         pipe.execute()
-        consumer.store_offsets(offsets=[
-            TopicPartition(topic, p, jobs[-1][0] + 1) for p, jobs in batches.items()
-        ])
+        consumer.store_offsets(
+            offsets=[TopicPartition(topic, p, jobs[-1][0] + 1) for p, jobs in batches.items()]
+        )
     consumer.close()
 
 

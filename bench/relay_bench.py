@@ -48,8 +48,15 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def time_relay(argv: list[str], env: dict[str, str], store: _core.RedisStore, namespace: str,
-               jobs: int, limit_s: float) -> tuple[float, float]:
+def time_relay(
+    argv: list[str],
+    env: dict[str, str],
+    store: _core.RedisStore,
+    *,
+    namespace: str,
+    jobs: int,
+    limit_s: float,
+) -> tuple[float, float]:
     """(jobs/s from first job in Redis to the last, peak RSS MB) of a relay process."""
     proc = subprocess.Popen(argv, env=env, cwd=HERE, stdout=subprocess.DEVNULL)
     try:
@@ -71,9 +78,15 @@ def time_relay(argv: list[str], env: dict[str, str], store: _core.RedisStore, na
 
 
 def consume_rate(bootstrap: str, topic: str, jobs: int) -> float:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "max.partition.fetch.bytes": 4194304,
-                         "fetch.max.bytes": 16777216})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "max.partition.fetch.bytes": 4194304,
+            "fetch.max.bytes": 16777216,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])
     seen, start = 0, None
     deadline = time.monotonic() + 120
@@ -89,8 +102,24 @@ def consume_rate(bootstrap: str, topic: str, jobs: int) -> float:
 
 def redis_lpush_rate(port: int) -> float:
     out = subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-t", "lpush", "-P", "100", "-n", "1000000",
-         "-d", "100", "-q"], check=True, capture_output=True, text=True, timeout=120,
+        [
+            "redis-benchmark",
+            "-p",
+            str(port),
+            "-t",
+            "lpush",
+            "-P",
+            "100",
+            "-n",
+            "1000000",
+            "-d",
+            "100",
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     match = re.search(r"LPUSH[^:]*:\s*([\d.]+)", out.replace("\r", "\n"))
     assert match, out
@@ -105,41 +134,76 @@ def main() -> None:
     servers = DevServers.default()
     servers.up()
     ns = f"rb{uuid.uuid4().hex[:6]}"
-    settings = conveyor.Settings(kafka_bootstrap=servers.kafka.bootstrap,
-                                 redis_url=servers.redis.url, namespace=ns)
+    settings = conveyor.Settings(
+        kafka_bootstrap=servers.kafka.bootstrap, redis_url=servers.redis.url, namespace=ns
+    )
     app = conveyor.Conveyor(settings)
     app.ensure_topics()
     topic = settings.topic_for("default")
     fill(app, jobs)
     store = _core.RedisStore(servers.redis.url)
-    env = {**os.environ, "CONVEYOR_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "CONVEYOR_REDIS_URL": settings.redis_url, "CONVEYOR_NAMESPACE": ns,
-           "PYTHONPATH": str(HERE)}
+    env = {
+        **os.environ,
+        "CONVEYOR_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CONVEYOR_REDIS_URL": settings.redis_url,
+        "CONVEYOR_NAMESPACE": ns,
+        "PYTHONPATH": str(HERE),
+    }
     limit = 60 + jobs / 20_000
     rows = []
     try:
         print("  Rust relay ...", flush=True)
         rust, rust_rss = time_relay(
             [sys.executable, "-m", "conveyor", "relay", "--report-every", "60"],
-            env, store, ns, jobs, limit)
+            env,
+            store,
+            namespace=ns,
+            jobs=jobs,
+            limit_s=limit,
+        )
         rows.append(("Conveyor relay (Rust), 1 process", rust, f"{rust_rss:.0f}"))
         py_ns = ns + "py"
         print("  Python relay ...", flush=True)
         py, py_rss = time_relay(
-            [sys.executable, str(HERE / "py_relay.py"), settings.kafka_bootstrap,
-             settings.redis_url, topic, py_ns, "default", f"py-{ns}"],
-            env, store, py_ns, jobs, limit)
+            [
+                sys.executable,
+                str(HERE / "py_relay.py"),
+                settings.kafka_bootstrap,
+                settings.redis_url,
+                topic,
+                py_ns,
+                "default",
+                f"py-{ns}",
+            ],
+            env,
+            store,
+            namespace=py_ns,
+            jobs=jobs,
+            limit_s=limit,
+        )
         rows.append(("Python relay (confluent-kafka + redis-py), 1 process", py, f"{py_rss:.0f}"))
         print("  raw limits ...", flush=True)
-        rows.append(("limit: Kafka consume only (confluent-kafka)",
-                     consume_rate(settings.kafka_bootstrap, topic, jobs), "-"))
-        rows.append(("limit: redis-benchmark LPUSH, pipeline 100, 100 B",
-                     redis_lpush_rate(servers.redis.port), "-"))
+        rows.append(
+            (
+                "limit: Kafka consume only (confluent-kafka)",
+                consume_rate(settings.kafka_bootstrap, topic, jobs),
+                "-",
+            )
+        )
+        rows.append(
+            (
+                "limit: redis-benchmark LPUSH, pipeline 100, 100 B",
+                redis_lpush_rate(servers.redis.port),
+                "-",
+            )
+        )
     finally:
         store.purge(ns, "default")
         store.purge(ns + "py", "default")
-    print(f"\n{jobs:,} jobs of ~170 bytes (envelope) from a 3-partition topic into Redis, "
-          f"on {os.cpu_count()} cores with Kafka and Redis colocated")
+    print(
+        f"\n{jobs:,} jobs of ~170 bytes (envelope) from a 3-partition topic into Redis, "
+        f"on {os.cpu_count()} cores with Kafka and Redis colocated"
+    )
     print("| relay | jobs/s | peak RSS MB |")
     print("|---|---:|---:|")
     for name, rate, rss in rows:

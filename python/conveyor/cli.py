@@ -168,6 +168,39 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace) -> int:
+    from conveyor import _core
+    from conveyor.errors import InvalidJobError
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    _core.check_queue_name(args.queue)
+    topic = settings.topic_for(args.queue)
+    store = _core.RedisStore(settings.redis_url)
+    if args.command == "throttle":
+        off = args.rate in ("off", "0")
+        if not off:
+            try:
+                rate = float(args.rate)
+            except ValueError:
+                rate = -1.0
+            if not rate > 0:
+                raise InvalidJobError(
+                    f"rate must be a positive number of jobs/s or 'off', not {args.rate!r}"
+                )
+        store.set_relay_control(settings.namespace, "rate", topic, None if off else args.rate)
+        print(
+            f"{args.queue}: relay rate {'unlimited' if off else args.rate + ' jobs/s'} "
+            "(relays apply it within a second)"
+        )
+    else:
+        paused = args.command == "pause"
+        store.set_relay_control(settings.namespace, "paused", topic, "1" if paused else None)
+        state = "paused: the backlog waits in Kafka" if paused else "resumed"
+        print(f"{args.queue}: relaying {state}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from conveyor.demo import run
 
@@ -225,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="print counters this often (default 5)",
     )
     relay.set_defaults(run=_relay)
+
+    throttle = commands.add_parser("throttle", help="limit a queue's relay rate (jobs/s, or off)")
+    throttle.add_argument("queue")
+    throttle.add_argument("rate", help="jobs per second across all relays, or 'off'")
+    throttle.set_defaults(run=_control)
+    for name, text in (
+        ("pause", "stop relaying a queue into Redis (the backlog waits in Kafka)"),
+        ("resume", "resume relaying a paused queue"),
+    ):
+        control = commands.add_parser(name, help=text)
+        control.add_argument("queue")
+        control.set_defaults(run=_control)
 
     demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
     demo.add_argument("--jobs", type=int, default=1000, help="how many jobs to send (default 1000)")

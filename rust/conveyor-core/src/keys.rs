@@ -52,6 +52,17 @@ pub fn registry_key(namespace: &str) -> Result<String> {
     }
 }
 
+/// The hash of relay controls (rate limits and pauses per topic) that every
+/// relay of a namespace watches.
+pub fn relay_control_key(namespace: &str) -> Result<String> {
+    if namespace.is_empty() {
+        Ok(format!("{PREFIX}:relay:control"))
+    } else {
+        validate_name("namespace", namespace)?;
+        Ok(format!("{PREFIX}:{namespace}:relay:control"))
+    }
+}
+
 /// Checks a queue or namespace name: a letter, then letters, digits and `_ . -`, at
 /// most 100 bytes, so that they are valid in Kafka topic names too.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {

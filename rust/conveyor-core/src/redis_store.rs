@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::{Client, Connection};
 
 use crate::error::Result;
-use crate::keys::{registry_key, QueueKeys};
+use crate::keys::{registry_key, relay_control_key, QueueKeys};
 
 /// The scripts, embedded at build time.
 pub mod scripts {
@@ -24,6 +24,10 @@ pub mod scripts {
     /// Appends a relayed batch exactly once. See `scripts/relay_batch-2.lua`.
     pub static RELAY_BATCH: LazyLock<Script> =
         LazyLock::new(|| Script::new(include_str!("scripts/relay_batch-2.lua")));
+
+    /// Sets or clears a relay control. See `scripts/relay_control-1.lua`.
+    pub static RELAY_CONTROL: LazyLock<Script> =
+        LazyLock::new(|| Script::new(include_str!("scripts/relay_control-1.lua")));
 
     /// Records job types in the registry. See `scripts/publish_registry-1.lua`.
     pub static PUBLISH_REGISTRY: LazyLock<Script> =
@@ -137,6 +141,35 @@ impl RedisStore {
             invocation.arg(*offset).arg(envelope.as_slice());
         }
         Ok(invocation.invoke(&mut self.conn)?)
+    }
+
+    /// Sets (`Some`) or clears (`None`) a relay control field for `topic`:
+    /// `kind` is `"rate"` (jobs per second) or `"paused"`.
+    pub fn set_relay_control(
+        &mut self,
+        namespace: &str,
+        kind: &str,
+        topic: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
+        if !matches!(kind, "rate" | "paused") {
+            return Err(crate::Error::InvalidJob(format!(
+                "relay control must be 'rate' or 'paused', not {kind:?}"
+            )));
+        }
+        let _: i64 = scripts::RELAY_CONTROL
+            .key(relay_control_key(namespace)?)
+            .arg(format!("{kind}:{topic}"))
+            .arg(value.unwrap_or(""))
+            .invoke(&mut self.conn)?;
+        Ok(())
+    }
+
+    /// Every relay control of a namespace as `(field, value)`.
+    pub fn relay_controls(&mut self, namespace: &str) -> Result<Vec<(String, String)>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(relay_control_key(namespace)?)
+            .query(&mut self.conn)?)
     }
 
     /// The next offset to relay per `<topic>:<partition>` of a queue.

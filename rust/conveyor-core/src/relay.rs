@@ -9,10 +9,18 @@
 //! lost a partition can only add records nobody wrote yet, in order.
 //! Kafka offsets are committed after Redis holds the jobs, for lag reporting.
 //!
-//! Not yet here (next slices): rate limits, pause, the Redis memory guard,
-//! shadow mode, metrics over HTTP.
+//! Control: a rate limit (jobs/s) and a pause per topic live in Redis
+//! (`cv:[<ns>:]relay:control`), re-read twice a second by every relay, so a
+//! change from the CLI takes effect within a second with no restart. A relay
+//! owning k of a topic's n partitions takes k/n of the topic's rate. Jobs
+//! over the rate wait in the relay (their partitions paused meanwhile), never
+//! dropped; a paused topic's partitions stop fetching, and the backlog waits
+//! in Kafka.
+//!
+//! Not yet here (next slices): the Redis memory guard, shadow mode, metrics
+//! over HTTP.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -66,6 +74,8 @@ pub struct RelayStats {
     pub batches: AtomicU64,
     /// Failed Redis writes (each retried until it succeeds).
     pub redis_errors: AtomicU64,
+    /// Jobs read but waiting for their topic's rate (or its pause to end).
+    pub held: AtomicU64,
     /// Partitions this relay owns now.
     pub assignment: Mutex<Vec<(String, i32)>>,
 }
@@ -156,8 +166,23 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         .set("acks", "all")
         .create()
         .map_err(Error::kafka("create dead-letter producer"))?;
+    let mut partitions = HashMap::new();
+    for (topic, _) in &config.routes {
+        if let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+                partitions.insert(topic.clone(), t.partitions().len().max(1));
+            }
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let worker = Relay {
+        namespace: config.namespace.clone(),
+        partitions,
+        held: HashMap::new(),
+        controls: Controls::default(),
+        buckets: HashMap::new(),
+        paused_now: HashSet::new(),
+        last_assignment: Vec::new(),
         consumer,
         dead_letters,
         queues,
@@ -253,7 +278,34 @@ impl RelayContext {
     }
 }
 
+/// Relay controls as last read from Redis.
+#[derive(Default)]
+struct Controls {
+    rates: HashMap<String, f64>,
+    paused: HashSet<String>,
+    read_at: Option<Instant>,
+}
+
+/// How often a relay re-reads its controls.
+const CONTROL_REFRESH: Duration = Duration::from_millis(500);
+
+/// A token bucket for one topic's rate.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 struct Relay {
+    namespace: String,
+    /// Partition count per topic, to split a topic's rate between relays.
+    partitions: HashMap<String, usize>,
+    /// Jobs read but not yet released by their topic's rate, in order.
+    held: HashMap<String, VecDeque<OwnedMessage>>,
+    controls: Controls,
+    buckets: HashMap<String, Bucket>,
+    /// Partitions this relay has paused (for a pause or for held jobs).
+    paused_now: HashSet<(String, i32)>,
+    last_assignment: Vec<(String, i32)>,
     consumer: BaseConsumer<RelayContext>,
     dead_letters: ThreadedProducer<DefaultProducerContext>,
     queues: HashMap<String, QueueKeys>,
@@ -278,9 +330,19 @@ struct PartitionBatch {
 impl Relay {
     fn run(mut self) -> Result<()> {
         while !self.stop.load(Ordering::Relaxed) {
-            let messages = self.collect();
-            if !messages.is_empty() {
-                self.relay(messages);
+            self.refresh_controls();
+            self.apply_pauses();
+            for message in self.collect() {
+                self.held
+                    .entry(message.topic().to_owned())
+                    .or_default()
+                    .push_back(message);
+            }
+            let ready = self.release();
+            let waiting: usize = self.held.values().map(VecDeque::len).sum();
+            self.stats.held.store(waiting as u64, Ordering::Relaxed);
+            if !ready.is_empty() {
+                self.relay(ready);
             }
         }
         // Commit what was stored, then leave the group so partitions move now.
@@ -290,6 +352,146 @@ impl Relay {
         self.consumer.unsubscribe();
         let _ = self.dead_letters.flush(Duration::from_secs(10));
         Ok(())
+    }
+
+    /// Re-reads the controls from Redis twice a second; keeps the last ones
+    /// read while Redis does not answer.
+    fn refresh_controls(&mut self) {
+        if self
+            .controls
+            .read_at
+            .is_some_and(|at| at.elapsed() < CONTROL_REFRESH)
+        {
+            return;
+        }
+        self.controls.read_at = Some(Instant::now());
+        let namespace = self.namespace.clone();
+        let Ok(store) = self.store() else {
+            return;
+        };
+        let Ok(fields) = store.relay_controls(&namespace) else {
+            self.store = None;
+            return;
+        };
+        let mut rates = HashMap::new();
+        let mut paused = HashSet::new();
+        for (field, value) in fields {
+            if let Some(topic) = field.strip_prefix("rate:") {
+                if let Ok(rate) = value.parse::<f64>() {
+                    if rate > 0.0 && rate.is_finite() {
+                        rates.insert(topic.to_owned(), rate);
+                    }
+                }
+            } else if let Some(topic) = field.strip_prefix("paused:") {
+                paused.insert(topic.to_owned());
+            }
+        }
+        self.buckets.retain(|topic, _| rates.contains_key(topic));
+        self.controls.rates = rates;
+        self.controls.paused = paused;
+    }
+
+    /// Pauses the partitions of paused topics and of topics with a batch of
+    /// jobs held for their rate; resumes the others.
+    fn apply_pauses(&mut self) {
+        let assignment = self
+            .stats
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if assignment != self.last_assignment {
+            // A new assignment starts unpaused; held jobs of partitions gone
+            // elsewhere are their new owner's now.
+            self.paused_now.clear();
+            let owned: HashSet<(&str, i32)> =
+                assignment.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+            for queue in self.held.values_mut() {
+                queue.retain(|m| owned.contains(&(m.topic(), m.partition())));
+            }
+            self.last_assignment = assignment.clone();
+        }
+        let want: HashSet<(String, i32)> = assignment
+            .into_iter()
+            .filter(|(topic, _)| {
+                // Keep fetching while a batch or less waits: pausing at every
+                // held job would leave gaps (a resumed partition takes a fetch
+                // round trip to flow again) and the rate would sag.
+                self.controls.paused.contains(topic)
+                    || self
+                        .held
+                        .get(topic)
+                        .is_some_and(|q| q.len() >= self.batch_max)
+            })
+            .collect();
+        let mut pause = TopicPartitionList::new();
+        for (topic, partition) in want.difference(&self.paused_now) {
+            pause.add_partition(topic, *partition);
+        }
+        let mut resume = TopicPartitionList::new();
+        for (topic, partition) in self.paused_now.difference(&want) {
+            resume.add_partition(topic, *partition);
+        }
+        if pause.count() > 0 {
+            let _ = self.consumer.pause(&pause);
+        }
+        if resume.count() > 0 {
+            let _ = self.consumer.resume(&resume);
+        }
+        self.paused_now = want;
+    }
+
+    /// Takes from the held jobs what each topic's rate allows now.
+    fn release(&mut self) -> Vec<OwnedMessage> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (topic, queue) in &mut self.held {
+            if queue.is_empty() || self.controls.paused.contains(topic) {
+                continue;
+            }
+            let n = match self.controls.rates.get(topic) {
+                None => queue.len(),
+                Some(&rate) => {
+                    let owned = self
+                        .last_assignment
+                        .iter()
+                        .filter(|(t, _)| t == topic)
+                        .count()
+                        .max(1);
+                    let total = self.partitions.get(topic).copied().unwrap_or(owned);
+                    let share = rate * owned as f64 / total.max(owned) as f64;
+                    let bucket = self.buckets.entry(topic.clone()).or_insert(Bucket {
+                        tokens: 0.0,
+                        at: now,
+                    });
+                    // At most a quarter second's worth saved up: bursts stay small.
+                    let burst = share * 0.25 + 1.0;
+                    bucket.tokens = (bucket.tokens
+                        + share * now.duration_since(bucket.at).as_secs_f64())
+                    .min(burst);
+                    bucket.at = now;
+                    let n = (bucket.tokens.floor() as usize).min(queue.len());
+                    bucket.tokens -= n as f64;
+                    n
+                }
+            };
+            out.extend(queue.drain(..n));
+        }
+        out
+    }
+
+    fn store(&mut self) -> Result<&mut RedisStore> {
+        if self.store.is_none() {
+            let mut store = RedisStore::connect(&self.redis_url, Duration::from_secs(5))?;
+            // Pipelines do not load scripts on NOSCRIPT: load it up front.
+            scripts::RELAY_BATCH
+                .prepare_invoke()
+                .load(store.connection())?;
+            self.store = Some(store);
+        }
+        self.store
+            .as_mut()
+            .ok_or_else(|| Error::Timeout("no Redis connection".to_owned()))
     }
 
     /// Waits up to 100 ms for a first record, then up to `batch_wait` more.
@@ -418,17 +620,6 @@ impl Relay {
     }
 
     fn try_write(&mut self, batches: &[PartitionBatch]) -> Result<()> {
-        if self.store.is_none() {
-            let mut store = RedisStore::connect(&self.redis_url, Duration::from_secs(5))?;
-            // Pipelines do not load scripts on NOSCRIPT: load it up front.
-            scripts::RELAY_BATCH
-                .prepare_invoke()
-                .load(store.connection())?;
-            self.store = Some(store);
-        }
-        let Some(store) = self.store.as_mut() else {
-            return Ok(());
-        };
         let mut pipe = redis::pipe();
         for batch in batches {
             let keys = &self.queues[&batch.topic];
@@ -444,7 +635,7 @@ impl Relay {
                 cmd.arg(*offset).arg(job.as_slice());
             }
         }
-        let results: Vec<(u64, u64)> = pipe.query(store.connection())?;
+        let results: Vec<(u64, u64)> = pipe.query(self.store()?.connection())?;
         for (pushed, skipped) in results {
             self.stats.relayed.fetch_add(pushed, Ordering::Relaxed);
             self.stats.skipped.fetch_add(skipped, Ordering::Relaxed);

@@ -120,6 +120,25 @@ impl RedisStore {
         })
     }
 
+    /// Sets (or with `None` clears) a relay control for `topic`: `kind` is
+    /// "rate" (jobs per second, as text) or "paused". Relays apply it within a second.
+    #[pyo3(signature = (namespace, kind, topic, value=None))]
+    fn set_relay_control(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        kind: &str,
+        topic: &str,
+        value: Option<&str>,
+    ) -> PyResult<()> {
+        self.with(py, |s| s.set_relay_control(namespace, kind, topic, value))
+    }
+
+    /// Every relay control of a namespace as `(field, value)`.
+    fn relay_controls(&self, py: Python<'_>, namespace: &str) -> PyResult<Vec<(String, String)>> {
+        self.with(py, |s| s.relay_controls(namespace))
+    }
+
     /// How many jobs a queue's ready list holds.
     fn ready_len(&self, py: Python<'_>, namespace: &str, queue: &str) -> PyResult<u64> {
         let keys = QueueKeys::new(namespace, queue).py()?;

@@ -60,7 +60,8 @@ impl Relay {
         })
     }
 
-    /// Counters: relayed, skipped, dead_lettered, batches, redis_errors.
+    /// Counters: relayed, skipped, dead_lettered, batches, redis_errors, and
+    /// held (jobs read but waiting for their topic's rate or pause).
     fn stats(&self) -> HashMap<&'static str, u64> {
         let handle = self.handle();
         let s = handle.stats();
@@ -70,6 +71,7 @@ impl Relay {
             ("dead_lettered", s.dead_lettered.load(Ordering::Relaxed)),
             ("batches", s.batches.load(Ordering::Relaxed)),
             ("redis_errors", s.redis_errors.load(Ordering::Relaxed)),
+            ("held", s.held.load(Ordering::Relaxed)),
         ])
     }
 
