@@ -314,12 +314,13 @@ def test_no_2xx_without_a_durable_write_while_the_broker_stops(tmp_path: Path) -
         stop.set()
         thread.join(60)
         gate.stop()
-        assert not problems, problems[:5]
-        assert refused, "the broker was down: some requests must have been refused"
-        assert len(accepted) > 10
-        records = read_all(bootstrap, topic, len(accepted), timeout_s=30)
+        counts = f"{len(accepted)} accepted, {len(refused)} refused, problems: {problems[:5]}"
+        assert not problems, counts
+        assert refused, f"the broker was down: some requests must have been refused ({counts})"
+        assert len(accepted) > 10, counts
+        records = read_all(bootstrap, topic, len(accepted), timeout_s=60)
         in_kafka = {conveyor.Envelope.decode(r.value).id for r in records}
         missing = set(accepted) - in_kafka
-        assert not missing, f"{len(missing)} acknowledged jobs are not in Kafka"
+        assert not missing, f"{len(missing)} acknowledged jobs are not in Kafka ({counts})"
     finally:
         own.kafka.down()

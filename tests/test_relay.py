@@ -10,13 +10,14 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 import conveyor
 from conveyor import _core
-from conveyor.devservers import DevServers
+from conveyor.devservers import DevServers, RedisServer
 from kafka_reader import read_all
 
 pytestmark = pytest.mark.servers
@@ -318,3 +319,53 @@ def test_bad_control_values_are_refused(app: conveyor.Conveyor) -> None:
         )
         assert done.returncode == 2, argv
         assert "conveyor:" in done.stderr
+
+
+def test_a_full_redis_is_protected_and_every_job_arrives_once_drained(
+    app: conveyor.Conveyor, tmp_path: Path
+) -> None:
+    import redis
+
+    # A Redis of this test's own, small and with noeviction, as in production.
+    small = RedisServer(port=26579, home=tmp_path / "redis", maxmemory=24 * 1024 * 1024)
+    small.up()
+    try:
+        s = app.settings
+        relay = _core.Relay(
+            s.kafka_bootstrap,
+            small.url,
+            [(s.topic_for("default"), "default")],
+            namespace=s.namespace,
+            group_id=f"full-{s.namespace}",
+            memory_high=0.8,
+            memory_low=0.6,
+        )
+        client = redis.Redis(port=26579)
+        key = f"cv:{s.namespace}:{{default}}:ready"
+        sent: dict[str, tuple[int, int]] = {}
+        try:
+            for chunk in range(6):  # about 3x what fits
+                sent |= send(app, 50_000, start=chunk * 50_000)
+            wait_until(lambda: relay.stats()["memory_guarded"] == 1, 30, "the guard to engage")
+            time.sleep(2.0)
+            info = client.info("memory")
+            assert info["used_memory"] < info["maxmemory"], "the relay drove Redis to its limit"
+            held_in_redis = client.llen(key)
+            assert 0 < held_in_redis < len(sent), "the backlog waits in Kafka"
+            assert relay.stats()["redis_errors"] == 0, "no write was refused for memory"
+            # Workers drain the queue; the relay resumes by itself.
+            drained: list[bytes] = []
+            deadline = time.monotonic() + 120
+            while len(drained) < len(sent) and time.monotonic() < deadline:
+                got = client.lpop(key, 5000)
+                if isinstance(got, list):
+                    drained += [g for g in got if isinstance(g, bytes)]
+                else:
+                    time.sleep(0.05)
+        finally:
+            relay.stop()
+        ids = [conveyor.Envelope.decode(b).id for b in drained]
+        assert len(ids) == len(set(ids)), "a job arrived twice"
+        assert set(ids) == set(sent), f"{len(set(sent) - set(ids))} jobs never arrived"
+    finally:
+        small.down()

@@ -234,6 +234,10 @@ class Relay:
         group_id: str = "conveyor-relay",
         batch_max: int = 5000,
         batch_wait_s: float = 0.005,
+        memory_high: float = 0.8,
+        memory_low: float = 0.6,
+        depth_high: int | None = None,
+        depth_low: int = 0,
         properties: list[tuple[str, str]] | None = None,
     ) -> Relay: ...
     def stats(self) -> dict[str, int]: ...

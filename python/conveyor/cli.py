@@ -141,6 +141,10 @@ def _relay(args: argparse.Namespace) -> int:
         [(settings.topic_for(q), q) for q in queues],
         namespace=settings.namespace,
         group_id=group,
+        memory_high=args.memory_high,
+        memory_low=args.memory_low,
+        depth_high=args.depth_high,
+        depth_low=args.depth_low if args.depth_low is not None else (args.depth_high or 0) // 2,
         properties=list(settings.kafka_properties),
     )
     stop = threading.Event()
@@ -157,9 +161,11 @@ def _relay(args: argparse.Namespace) -> int:
         now = time.monotonic()
         rate = (stats["relayed"] - last) / (now - last_at)
         last, last_at = stats["relayed"], now
+        guard = " REDIS NEAR FULL, holding back;" if stats["memory_guarded"] else ""
         print(
-            f"relay: {stats['relayed']} relayed ({rate:,.0f}/s), {stats['skipped']} skipped, "
-            f"{stats['dead_lettered']} dead-lettered, {stats['redis_errors']} Redis errors, "
+            f"relay:{guard} {stats['relayed']} relayed ({rate:,.0f}/s), {stats['skipped']} "
+            f"skipped, {stats['dead_lettered']} dead-lettered, {stats['redis_errors']} Redis "
+            f"errors, {stats['held']} held for rate or pause, "
             f"{len(relay.assignment())} partitions owned",
             flush=True,
         )
@@ -256,6 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="print counters this often (default 5)",
+    )
+    relay.add_argument(
+        "--memory-high",
+        type=float,
+        default=0.8,
+        metavar="FRACTION",
+        help="stop writing when Redis uses this much of maxmemory (default 0.8)",
+    )
+    relay.add_argument(
+        "--memory-low",
+        type=float,
+        default=0.6,
+        metavar="FRACTION",
+        help="resume below this fraction of maxmemory (default 0.6)",
+    )
+    relay.add_argument(
+        "--depth-high",
+        type=int,
+        metavar="JOBS",
+        help="stop writing into a queue holding this many jobs (default: no limit)",
+    )
+    relay.add_argument(
+        "--depth-low",
+        type=int,
+        metavar="JOBS",
+        help="resume below this many (default: half of --depth-high)",
     )
     relay.set_defaults(run=_relay)
 

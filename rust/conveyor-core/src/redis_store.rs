@@ -73,6 +73,18 @@ impl RedisStore {
         Ok(invocation.invoke(&mut self.conn)?)
     }
 
+    /// `(used_memory, maxmemory)` in bytes; `maxmemory` 0 means no limit.
+    pub fn memory(&mut self) -> Result<(u64, u64)> {
+        let text: String = redis::cmd("INFO").arg("memory").query(&mut self.conn)?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("used_memory"), field("maxmemory")))
+    }
+
     /// How many jobs a queue's ready list holds.
     pub fn ready_len(&mut self, keys: &QueueKeys) -> Result<u64> {
         Ok(redis::cmd("LLEN").arg(keys.ready()).query(&mut self.conn)?)

@@ -59,6 +59,15 @@ pub struct RelayConfig {
     pub batch_max: usize,
     /// How long a batch may wait to fill after its first record.
     pub batch_wait: Duration,
+    /// Redis memory guard: stop writing at this fraction of `maxmemory`...
+    pub memory_high: f64,
+    /// ...and resume below this one. No guard when Redis has no `maxmemory`.
+    pub memory_low: f64,
+    /// Queue depth guard: stop writing into a queue holding this many jobs
+    /// (`None`: no limit)...
+    pub depth_high: Option<u64>,
+    /// ...and resume below this many.
+    pub depth_low: u64,
 }
 
 /// Counters a relay keeps while it runs.
@@ -76,6 +85,10 @@ pub struct RelayStats {
     pub redis_errors: AtomicU64,
     /// Jobs read but waiting for their topic's rate (or its pause to end).
     pub held: AtomicU64,
+    /// 1 while the memory guard holds all writes back.
+    pub memory_guarded: AtomicU64,
+    /// How many queues the depth guard holds back now.
+    pub depth_guarded: AtomicU64,
     /// Partitions this relay owns now.
     pub assignment: Mutex<Vec<(String, i32)>>,
 }
@@ -192,6 +205,15 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         stop: Arc::clone(&stop),
         batch_max: config.batch_max.max(1),
         batch_wait: config.batch_wait,
+        guard: Guard {
+            memory_high: config.memory_high,
+            memory_low: config.memory_low,
+            depth_high: config.depth_high,
+            depth_low: config.depth_low,
+            memory_on: false,
+            deep: HashSet::new(),
+        },
+        guard_read_at: None,
     };
     let thread = std::thread::Builder::new()
         .name("conveyor-relay".to_owned())
@@ -286,6 +308,27 @@ struct Controls {
     read_at: Option<Instant>,
 }
 
+/// Redis protection: the relay stops writing when Redis (or one queue) is
+/// near full and resumes by itself once workers have drained it.
+struct Guard {
+    memory_high: f64,
+    memory_low: f64,
+    depth_high: Option<u64>,
+    depth_low: u64,
+    /// Above the memory high-water mark (until below the low one).
+    memory_on: bool,
+    /// Topics whose queue is over its depth high-water mark.
+    deep: HashSet<String>,
+}
+
+fn stopped(guard: &Guard, controls: &Controls, topic: &str) -> bool {
+    guard.memory_on || guard.deep.contains(topic) || controls.paused.contains(topic)
+}
+
+/// How often a relay reads Redis memory and queue depths: at 300,000 jobs/s
+/// about 2 MB land in 20 ms, well inside the guard's headroom.
+const GUARD_REFRESH: Duration = Duration::from_millis(20);
+
 /// How often a relay re-reads its controls.
 const CONTROL_REFRESH: Duration = Duration::from_millis(500);
 
@@ -306,6 +349,8 @@ struct Relay {
     /// Partitions this relay has paused (for a pause or for held jobs).
     paused_now: HashSet<(String, i32)>,
     last_assignment: Vec<(String, i32)>,
+    guard: Guard,
+    guard_read_at: Option<Instant>,
     consumer: BaseConsumer<RelayContext>,
     dead_letters: ThreadedProducer<DefaultProducerContext>,
     queues: HashMap<String, QueueKeys>,
@@ -337,6 +382,13 @@ impl Relay {
                     .entry(message.topic().to_owned())
                     .or_default()
                     .push_back(message);
+            }
+            if self
+                .guard_read_at
+                .is_none_or(|at| at.elapsed() >= GUARD_REFRESH)
+            {
+                self.guard_read_at = Some(Instant::now());
+                self.check_guard();
             }
             let ready = self.release();
             let waiting: usize = self.held.values().map(VecDeque::len).sum();
@@ -391,6 +443,64 @@ impl Relay {
         self.controls.paused = paused;
     }
 
+    /// Reads Redis memory and queue depths and moves the guard's state
+    /// between its water marks (hysteresis, so it does not flap).
+    fn check_guard(&mut self) {
+        let queues: Vec<(String, QueueKeys)> = self
+            .queues
+            .iter()
+            .map(|(t, k)| (t.clone(), k.clone()))
+            .collect();
+        let guard_depth = self.guard.depth_high.is_some();
+        let Ok(store) = self.store() else {
+            return;
+        };
+        let Ok((used, max)) = store.memory() else {
+            self.store = None;
+            return;
+        };
+        let mut depths = Vec::new();
+        if guard_depth {
+            for (topic, keys) in &queues {
+                if let Ok(depth) = store.ready_len(keys) {
+                    depths.push((topic.clone(), depth));
+                }
+            }
+        }
+        let g = &mut self.guard;
+        if max > 0 {
+            let fill = used as f64 / max as f64;
+            if fill >= g.memory_high {
+                g.memory_on = true;
+            } else if fill <= g.memory_low {
+                g.memory_on = false;
+            }
+        } else {
+            g.memory_on = false;
+        }
+        if let Some(high) = g.depth_high {
+            for (topic, depth) in depths {
+                if depth >= high {
+                    g.deep.insert(topic);
+                } else if depth <= g.depth_low {
+                    g.deep.remove(&topic);
+                }
+            }
+        }
+        self.stats
+            .memory_guarded
+            .store(u64::from(g.memory_on), Ordering::Relaxed);
+        self.stats
+            .depth_guarded
+            .store(g.deep.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether nothing may be written into `topic`'s queue now: paused by an
+    /// operator, or held back by the guard.
+    fn stopped(&self, topic: &str) -> bool {
+        stopped(&self.guard, &self.controls, topic)
+    }
+
     /// Pauses the partitions of paused topics and of topics with a batch of
     /// jobs held for their rate; resumes the others.
     fn apply_pauses(&mut self) {
@@ -417,7 +527,7 @@ impl Relay {
                 // Keep fetching while a batch or less waits: pausing at every
                 // held job would leave gaps (a resumed partition takes a fetch
                 // round trip to flow again) and the rate would sag.
-                self.controls.paused.contains(topic)
+                self.stopped(topic)
                     || self
                         .held
                         .get(topic)
@@ -446,7 +556,7 @@ impl Relay {
         let now = Instant::now();
         let mut out = Vec::new();
         for (topic, queue) in &mut self.held {
-            if queue.is_empty() || self.controls.paused.contains(topic) {
+            if queue.is_empty() || stopped(&self.guard, &self.controls, topic) {
                 continue;
             }
             let n = match self.controls.rates.get(topic) {

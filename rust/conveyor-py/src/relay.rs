@@ -28,7 +28,7 @@ impl Relay {
 #[pymethods]
 impl Relay {
     #[new]
-    #[pyo3(signature = (bootstrap, redis_url, routes, *, namespace="", group_id="conveyor-relay", batch_max=5000, batch_wait_s=0.005, properties=None))]
+    #[pyo3(signature = (bootstrap, redis_url, routes, *, namespace="", group_id="conveyor-relay", batch_max=5000, batch_wait_s=0.005, memory_high=0.8, memory_low=0.6, depth_high=None, depth_low=0, properties=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -39,8 +39,22 @@ impl Relay {
         group_id: &str,
         batch_max: usize,
         batch_wait_s: f64,
+        memory_high: f64,
+        memory_low: f64,
+        depth_high: Option<u64>,
+        depth_low: u64,
         properties: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
+        if !(0.0 < memory_low && memory_low <= memory_high && memory_high <= 1.0) {
+            return Err(PyValueError::new_err(
+                "water marks must satisfy 0 < memory_low <= memory_high <= 1",
+            ));
+        }
+        if depth_high.is_some_and(|high| depth_low > high) {
+            return Err(PyValueError::new_err(
+                "depth_low must not exceed depth_high",
+            ));
+        }
         let config = RelayConfig {
             kafka: KafkaConfig {
                 bootstrap_servers: bootstrap.to_owned(),
@@ -53,6 +67,10 @@ impl Relay {
             batch_max,
             batch_wait: Duration::try_from_secs_f64(batch_wait_s)
                 .map_err(|_| PyValueError::new_err("batch_wait_s must be a duration"))?,
+            memory_high,
+            memory_low,
+            depth_high,
+            depth_low,
         };
         let handle = py.detach(|| relay::start(config)).py()?;
         Ok(Self {
@@ -60,8 +78,10 @@ impl Relay {
         })
     }
 
-    /// Counters: relayed, skipped, dead_lettered, batches, redis_errors, and
-    /// held (jobs read but waiting for their topic's rate or pause).
+    /// Counters: relayed, skipped, dead_lettered, batches, redis_errors;
+    /// held (jobs read but waiting for their topic's rate or pause);
+    /// memory_guarded (1 while Redis is over its high-water mark) and
+    /// depth_guarded (queues over their depth high-water mark).
     fn stats(&self) -> HashMap<&'static str, u64> {
         let handle = self.handle();
         let s = handle.stats();
@@ -72,6 +92,8 @@ impl Relay {
             ("batches", s.batches.load(Ordering::Relaxed)),
             ("redis_errors", s.redis_errors.load(Ordering::Relaxed)),
             ("held", s.held.load(Ordering::Relaxed)),
+            ("memory_guarded", s.memory_guarded.load(Ordering::Relaxed)),
+            ("depth_guarded", s.depth_guarded.load(Ordering::Relaxed)),
         ])
     }
 
