@@ -254,11 +254,15 @@ class KafkaCluster:
         return {b[0] for b in brokers} >= {n.node_id for n in self.nodes}
 
     def down(self) -> bool:
-        """Stop every node; returns whether any was running."""
-        stopped = False
-        for node in reversed(self.nodes):
-            stopped |= self._process(node).stop()
-        return stopped
+        """Stop every node; returns whether any was running.
+
+        All nodes are signalled at once: stopped one by one, the last ones
+        would wait for a controller quorum that is already gone."""
+        running = [(p, p.request_stop()) for p in map(self._process, self.nodes)]
+        for proc, pid in running:
+            if pid is not None:
+                proc.wait_stopped(pid)
+        return any(pid is not None for _, pid in running)
 
     def status(self) -> list[tuple[KafkaNode, int | None]]:
         """Each node with its pid, or None when not running."""

@@ -74,11 +74,23 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 20.0) -> bool:
         """SIGTERM, then SIGKILL after `timeout_s`; returns whether it was running."""
+        pid = self.request_stop()
+        if pid is None:
+            return False
+        self.wait_stopped(pid, timeout_s)
+        return True
+
+    def request_stop(self) -> int | None:
+        """Send SIGTERM without waiting; returns the pid, or None if not running."""
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
-            return False
+            return None
         os.kill(pid, signal.SIGTERM)
+        return pid
+
+    def wait_stopped(self, pid: int, timeout_s: float = 20.0) -> None:
+        """Wait for `pid` to exit after `request_stop`, SIGKILL after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.1)
@@ -87,7 +99,6 @@ class ServerProcess:
             while _alive(pid):
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
-        return True
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server's log, for error messages."""
