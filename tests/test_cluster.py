@@ -10,6 +10,7 @@ import pytest
 
 from conveyor import _core
 from conveyor.devservers import DevServers
+from conveyor.errors import DeliveryError
 from kafka_reader import read_all
 
 pytestmark = pytest.mark.servers
@@ -23,6 +24,8 @@ def test_three_brokers_keep_every_acknowledged_job_when_one_stops(tmp_path: Path
         _, brokers, _ = _core.kafka_cluster_info(cluster.bootstrap)
         assert sorted(b[0] for b in brokers) == [1, 2, 3]
         assert _core.kafka_create_topic(cluster.bootstrap, "replicated", 3, 3)
+        # One replica per partition: a stopped broker takes its partitions down.
+        assert _core.kafka_create_topic(cluster.bootstrap, "single", 6, 1)
         producer = _core.KafkaProducer(cluster.bootstrap, acks="all", delivery_timeout_s=20)
         first = producer.send("replicated", "cluster.test", [b"{}"] * 1000)
         assert len(first.wait(30)) == 1000
@@ -32,6 +35,24 @@ def test_three_brokers_keep_every_acknowledged_job_when_one_stops(tmp_path: Path
         assert len(second.wait(30)) == 1000
         records = read_all(cluster.bootstrap, "replicated", 2000, timeout_s=60)
         assert len(records) == 2000
+
+        # Availability first: jobs with no key and no pinned partition go to a
+        # partition that is up. Single sends spread over partitions as they would
+        # arrive from a service; none may be lost to the dead broker's partitions.
+        quick = _core.KafkaProducer(cluster.bootstrap, delivery_timeout_s=8)
+        handles = []
+        for _ in range(80):
+            handles.append(quick.send("single", "cluster.test", [b"{}"]))
+            time.sleep(0.01)
+        landed = {partition for h in handles for partition, _ in h.wait(20)}
+        assert len(landed) >= 2, "jobs spread over the partitions that are up"
+        dead = set(range(6)) - landed
+        assert dead, "some partitions of the stopped broker got nothing"
+        # A caller who pins a partition gets what they asked for: an error when it is down.
+        down = min(dead)
+        pinned = quick.send("single", "cluster.test", [b"{}"], partition=down)
+        with pytest.raises(DeliveryError):
+            pinned.wait(20)
     finally:
         cluster.down()
     assert time.monotonic() - started < 120

@@ -9,6 +9,7 @@ pub mod id;
 pub mod kafka;
 pub mod keys;
 pub mod metrics;
+pub mod partitions;
 pub mod producer;
 pub mod redis_store;
 pub mod relay;

@@ -22,6 +22,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::id::JobId;
 use crate::kafka::{KafkaConfig, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE};
+use crate::partitions::PartitionHealth;
 
 /// How many failed job ids an error message lists before it only counts.
 const FAILURE_SAMPLES: usize = 10;
@@ -102,14 +103,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Which batch, and which slot in it, a record reports to.
-type Slot = Box<(Arc<Batch>, usize)>;
+/// Which batch, and which slot in it, a record reports to; `tracked` when
+/// the producer chose its partition (and so follows that partition's health).
+struct SlotData {
+    batch: Arc<Batch>,
+    index: usize,
+    tracked: bool,
+}
+type Slot = Box<SlotData>;
 /// A record as handed to librdkafka.
 type Record<'a> = BaseRecord<'a, str, [u8], Slot>;
 
 /// librdkafka's callbacks land here.
 struct Context {
     shared: Arc<Shared>,
+    health: Arc<PartitionHealth>,
 }
 
 impl ClientContext for Context {}
@@ -118,13 +126,29 @@ impl ProducerContext for Context {
     type DeliveryOpaque = Slot;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
-        let (batch, index) = *opaque;
+        let SlotData {
+            batch,
+            index,
+            tracked,
+        } = *opaque;
         let outcome = match result {
-            Ok(message) => Ok(Delivered {
-                partition: message.partition(),
-                offset: message.offset(),
-            }),
-            Err((err, _)) => Err(err.to_string()),
+            Ok(message) => {
+                if tracked {
+                    self.health
+                        .reported(message.topic(), message.partition(), true);
+                }
+                Ok(Delivered {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                })
+            }
+            Err((err, message)) => {
+                if tracked {
+                    self.health
+                        .reported(message.topic(), message.partition(), false);
+                }
+                Err(err.to_string())
+            }
         };
         batch.complete(index, outcome, &self.shared);
     }
@@ -137,6 +161,7 @@ pub struct JobProducer {
     options: ProducerOptions,
     shared: Arc<Shared>,
     known_topics: Arc<Mutex<HashSet<String>>>,
+    health: Arc<PartitionHealth>,
 }
 
 impl JobProducer {
@@ -171,8 +196,10 @@ impl JobProducer {
             in_flight: Mutex::new(0),
             settled: Condvar::new(),
         });
+        let health = Arc::new(PartitionHealth::default());
         let context = Context {
             shared: Arc::clone(&shared),
+            health: Arc::clone(&health),
         };
         let inner = client
             .create_with_context(context)
@@ -182,6 +209,7 @@ impl JobProducer {
             options,
             shared,
             known_topics: Arc::new(Mutex::new(HashSet::new())),
+            health,
         })
     }
 
@@ -189,6 +217,9 @@ impl JobProducer {
     /// instead of letting every record time out. Checked once per topic.
     pub fn check_topic(&self, topic: &str) -> Result<()> {
         if lock(&self.known_topics).contains(topic) {
+            if self.health.needs_refresh(topic) {
+                self.refresh_partitions(topic);
+            }
             return Ok(());
         }
         let metadata = self
@@ -199,10 +230,25 @@ impl JobProducer {
         let found = metadata.topics().iter().find(|t| t.name() == topic);
         match found {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                self.health.set_led(topic, led_partitions(t));
                 lock(&self.known_topics).insert(topic.to_owned());
                 Ok(())
             }
             _ => Err(Error::UnknownTopic(topic.to_owned())),
+        }
+    }
+
+    /// Re-reads which partitions of `topic` have a leader. A failed read
+    /// keeps the old list: sending goes on.
+    fn refresh_partitions(&self, topic: &str) {
+        let metadata = self
+            .inner
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(1));
+        if let Ok(metadata) = metadata {
+            if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+                self.health.set_led(topic, led_partitions(t));
+            }
         }
     }
 
@@ -224,6 +270,16 @@ impl JobProducer {
             *lock(&self.shared.in_flight) += 1;
         }
         let deadline = Instant::now() + self.options.enqueue_timeout;
+        // Jobs without a dedup key or a pinned partition go to one healthy
+        // partition per call (as librdkafka's sticky partitioner would).
+        let chosen = match partition {
+            None => self.health.choose(topic),
+            Some(_) => None,
+        };
+        if let Some(p) = chosen {
+            let free = envelopes.iter().filter(|e| e.dedup_key.is_none()).count();
+            self.health.sent(topic, p, free as u64);
+        }
         let mut id_text = String::with_capacity(26);
         for (index, (env, value)) in envelopes.iter().zip(&encoded).enumerate() {
             id_text.clear();
@@ -243,21 +299,32 @@ impl JobProducer {
                     value: Some(trace.as_str()),
                 });
             }
+            let tracked = chosen.is_some() && env.dedup_key.is_none();
             let mut record = BaseRecord::<str, [u8], _>::with_opaque_to(
                 topic,
-                Box::new((Arc::clone(&batch), index)),
+                Box::new(SlotData {
+                    batch: Arc::clone(&batch),
+                    index,
+                    tracked,
+                }),
             )
             .payload(value.as_slice())
             .headers(headers);
             if let Some(key) = &env.dedup_key {
                 record = record.key(key.as_str());
             }
-            if let Some(p) = partition {
+            if let Some(p) = partition.or(chosen.filter(|_| tracked)) {
                 record = record.partition(p);
             }
             if let Err((err, record)) = self.enqueue_record(record, deadline) {
-                let (batch, index) = *record.delivery_opaque;
-                batch.complete(index, Err(err.to_string()), &self.shared);
+                let slot = *record.delivery_opaque;
+                if slot.tracked {
+                    if let Some(p) = chosen {
+                        self.health.reported(topic, p, false);
+                    }
+                }
+                slot.batch
+                    .complete(slot.index, Err(err.to_string()), &self.shared);
             }
         }
         Ok(Pending {
@@ -316,6 +383,15 @@ impl JobProducer {
         }
         Ok(())
     }
+}
+
+fn led_partitions(topic: &rdkafka::metadata::MetadataTopic) -> Vec<i32> {
+    topic
+        .partitions()
+        .iter()
+        .filter(|p| p.leader() >= 0 && p.error().is_none())
+        .map(|p| p.id())
+        .collect()
 }
 
 fn failures<'a>(

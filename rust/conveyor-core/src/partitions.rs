@@ -1,0 +1,177 @@
+//! Availability first: where a job goes when it has neither a dedup key nor
+//! a pinned partition.
+//!
+//! librdkafka keeps sending such jobs to a partition whose leader has died
+//! until its metadata says so (seconds later, for a single-replica topic
+//! never), and they fail only when the delivery timeout ends. The producer
+//! picks the partition itself instead, among those that look healthy: a
+//! leader in the last metadata, no records stuck unacknowledged for longer
+//! than [`STALL`], no failed delivery in the last [`COOLDOWN`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Records in flight with no acknowledgement for this long mark a partition
+/// as stalled: new jobs go elsewhere. Healthy acks take milliseconds.
+pub const STALL: Duration = Duration::from_secs(1);
+/// A partition where a delivery failed is avoided for this long.
+pub const COOLDOWN: Duration = Duration::from_secs(5);
+/// How often a topic's partition list (with leaders) is refreshed.
+pub const REFRESH: Duration = Duration::from_secs(5);
+
+#[derive(Default, Clone, Copy)]
+struct State {
+    in_flight: u64,
+    /// The last acknowledgement, or when records started waiting for one.
+    progress_at: Option<Instant>,
+    failed_at: Option<Instant>,
+}
+
+impl State {
+    fn healthy(&self, now: Instant) -> bool {
+        let stalled = self.in_flight > 0
+            && self
+                .progress_at
+                .is_some_and(|at| now.duration_since(at) > STALL);
+        let failed = self
+            .failed_at
+            .is_some_and(|at| now.duration_since(at) < COOLDOWN);
+        !stalled && !failed
+    }
+}
+
+struct Topic {
+    /// Partitions that had a leader at the last refresh.
+    led: Vec<i32>,
+    refreshed: Instant,
+    state: HashMap<i32, State>,
+}
+
+/// Per-topic partition health, fed by sends and delivery reports.
+#[derive(Default)]
+pub struct PartitionHealth {
+    topics: Mutex<HashMap<String, Topic>>,
+}
+
+impl PartitionHealth {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Topic>) -> T) -> T {
+        f(&mut self.topics.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Records the partitions of `topic` that have a leader now.
+    pub fn set_led(&self, topic: &str, led: Vec<i32>) {
+        self.with(|topics| {
+            let entry = topics.entry(topic.to_owned()).or_insert_with(|| Topic {
+                led: Vec::new(),
+                refreshed: Instant::now(),
+                state: HashMap::new(),
+            });
+            entry.led = led;
+            entry.refreshed = Instant::now();
+        });
+    }
+
+    /// Whether the partition list of `topic` is due for a refresh.
+    pub fn needs_refresh(&self, topic: &str) -> bool {
+        self.with(|topics| {
+            topics
+                .get(topic)
+                .is_none_or(|t| t.refreshed.elapsed() > REFRESH)
+        })
+    }
+
+    /// A healthy partition of `topic`, chosen at random; `None` when the
+    /// topic is unknown or no partition looks healthy (librdkafka chooses).
+    pub fn choose(&self, topic: &str) -> Option<i32> {
+        let now = Instant::now();
+        self.with(|topics| {
+            let t = topics.get(topic)?;
+            let healthy: Vec<i32> = t
+                .led
+                .iter()
+                .copied()
+                .filter(|p| t.state.get(p).is_none_or(|s| s.healthy(now)))
+                .collect();
+            if healthy.is_empty() {
+                return None;
+            }
+            Some(healthy[rand::random::<u32>() as usize % healthy.len()])
+        })
+    }
+
+    /// `count` records were handed to librdkafka for `partition`.
+    pub fn sent(&self, topic: &str, partition: i32, count: u64) {
+        let now = Instant::now();
+        self.with(|topics| {
+            if let Some(t) = topics.get_mut(topic) {
+                let s = t.state.entry(partition).or_default();
+                if s.in_flight == 0 {
+                    s.progress_at = Some(now);
+                }
+                s.in_flight += count;
+            }
+        });
+    }
+
+    /// A record sent to `partition` was acknowledged (`ok`) or failed.
+    pub fn reported(&self, topic: &str, partition: i32, ok: bool) {
+        let now = Instant::now();
+        self.with(|topics| {
+            if let Some(t) = topics.get_mut(topic) {
+                let s = t.state.entry(partition).or_default();
+                s.in_flight = s.in_flight.saturating_sub(1);
+                s.progress_at = Some(now);
+                if !ok {
+                    s.failed_at = Some(now);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_or_failing_partition_is_avoided_until_it_recovers() {
+        let health = PartitionHealth::default();
+        assert_eq!(
+            health.choose("t"),
+            None,
+            "unknown topic: librdkafka chooses"
+        );
+        health.set_led("t", vec![0, 1]);
+        health.sent("t", 0, 5);
+        // Make partition 0's wait look older than STALL.
+        health.with(|t| {
+            t.get_mut("t")
+                .unwrap()
+                .state
+                .get_mut(&0)
+                .unwrap()
+                .progress_at = Some(Instant::now() - STALL - Duration::from_millis(10));
+        });
+        for _ in 0..50 {
+            assert_eq!(health.choose("t"), Some(1));
+        }
+        health.reported("t", 1, false);
+        assert_eq!(
+            health.choose("t"),
+            None,
+            "both unhealthy: let librdkafka choose"
+        );
+        for _ in 0..5 {
+            health.reported("t", 0, true);
+        }
+        assert_eq!(health.choose("t"), Some(0), "acknowledged again: healthy");
+    }
+
+    #[test]
+    fn partitions_without_a_leader_are_never_chosen() {
+        let health = PartitionHealth::default();
+        health.set_led("t", vec![2]);
+        assert!((0..50).all(|_| health.choose("t") == Some(2)));
+    }
+}
