@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import conveyor
+from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.errors import DeliveryError, InvalidJobError, UnknownTopicError
@@ -218,38 +219,15 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 
 def test_topics_cli_creates_and_lists(servers: DevServers, namespace: str) -> None:
-    env = {
-        **os.environ,
-        "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
-        "CONVEYOR_NAMESPACE": namespace,
-    }
-    run = [sys.executable, "-m", "conveyor", "topics"]
-    first = subprocess.run(
-        [*run, "create", "emails", "--partitions", "2"],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {"CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap, "CONVEYOR_NAMESPACE": namespace}
+    first = conveyor_cli("topics", "create", "emails", "--partitions", "2", env=env)
     assert first.returncode == 0, first.stderr
     assert f"conveyor.{namespace}.emails" in first.stdout
     assert "created" in first.stdout
-    again = subprocess.run(
-        [*run, "create", "emails"], env=env, check=False, capture_output=True, text=True, timeout=60
-    )
+    again = conveyor_cli("topics", "create", "emails", env=env)
     assert "exists" in again.stdout
-    listed = subprocess.run(
-        [*run, "list"], env=env, check=False, capture_output=True, text=True, timeout=60
-    )
+    listed = conveyor_cli("topics", "list", env=env)
     assert f"conveyor.{namespace}.emails" in listed.stdout.split()
-    bad = subprocess.run(
-        [*run, "create", "bad:name"],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = conveyor_cli("topics", "create", "bad:name", env=env)
     assert bad.returncode == 2
     assert "queue name" in bad.stderr

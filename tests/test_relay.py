@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 import conveyor
+from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from kafka_reader import read_all
@@ -240,18 +241,10 @@ def test_sigkilled_relays_lose_and_double_nothing(app: conveyor.Conveyor) -> Non
 
 def control(app: conveyor.Conveyor, *argv: str) -> str:
     env = {
-        **os.environ,
         "CONVEYOR_REDIS_URL": app.settings.redis_url,
         "CONVEYOR_NAMESPACE": app.settings.namespace,
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "conveyor", *argv],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = conveyor_cli(*argv, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -303,20 +296,13 @@ def test_a_rate_limit_holds_and_changes_at_run_time(app: conveyor.Conveyor) -> N
 
 
 def test_bad_control_values_are_refused(app: conveyor.Conveyor) -> None:
-    env = {**os.environ, "CONVEYOR_REDIS_URL": app.settings.redis_url}
+    env = {"CONVEYOR_REDIS_URL": app.settings.redis_url}
     for argv in (
         ["throttle", "default", "fast"],
         ["throttle", "default", "-5"],
         ["pause", "bad:queue"],
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "conveyor", *argv],
-            env=env,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = conveyor_cli(*argv, env=env)
         assert done.returncode == 2, argv
         assert "conveyor:" in done.stderr
 

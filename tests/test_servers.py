@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import conveyor
+from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.devservers.kafka import KAFKA_VERSION, require_java
@@ -63,36 +61,24 @@ def test_bringing_servers_up_again_reuses_them(servers: DevServers) -> None:
     assert (servers.redis.pid(), [pid for _, pid in servers.kafka.status()]) == pids
 
 
-def test_dev_status_cli_reports_running_servers(servers: DevServers) -> None:
-    env = {
-        **os.environ,
+def dev_env(servers: DevServers) -> dict[str, str]:
+    """Environment that points `conveyor dev` and the demo at the test servers."""
+    return {
         "CONVEYOR_DEV_HOME": str(servers.redis.home.parent),
         "CONVEYOR_DEV_KAFKA_PORT": str(servers.kafka.nodes[0].port),
         "CONVEYOR_DEV_REDIS_PORT": str(servers.redis.port),
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "conveyor", "dev", "status"],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+
+def test_dev_status_cli_reports_running_servers(servers: DevServers) -> None:
+    out = conveyor_cli("dev", "status", env=dev_env(servers))
     assert out.returncode == 0, out.stderr
     assert f"127.0.0.1:{servers.kafka.nodes[0].port}" in out.stdout
     assert out.stdout.count("running (pid") == 2
 
 
 def test_dev_status_cli_fails_when_nothing_runs(tmp_path: Path) -> None:
-    env = {**os.environ, "CONVEYOR_DEV_HOME": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "-m", "conveyor", "dev", "status"],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = conveyor_cli("dev", "status", env={"CONVEYOR_DEV_HOME": str(tmp_path)})
     assert out.returncode == 1
     assert out.stdout.count("stopped") == 2
 
@@ -112,20 +98,7 @@ def test_settings_default_to_the_dev_servers() -> None:
 
 
 def test_the_demo_accounts_for_every_job(servers: DevServers) -> None:
-    env = {
-        **os.environ,
-        "CONVEYOR_DEV_HOME": str(servers.redis.home.parent),
-        "CONVEYOR_DEV_KAFKA_PORT": str(servers.kafka.nodes[0].port),
-        "CONVEYOR_DEV_REDIS_PORT": str(servers.redis.port),
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", "conveyor", "demo", "--jobs", "300"],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    out = conveyor_cli("demo", "--jobs", "300", env=dev_env(servers), timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "300/300 jobs present with payload bytes unchanged" in out.stdout
     assert "every job accounted for" in out.stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from conveyor.errors import ConveyorError
@@ -77,10 +79,16 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM: long-running commands stop cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def _gate(args: argparse.Namespace) -> int:
     import os
-    import signal
-    import threading
 
     from conveyor import _core
     from conveyor.errors import InvalidJobError
@@ -107,9 +115,7 @@ def _gate(args: argparse.Namespace) -> int:
         token=os.environ.get("CONVEYOR_GATE_TOKEN") or None,
         properties=list(settings.kafka_properties),
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     print(
         f"gate serving on http://{gate.address}  (Kafka {settings.kafka_bootstrap}, "
         f"{len(gate.routes())} job types known)",
@@ -123,8 +129,6 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _relay(args: argparse.Namespace) -> int:
-    import signal
-    import threading
     import time
 
     from conveyor import _core
@@ -147,9 +151,7 @@ def _relay(args: argparse.Namespace) -> int:
         depth_low=args.depth_low if args.depth_low is not None else (args.depth_high or 0) // 2,
         properties=list(settings.kafka_properties),
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     print(
         f"relay: {', '.join(queues)} from Kafka {settings.kafka_bootstrap} into Redis "
         f"(group {group})",

@@ -143,6 +143,39 @@ impl Envelope {
         }
     }
 
+    /// New jobs of one type, one per payload, with an optional dedup key
+    /// each (`dedup_keys` must then be as long as `payloads`).
+    pub fn new_jobs(
+        job_type: &str,
+        payloads: Vec<Vec<u8>>,
+        dedup_keys: Option<Vec<Option<String>>>,
+        run_at_us: Option<u64>,
+        trace_context: Option<&str>,
+    ) -> Result<Vec<Envelope>> {
+        if let Some(keys) = &dedup_keys {
+            if keys.len() != payloads.len() {
+                return Err(Error::InvalidJob(format!(
+                    "{} dedup keys for {} jobs",
+                    keys.len(),
+                    payloads.len()
+                )));
+            }
+        }
+        let mut keys = dedup_keys.map(Vec::into_iter);
+        Ok(payloads
+            .into_iter()
+            .map(|payload| {
+                Envelope::new_job(
+                    job_type.to_owned(),
+                    payload,
+                    keys.as_mut().and_then(Iterator::next).flatten(),
+                    run_at_us,
+                    trace_context.map(str::to_owned),
+                )
+            })
+            .collect())
+    }
+
     /// Checks every field against the format's rules.
     pub fn validate(&self) -> Result<()> {
         validate_job_type(&self.job_type)?;

@@ -44,22 +44,22 @@ impl QueueKeys {
 /// The hash of job types that applications publish and the gate reads:
 /// field = job type name, value = JSON `{"queue": …, "max_attempts": …, …}`.
 pub fn registry_key(namespace: &str) -> Result<String> {
-    if namespace.is_empty() {
-        Ok(format!("{PREFIX}:registry"))
-    } else {
-        validate_name("namespace", namespace)?;
-        Ok(format!("{PREFIX}:{namespace}:registry"))
-    }
+    namespaced(namespace, "registry")
 }
 
 /// The hash of relay controls (rate limits and pauses per topic) that every
 /// relay of a namespace watches.
 pub fn relay_control_key(namespace: &str) -> Result<String> {
+    namespaced(namespace, "relay:control")
+}
+
+/// A namespace-wide key (not tied to one queue): `cv:[<ns>:]<suffix>`.
+fn namespaced(namespace: &str, suffix: &str) -> Result<String> {
     if namespace.is_empty() {
-        Ok(format!("{PREFIX}:relay:control"))
+        Ok(format!("{PREFIX}:{suffix}"))
     } else {
         validate_name("namespace", namespace)?;
-        Ok(format!("{PREFIX}:{namespace}:relay:control"))
+        Ok(format!("{PREFIX}:{namespace}:{suffix}"))
     }
 }
 

@@ -194,29 +194,15 @@ impl KafkaProducer {
         trace_context: Option<String>,
         partition: Option<i32>,
     ) -> PyResult<DeliveryHandle> {
-        if let Some(keys) = &dedup_keys {
-            if keys.len() != payloads.len() {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "{} dedup keys for {} payloads",
-                    keys.len(),
-                    payloads.len()
-                )));
-            }
-        }
         py.detach(|| {
-            let mut keys = dedup_keys.map(Vec::into_iter);
-            let envelopes: Vec<Envelope> = payloads
-                .iter()
-                .map(|payload| {
-                    Envelope::new_job(
-                        job_type.clone(),
-                        payload.to_vec(),
-                        keys.as_mut().and_then(Iterator::next).flatten(),
-                        run_at_us,
-                        trace_context.clone(),
-                    )
-                })
-                .collect();
+            let payloads = payloads.iter().map(|p| p.to_vec()).collect();
+            let envelopes = Envelope::new_jobs(
+                &job_type,
+                payloads,
+                dedup_keys,
+                run_at_us,
+                trace_context.as_deref(),
+            )?;
             self.inner.send(topic, &envelopes, partition)
         })
         .py()
@@ -287,29 +273,14 @@ impl KafkaProducer {
             .py()?;
             payloads.push(payload);
         }
-        if let Some(keys) = &dedup_keys {
-            if keys.len() != payloads.len() {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "{} dedup keys for {} jobs",
-                    keys.len(),
-                    payloads.len()
-                )));
-            }
-        }
         py.detach(|| {
-            let mut keys = dedup_keys.map(Vec::into_iter);
-            let envelopes: Vec<Envelope> = payloads
-                .into_iter()
-                .map(|payload| {
-                    Envelope::new_job(
-                        job_type.clone(),
-                        payload,
-                        keys.as_mut().and_then(Iterator::next).flatten(),
-                        run_at_us,
-                        trace_context.clone(),
-                    )
-                })
-                .collect();
+            let envelopes = Envelope::new_jobs(
+                &job_type,
+                payloads,
+                dedup_keys,
+                run_at_us,
+                trace_context.as_deref(),
+            )?;
             self.inner.send(topic, &envelopes, partition)
         })
         .py()
