@@ -194,19 +194,15 @@ impl KafkaProducer {
         trace_context: Option<String>,
         partition: Option<i32>,
     ) -> PyResult<DeliveryHandle> {
-        py.detach(|| {
-            let payloads = payloads.iter().map(|p| p.to_vec()).collect();
-            let envelopes = Envelope::new_jobs(
-                &job_type,
-                payloads,
-                dedup_keys,
-                run_at_us,
-                trace_context.as_deref(),
-            )?;
-            self.inner.send(topic, &envelopes, partition)
-        })
-        .py()
-        .map(|inner| DeliveryHandle { inner })
+        let payloads = payloads.iter().map(|p| p.to_vec()).collect();
+        let jobs = NewJobs {
+            job_type,
+            payloads,
+            dedup_keys,
+            run_at_us,
+            trace_context,
+        };
+        self.send_jobs(py, topic, jobs, partition)
     }
 
     /// One job from handler arguments: encodes `{"args", "kwargs"}` as JSON
@@ -273,18 +269,14 @@ impl KafkaProducer {
             .py()?;
             payloads.push(payload);
         }
-        py.detach(|| {
-            let envelopes = Envelope::new_jobs(
-                &job_type,
-                payloads,
-                dedup_keys,
-                run_at_us,
-                trace_context.as_deref(),
-            )?;
-            self.inner.send(topic, &envelopes, partition)
-        })
-        .py()
-        .map(|inner| DeliveryHandle { inner })
+        let jobs = NewJobs {
+            job_type,
+            payloads,
+            dedup_keys,
+            run_at_us,
+            trace_context,
+        };
+        self.send_jobs(py, topic, jobs, partition)
     }
 
     /// Hands ready-made envelopes to Kafka; returns at once with a handle.
@@ -313,6 +305,40 @@ impl KafkaProducer {
     fn flush(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {
         let timeout = secs(timeout_s)?;
         py.detach(|| self.inner.flush(timeout)).py()
+    }
+}
+
+/// Jobs of one type whose payloads are ready, not yet envelopes.
+struct NewJobs {
+    job_type: String,
+    payloads: Vec<Vec<u8>>,
+    dedup_keys: Option<Vec<Option<String>>>,
+    run_at_us: Option<u64>,
+    trace_context: Option<String>,
+}
+
+impl KafkaProducer {
+    /// Makes the envelopes and sends them, without the GIL: the one path
+    /// behind `send` and `send_calls`.
+    fn send_jobs(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        jobs: NewJobs,
+        partition: Option<i32>,
+    ) -> PyResult<DeliveryHandle> {
+        py.detach(|| {
+            let envelopes = Envelope::new_jobs(
+                &jobs.job_type,
+                jobs.payloads,
+                jobs.dedup_keys,
+                jobs.run_at_us,
+                jobs.trace_context.as_deref(),
+            )?;
+            self.inner.send(topic, &envelopes, partition)
+        })
+        .py()
+        .map(|inner| DeliveryHandle { inner })
     }
 }
 
