@@ -60,9 +60,18 @@ def test_envelopes_survive_kafka_and_redis_byte_for_byte(
         _core.append_stage(r.value, conveyor.Stage.KAFKA, (r.timestamp_ms or 0) * 1000)
         for r in records
     ]
-    assert store.push_ready(namespace, "default", stamped) == len(sent)
+    # Unique jobs: while one job holds a dedup key, later ones are dropped.
+    first_of_key: dict[str | None, bytes] = {}
+    kept = [
+        raw
+        for raw, env in zip(stamped, conveyor.decode_many(stamped), strict=True)
+        if env.dedup_key is None or first_of_key.setdefault(env.dedup_key, raw) is raw
+    ]
+    duplicates = len(stamped) - len(kept)
+    assert duplicates == 100 - 7
+    assert store.admit(namespace, "default", stamped) == (len(kept), 0, duplicates)
     back = store.peek_ready(namespace, "default", len(sent) + 10)
-    assert back == stamped
+    assert back == kept
     decoded = conveyor.decode_many(back)
     for env in decoded:
         original = by_id[env.id]
@@ -76,4 +85,4 @@ def test_envelopes_survive_kafka_and_redis_byte_for_byte(
 def test_queue_names_are_checked_before_redis_is_touched(servers: DevServers) -> None:
     store = _core.RedisStore(servers.redis.url)
     with pytest.raises(conveyor.InvalidJobError, match="queue name"):
-        store.push_ready("", "bad{queue}", [conveyor.Envelope("x", b"").encode()])
+        store.admit("", "bad{queue}", [conveyor.Envelope("x", b"").encode()])

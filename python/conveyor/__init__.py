@@ -19,13 +19,16 @@ from conveyor.errors import (
     DevServerError,
     EnvelopeDecodeError,
     InvalidJobError,
+    JobTimeout,
     KafkaError,
+    PermanentError,
     RedisError,
     UnknownTopicError,
     UnsupportedEnvelopeVersion,
 )
 from conveyor.jobs import JobOptions, JobType
 from conveyor.settings import Settings
+from conveyor.worker import JobInfo, Middleware, Worker, current_job
 
 try:
     __version__ = version("conveyor")
@@ -43,15 +46,21 @@ __all__ = [
     "Envelope",
     "EnvelopeDecodeError",
     "InvalidJobError",
+    "JobInfo",
     "JobOptions",
+    "JobTimeout",
     "JobType",
     "KafkaError",
+    "Middleware",
+    "PermanentError",
     "RedisError",
     "Settings",
     "Stage",
     "UnknownTopicError",
     "UnsupportedEnvelopeVersion",
+    "Worker",
     "__version__",
+    "current_job",
     "decode_many",
     "encode_many",
     "new_job_id",

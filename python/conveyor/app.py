@@ -17,6 +17,8 @@ from conveyor import _core
 from conveyor._core import DeliveryHandle as Enqueued
 from conveyor.errors import ConveyorError, InvalidJobError
 from conveyor.jobs import Call, JobOptions, JobType, P, R
+from conveyor.payload import encode_call
+from conveyor.schedules import Cron, Schedule
 from conveyor.settings import Settings
 
 # Producers inherited across fork(): librdkafka's threads do not survive it, and
@@ -44,6 +46,7 @@ class Conveyor:
         self._queues = frozenset(self.settings.queues)
         # (job type, queue asked for) -> topic, once the names were checked.
         self._topics: dict[tuple[str, str | None], str] = {}
+        self._schedules: dict[str, Schedule] = {}
         _LIVE_APPS.add(self)
 
     # Registry
@@ -55,14 +58,25 @@ class Conveyor:
         queue: str = "default",
         max_attempts: int = 5,
         timeout_s: float | None = None,
-        priority: int = 0,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 3600.0,
     ) -> Callable[[Callable[P, R]], JobType[P, R]]:
-        """Decorator registering a handler under the stable type name `name`."""
+        """Decorator registering a handler under the stable type name `name`.
+
+        A failed attempt is retried after `backoff_s`, doubling each time up
+        to `backoff_max_s` (with jitter), until `max_attempts` attempts were
+        made; then the job is dead-lettered with its last error. An attempt
+        running longer than `timeout_s` fails with `JobTimeout`.
+        """
         _core.check_job_type(name)
         _core.check_queue_name(queue)
         if max_attempts < 1:
             raise InvalidJobError(f"max_attempts must be at least 1, not {max_attempts}")
-        options = JobOptions(queue, max_attempts, timeout_s, priority)
+        if timeout_s is not None and not timeout_s > 0:
+            raise InvalidJobError(f"timeout_s must be positive, not {timeout_s}")
+        if not 0 <= backoff_s <= backoff_max_s:
+            raise InvalidJobError("backoff_s must be between 0 and backoff_max_s")
+        options = JobOptions(queue, max_attempts, timeout_s, backoff_s, backoff_max_s)
 
         def register(fn: Callable[P, R]) -> JobType[P, R]:
             if name in self._jobs:
@@ -74,6 +88,51 @@ class Conveyor:
             return job_type
 
         return register
+
+    def periodic(
+        self,
+        job: JobType[Any, Any] | str,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> Schedule:
+        """Run `job` (a registered job type, or a type name on the default
+        queue) with `args` and `kwargs` every `every` seconds or on a `cron`
+        timetable (UTC); see `conveyor.schedules`. Workers of this app enqueue
+        each occurrence exactly once between them. `name` (default: the job
+        type's) must be unique; it keys the schedule's state in Redis."""
+        if (every is None) == (cron is None):
+            raise InvalidJobError("give a periodic job either every= or cron=, not both")
+        type_name = job.name if isinstance(job, JobType) else job
+        _core.check_job_type(type_name)
+        registered = self._jobs.get(type_name)
+        queue = registered.options.queue if registered else "default"
+        every_s = every.total_seconds() if isinstance(every, timedelta) else every
+        if every_s is not None and not every_s >= 0.1:
+            raise InvalidJobError(f"every must be at least 0.1 s, not {every_s}")
+        schedule = Schedule(
+            name=name or type_name,
+            job_type=type_name,
+            queue=queue,
+            args=tuple(args),
+            kwargs=dict(kwargs or {}),
+            every_s=every_s,
+            cron=Cron.parse(cron) if cron is not None else None,
+        )
+        # Refuse arguments that could never be sent, now rather than at 3 am.
+        encode_call(schedule.args, schedule.kwargs, self.settings.max_payload_bytes)
+        if schedule.name in self._schedules:
+            raise InvalidJobError(f"periodic schedule {schedule.name!r} is already registered")
+        self._schedules[schedule.name] = schedule
+        return schedule
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]:
+        """Periodic schedules by name."""
+        return dict(self._schedules)
 
     @property
     def registry(self) -> Mapping[str, JobType[Any, Any]]:
@@ -225,7 +284,6 @@ class Conveyor:
                         "queue": j.options.queue,
                         "max_attempts": j.options.max_attempts,
                         "timeout_s": j.options.timeout_s,
-                        "priority": j.options.priority,
                     }
                 ),
             )

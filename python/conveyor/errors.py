@@ -61,6 +61,19 @@ class ConveyorTimeout(ConveyorError, TimeoutError):
     code = "timeout"
 
 
+class PermanentError(ConveyorError):
+    """Raise from a handler to fail the job for good: it is dead-lettered with
+    this error at once, without the retries left."""
+
+    code = "permanent"
+
+
+class JobTimeout(ConveyorError, TimeoutError):
+    """An attempt ran past its job type's `timeout_s`; it counts as a failed attempt."""
+
+    code = "job_timeout"
+
+
 class DevServerError(ConveyorError):
     """A local development server (Kafka or Redis) could not be set up or started."""
 

@@ -31,8 +31,10 @@ class JobOptions:
     max_attempts: int = 5
     #: Seconds an attempt may run before it counts as failed; None: no limit.
     timeout_s: float | None = None
-    #: Higher runs first among jobs of one queue.
-    priority: int = 0
+    #: Delay before the first retry; it doubles with each attempt (with jitter).
+    backoff_s: float = 1.0
+    #: Longest delay between two attempts.
+    backoff_max_s: float = 3600.0
 
 
 class JobType(Generic[P, R]):

@@ -35,6 +35,8 @@ class DevServers:
     ) -> DevServers:
         """Servers with their files under `home`. Node i (from 0) of Kafka
         listens on `kafka_port + 2i` with its controller on the next port."""
+        # Servers run in their own folders: a relative home would move with them.
+        home = Path(home).resolve()
         nodes = [
             KafkaNode(
                 node_id=i + 1,

@@ -39,6 +39,63 @@ impl QueueKeys {
     pub fn relayed(&self) -> String {
         format!("{}:relayed", self.base)
     }
+
+    /// Sorted set of envelopes waiting for a time (delayed jobs, retries),
+    /// scored by when they are due (ms since the epoch).
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.base)
+    }
+
+    /// Sorted set of lease tokens scored by their deadline (ms since the epoch).
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.base)
+    }
+
+    /// Hash of slot number to envelope: the jobs of one lease still running.
+    pub fn lease(&self, token: &str) -> String {
+        format!("{}:lease:{token}", self.base)
+    }
+
+    /// Sorted set of dead-lettered envelopes scored by when they died (ms).
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.base)
+    }
+
+    /// Hash of job id (16 bytes) to the last error of a job that failed.
+    pub fn errors(&self) -> String {
+        format!("{}:errors", self.base)
+    }
+
+    /// Hash of dedup key to the id of the job holding it (unique jobs).
+    pub fn unique(&self) -> String {
+        format!("{}:unique", self.base)
+    }
+
+    /// Hash of counter name (`done`, `retried`, `dead`, `reaped`,
+    /// `duplicates`) to a count since the queue was created.
+    pub fn counts(&self) -> String {
+        format!("{}:counts", self.base)
+    }
+
+    /// Hash of periodic schedule name to the last occurrence enqueued (ms).
+    pub fn periodic(&self) -> String {
+        format!("{}:periodic", self.base)
+    }
+
+    /// Every key of the queue that is not per lease.
+    pub fn all(&self) -> [String; 9] {
+        [
+            self.ready(),
+            self.relayed(),
+            self.scheduled(),
+            self.leases(),
+            self.dead(),
+            self.errors(),
+            self.unique(),
+            self.counts(),
+            self.periodic(),
+        ]
+    }
 }
 
 /// The hash of job types that applications publish and the gate reads:

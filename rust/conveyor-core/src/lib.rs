@@ -11,9 +11,11 @@ pub mod keys;
 pub mod metrics;
 pub mod partitions;
 pub mod producer;
+pub mod queue;
 pub mod redis_store;
 pub mod relay;
 pub mod runtime;
+pub mod worker;
 
 pub use envelope::{Envelope, Stage, StageStamp};
 pub use error::{Error, Result};

@@ -17,13 +17,54 @@ pub mod scripts {
 
     use redis::Script;
 
-    /// Appends envelopes to a ready list. See `scripts/push_ready-1.lua`.
-    pub static PUSH_READY: LazyLock<Script> =
-        LazyLock::new(|| Script::new(include_str!("scripts/push_ready-1.lua")));
+    macro_rules! script {
+        ($name:ident, $file:literal, $doc:literal) => {
+            #[doc = concat!($doc, " See `scripts/", $file, "`.")]
+            pub static $name: LazyLock<Script> =
+                LazyLock::new(|| Script::new(include_str!(concat!("scripts/", $file))));
+        };
+    }
 
-    /// Appends a relayed batch exactly once. See `scripts/relay_batch-2.lua`.
-    pub static RELAY_BATCH: LazyLock<Script> =
-        LazyLock::new(|| Script::new(include_str!("scripts/relay_batch-2.lua")));
+    script!(
+        ADMIT,
+        "admit-5.lua",
+        "Admits new jobs into a queue (relay and direct path)."
+    );
+    script!(FETCH, "fetch-4.lua", "Leases a batch of jobs to a worker.");
+    script!(SETTLE, "settle-7.lua", "Records how leased jobs ended.");
+    script!(HEARTBEAT, "heartbeat-1.lua", "Extends a worker's leases.");
+    script!(
+        RELEASE,
+        "release-3.lua",
+        "Gives unstarted leased jobs back."
+    );
+    script!(REAP, "reap-3.lua", "Returns the jobs of expired leases.");
+    script!(
+        REPLAY_DEAD,
+        "replay_dead-2.lua",
+        "Moves dead letters back to ready."
+    );
+    script!(
+        PERIODIC,
+        "periodic-2.lua",
+        "Enqueues one occurrence of a periodic job once."
+    );
+
+    /// Every script, to load them all when a connection opens.
+    pub(crate) static ALL: LazyLock<[&'static Script; 10]> = LazyLock::new(|| {
+        [
+            &ADMIT,
+            &FETCH,
+            &SETTLE,
+            &HEARTBEAT,
+            &RELEASE,
+            &REAP,
+            &REPLAY_DEAD,
+            &PERIODIC,
+            &RELAY_CONTROL,
+            &PUBLISH_REGISTRY,
+        ]
+    });
 
     /// Sets or clears a relay control. See `scripts/relay_control-1.lua`.
     pub static RELAY_CONTROL: LazyLock<Script> =
@@ -44,9 +85,14 @@ impl RedisStore {
     /// connect and every reply by `timeout`.
     pub fn connect(url: &str, timeout: Duration) -> Result<Self> {
         let client = Client::open(url)?;
-        let conn = client.get_connection_with_timeout(timeout)?;
+        let mut conn = client.get_connection_with_timeout(timeout)?;
         conn.set_read_timeout(Some(timeout))?;
         conn.set_write_timeout(Some(timeout))?;
+        // Pipelines and prepared commands send EVALSHA without retrying on
+        // NOSCRIPT: load every script with the connection.
+        for script in scripts::ALL.iter() {
+            script.load(&mut conn)?;
+        }
         Ok(Self { conn })
     }
 
@@ -58,19 +104,6 @@ impl RedisStore {
             .filter_map(|line| line.split_once(':'))
             .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
             .collect())
-    }
-
-    /// Appends encoded envelopes to a queue's ready list in one atomic step;
-    /// returns the list's new length.
-    pub fn push_ready(&mut self, keys: &QueueKeys, envelopes: &[Vec<u8>]) -> Result<u64> {
-        if envelopes.is_empty() {
-            return self.ready_len(keys);
-        }
-        let mut invocation = scripts::PUSH_READY.key(keys.ready());
-        for env in envelopes {
-            invocation.arg(env.as_slice());
-        }
-        Ok(invocation.invoke(&mut self.conn)?)
     }
 
     /// `(used_memory, maxmemory)` in bytes; `maxmemory` 0 means no limit.
@@ -125,34 +158,20 @@ impl RedisStore {
             .query(&mut self.conn)?)
     }
 
-    /// Deletes every key of a queue (tests and `dev` resets).
+    /// Deletes every key of a queue, leases included (tests and `dev` resets).
     pub fn purge(&mut self, keys: &QueueKeys) -> Result<()> {
-        redis::cmd("DEL")
-            .arg(keys.ready())
-            .arg(keys.relayed())
-            .exec(&mut self.conn)?;
-        Ok(())
-    }
-
-    /// Appends one partition's relayed records exactly once (the relay's
-    /// script, callable alone for tools and tests): records below the offset
-    /// Redis holds for `topic:partition` are skipped. Returns `(pushed, skipped)`.
-    pub fn relay_batch(
-        &mut self,
-        keys: &QueueKeys,
-        topic_partition: &str,
-        next_offset: i64,
-        records: &[(i64, Vec<u8>)],
-    ) -> Result<(u64, u64)> {
-        let mut invocation = scripts::RELAY_BATCH.key(keys.ready());
-        invocation
-            .key(keys.relayed())
-            .arg(topic_partition)
-            .arg(next_offset);
-        for (offset, envelope) in records {
-            invocation.arg(*offset).arg(envelope.as_slice());
+        let tokens: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys.leases())
+            .arg(0)
+            .arg(-1)
+            .query(&mut self.conn)?;
+        let mut del = redis::cmd("DEL");
+        del.arg(&keys.all()[..]);
+        for token in tokens {
+            del.arg(keys.lease(&token));
         }
-        Ok(invocation.invoke(&mut self.conn)?)
+        del.exec(&mut self.conn)?;
+        Ok(())
     }
 
     /// Sets (`Some`) or clears (`None`) a relay control field for `topic`:

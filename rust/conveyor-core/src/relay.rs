@@ -37,7 +37,8 @@ use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::kafka::{create_topic, KafkaConfig};
 use crate::keys::QueueKeys;
-use crate::redis_store::{scripts, RedisStore};
+use crate::queue::{admit_command, Admission, Admitted};
+use crate::redis_store::RedisStore;
 
 /// Header on a dead-lettered record: why it could not be relayed.
 pub const HEADER_DEAD_REASON: &str = "cv-dead-reason";
@@ -77,6 +78,8 @@ pub struct RelayStats {
     pub relayed: AtomicU64,
     /// Records skipped because Redis already held them.
     pub skipped: AtomicU64,
+    /// Unique jobs dropped because their dedup key was held by another job.
+    pub duplicates: AtomicU64,
     /// Records sent to a dead-letter topic.
     pub dead_lettered: AtomicU64,
     /// Batches written.
@@ -367,7 +370,7 @@ struct PartitionBatch {
     topic: String,
     partition: i32,
     /// `(offset, envelope with stage stamps)` in offset order.
-    jobs: Vec<(i64, Vec<u8>)>,
+    jobs: Vec<Admission>,
     /// The offset after the last record seen (dead letters included).
     next_offset: i64,
 }
@@ -592,12 +595,10 @@ impl Relay {
 
     fn store(&mut self) -> Result<&mut RedisStore> {
         if self.store.is_none() {
-            let mut store = RedisStore::connect(&self.redis_url, Duration::from_secs(5))?;
-            // Pipelines do not load scripts on NOSCRIPT: load it up front.
-            scripts::RELAY_BATCH
-                .prepare_invoke()
-                .load(store.connection())?;
-            self.store = Some(store);
+            self.store = Some(RedisStore::connect(
+                &self.redis_url,
+                Duration::from_secs(5),
+            )?);
         }
         self.store
             .as_mut()
@@ -656,14 +657,16 @@ impl Relay {
             batch.next_offset = offset + 1;
             let value = message.payload().unwrap_or_default();
             match Envelope::decode(value) {
-                Ok(_) => {
+                Ok(decoded) => {
                     let mut stamped = Vec::with_capacity(value.len() + 18);
                     stamped.extend_from_slice(value);
                     let kafka_us =
                         message.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000;
                     append_stage(&mut stamped, Stage::Kafka as u8, kafka_us);
                     append_stage(&mut stamped, Stage::Relayed as u8, relayed_at);
-                    batch.jobs.push((offset, stamped));
+                    batch
+                        .jobs
+                        .push(Admission::from_decoded(offset, &decoded, stamped));
                 }
                 Err(err) => dead.push((topic, value.to_vec(), err.to_string())),
             }
@@ -733,22 +736,20 @@ impl Relay {
         let mut pipe = redis::pipe();
         for batch in batches {
             let keys = &self.queues[&batch.topic];
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(scripts::RELAY_BATCH.get_hash())
-                .arg(2)
-                .arg(keys.ready())
-                .arg(keys.relayed())
-                .arg(format!("{}:{}", batch.topic, batch.partition))
-                .arg(batch.next_offset);
-            for (offset, job) in &batch.jobs {
-                cmd.arg(*offset).arg(job.as_slice());
-            }
+            let fence = format!("{}:{}", batch.topic, batch.partition);
+            pipe.add_command(admit_command(keys, &fence, batch.next_offset, &batch.jobs));
         }
-        let results: Vec<(u64, u64)> = pipe.query(self.store()?.connection())?;
-        for (pushed, skipped) in results {
-            self.stats.relayed.fetch_add(pushed, Ordering::Relaxed);
-            self.stats.skipped.fetch_add(skipped, Ordering::Relaxed);
+        let results: Vec<Admitted> = pipe.query(self.store()?.connection())?;
+        for admitted in results {
+            self.stats
+                .relayed
+                .fetch_add(admitted.queued + admitted.scheduled, Ordering::Relaxed);
+            self.stats
+                .skipped
+                .fetch_add(admitted.skipped, Ordering::Relaxed);
+            self.stats
+                .duplicates
+                .fetch_add(admitted.duplicates, Ordering::Relaxed);
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())

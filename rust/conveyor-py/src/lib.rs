@@ -12,6 +12,7 @@ mod kafka;
 mod payload;
 mod redis;
 mod relay;
+mod worker;
 
 use pyo3::prelude::*;
 
@@ -45,6 +46,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     gate::register(m)?;
     redis::register(m)?;
     relay::register(m)?;
+    worker::register(m)?;
     m.add_function(wrap_pyfunction!(encode_call, m)?)?;
     Ok(())
 }

@@ -1,15 +1,20 @@
 //! `RedisStore`: a Redis connection running Conveyor's scripts.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use conveyor_core::keys::QueueKeys;
+use conveyor_core::queue::Admission;
 use conveyor_core::redis_store::RedisStore as CoreStore;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 
 use crate::errors::IntoPyResult;
+
+/// A dead letter for Python: `(envelope, dead_at_s, last_error_json)`.
+type DeadLetterRow<'py> = (Bound<'py, PyBytes>, f64, Option<String>);
 
 /// One connection to one Redis server. Calls from several threads take turns.
 #[pyclass(frozen, module = "conveyor._core")]
@@ -49,17 +54,25 @@ impl RedisStore {
         self.with(py, |s| s.server_info())
     }
 
-    /// Appends encoded envelopes to a queue's ready list; returns its new length.
-    fn push_ready(
+    /// The direct path: admits encoded envelopes into a queue with the
+    /// relay's script (delayed and unique jobs included); returns
+    /// `(queued, scheduled, duplicates)`. Malformed envelopes are refused
+    /// before anything is written.
+    fn admit(
         &self,
         py: Python<'_>,
         namespace: &str,
         queue: &str,
         envelopes: Vec<PyBackedBytes>,
-    ) -> PyResult<u64> {
+    ) -> PyResult<(u64, u64, u64)> {
         let keys = QueueKeys::new(namespace, queue).py()?;
-        let owned: Vec<Vec<u8>> = envelopes.iter().map(|b| b.to_vec()).collect();
-        self.with(py, |s| s.push_ready(&keys, &owned))
+        let jobs = envelopes
+            .iter()
+            .map(|b| Admission::of(0, b.to_vec()))
+            .collect::<conveyor_core::Result<Vec<_>>>()
+            .py()?;
+        let a = self.with(py, |s| s.admit(&keys, &jobs))?;
+        Ok((a.queued, a.scheduled, a.duplicates))
     }
 
     /// Up to `count` envelopes from the head of a ready list, left in place.
@@ -102,8 +115,9 @@ impl RedisStore {
         self.with(py, |s| s.relayed_offsets(&keys))
     }
 
-    /// The relay's exactly-once append for one partition's records
-    /// (`(offset, envelope)` in offset order); returns `(pushed, skipped)`.
+    /// The relay's exactly-once admit for one partition's records
+    /// (`(offset, envelope)` in offset order); returns
+    /// `(queued, scheduled, duplicates, skipped)`.
     fn relay_batch(
         &self,
         py: Python<'_>,
@@ -112,12 +126,98 @@ impl RedisStore {
         topic_partition: &str,
         next_offset: i64,
         records: Vec<(i64, PyBackedBytes)>,
-    ) -> PyResult<(u64, u64)> {
+    ) -> PyResult<(u64, u64, u64, u64)> {
         let keys = QueueKeys::new(namespace, queue).py()?;
-        let owned: Vec<(i64, Vec<u8>)> = records.iter().map(|(o, b)| (*o, b.to_vec())).collect();
+        let jobs = records
+            .iter()
+            .map(|(o, b)| Admission::of(*o, b.to_vec()))
+            .collect::<conveyor_core::Result<Vec<_>>>()
+            .py()?;
+        let a = self.with(py, |s| {
+            s.relay_batch(&keys, topic_partition, next_offset, &jobs)
+        })?;
+        Ok((a.queued, a.scheduled, a.duplicates, a.skipped))
+    }
+
+    /// Jobs per state: `{"queued", "scheduled", "leases", "dead"}`.
+    fn depth(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+    ) -> PyResult<HashMap<&'static str, u64>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let d = self.with(py, |s| s.depth(&keys))?;
+        Ok(HashMap::from([
+            ("queued", d.queued),
+            ("scheduled", d.scheduled),
+            ("leases", d.leases),
+            ("dead", d.dead),
+        ]))
+    }
+
+    /// The queue's counters since it was created (`done`, `retried`, `dead`,
+    /// `reaped`, `duplicates`); missing ones are 0.
+    fn counts(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+    ) -> PyResult<HashMap<String, u64>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        Ok(self.with(py, |s| s.counts(&keys))?.into_iter().collect())
+    }
+
+    /// The oldest `count` dead letters as `(envelope, dead_at_s, last_error_json)`.
+    fn dead_letters<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        queue: &str,
+        count: usize,
+    ) -> PyResult<Vec<DeadLetterRow<'py>>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let dead = self.with(py, |s| s.dead_letters(&keys, count))?;
+        Ok(dead
+            .into_iter()
+            .map(|d| (PyBytes::new(py, &d.envelope), d.at_ms / 1000.0, d.error))
+            .collect())
+    }
+
+    /// Moves up to `count` (1 to 1000) dead letters back to ready with fresh
+    /// attempts; returns how many moved.
+    fn replay_dead(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        count: usize,
+    ) -> PyResult<u64> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        self.with(py, |s| s.replay_dead(&keys, count))
+    }
+
+    /// Enqueues occurrence `occurrence_ms` of periodic schedule `name` once,
+    /// however many workers call this; True if this call enqueued it.
+    fn enqueue_occurrence(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        name: &str,
+        occurrence_ms: u64,
+        envelope: PyBackedBytes,
+    ) -> PyResult<bool> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
         self.with(py, |s| {
-            s.relay_batch(&keys, topic_partition, next_offset, &owned)
+            s.enqueue_occurrence(&keys, name, occurrence_ms, &envelope)
         })
+    }
+
+    /// Returns the jobs of expired leases to ready; returns how many jobs.
+    fn reap(&self, py: Python<'_>, namespace: &str, queue: &str) -> PyResult<u64> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        Ok(self.with(py, |s| s.reap(&keys, 1000))?.1)
     }
 
     /// Sets (or with `None` clears) a relay control for `topic`: `kind` is
@@ -139,7 +239,7 @@ impl RedisStore {
         self.with(py, |s| s.relay_controls(namespace))
     }
 
-    /// How many jobs a queue's ready list holds.
+    /// How many jobs a queue's ready list holds (state `queued`).
     fn ready_len(&self, py: Python<'_>, namespace: &str, queue: &str) -> PyResult<u64> {
         let keys = QueueKeys::new(namespace, queue).py()?;
         self.with(py, |s| s.ready_len(&keys))

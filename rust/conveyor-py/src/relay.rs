@@ -78,7 +78,7 @@ impl Relay {
         })
     }
 
-    /// Counters: relayed, skipped, dead_lettered, batches, redis_errors;
+    /// Counters: relayed, skipped, duplicates, dead_lettered, batches, redis_errors;
     /// held (jobs read but waiting for their topic's rate or pause);
     /// memory_guarded (1 while Redis is over its high-water mark) and
     /// depth_guarded (queues over their depth high-water mark).
@@ -88,6 +88,7 @@ impl Relay {
         HashMap::from([
             ("relayed", s.relayed.load(Ordering::Relaxed)),
             ("skipped", s.skipped.load(Ordering::Relaxed)),
+            ("duplicates", s.duplicates.load(Ordering::Relaxed)),
             ("dead_lettered", s.dead_lettered.load(Ordering::Relaxed)),
             ("batches", s.batches.load(Ordering::Relaxed)),
             ("redis_errors", s.redis_errors.load(Ordering::Relaxed)),

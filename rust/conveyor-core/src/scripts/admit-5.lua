@@ -1,0 +1,84 @@
+#!lua
+--[[
+  admit: put new jobs into their queue, exactly once per Kafka record. Used by
+  the relay (fenced by Kafka offset) and by the direct-to-Redis path (no fence).
+
+  KEYS[1]   cv:[<ns>:]{<queue>}:ready       list of envelopes, oldest at the head
+  KEYS[2]   cv:[<ns>:]{<queue>}:relayed     hash: "<topic>:<partition>" -> next offset to relay
+  KEYS[3]   cv:[<ns>:]{<queue>}:scheduled   zset: envelope -> due time (ms)
+  KEYS[4]   cv:[<ns>:]{<queue>}:unique      hash: dedup key -> id of the job holding it
+  KEYS[5]   cv:[<ns>:]{<queue>}:counts      hash: counter name -> count
+  ARGV[1]   fence: "<topic>:<partition>", or "" for the direct path (no fence)
+  ARGV[2]   with a fence: the offset after this batch's last record
+  ARGV[3..] per job, four values: offset (ignored without a fence),
+            run_at in ms (0: now), dedup key ("" for none), envelope
+
+  Returns: { queued, scheduled, duplicates, skipped }
+    queued      appended to ready (state queued)
+    scheduled   added to scheduled, run_at still in the future (state scheduled)
+    duplicates  dropped: another job holding the same dedup key is queued,
+                scheduled or running (unique jobs)
+    skipped     below the fence: Redis has this record already
+
+  Records below the stored offset were written before (a crash, or another
+  relay that owned the partition) and are skipped. That makes relaying
+  exactly-once and fences a relay that lost its partition: it can only add
+  records nobody has written yet, in offset order.
+
+  The `#!lua` line without `allow-oom` makes Redis refuse the whole script up
+  front when it is over maxmemory: admitting jobs is exactly what must stop
+  when Redis is full. The batch is written entirely or not at all; the caller
+  backs off and retries, so nothing is lost or doubled, and the backlog stays
+  in Kafka.
+]]
+local fence = ARGV[1]
+local stored = -1
+if fence ~= '' then
+  stored = tonumber(redis.call('HGET', KEYS[2], fence) or '-1')
+end
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+local ready, later = {}, {}
+local duplicates, skipped = 0, 0
+for i = 3, #ARGV, 4 do
+  local envelope = ARGV[i + 3]
+  if fence ~= '' and tonumber(ARGV[i]) < stored then
+    skipped = skipped + 1
+  else
+    local fresh = true
+    local key = ARGV[i + 2]
+    if key ~= '' then
+      -- Bytes 5..20 of an envelope are its 16-byte id (docs/envelope.md).
+      fresh = redis.call('HSETNX', KEYS[4], key, string.sub(envelope, 5, 20)) == 1
+    end
+    if not fresh then
+      duplicates = duplicates + 1
+    else
+      local run_at = tonumber(ARGV[i + 1])
+      if run_at > now_ms then
+        later[#later + 1] = run_at
+        later[#later + 1] = envelope
+      else
+        ready[#ready + 1] = envelope
+      end
+    end
+  end
+end
+-- unpack() is limited by Lua's C stack: write in chunks.
+for first = 1, #ready, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ready, first, math.min(first + 999, #ready)))
+end
+for first = 1, #later, 1000 do
+  redis.call('ZADD', KEYS[3], unpack(later, first, math.min(first + 999, #later)))
+end
+if fence ~= '' then
+  local next_offset = tonumber(ARGV[2])
+  if next_offset > stored then
+    redis.call('HSET', KEYS[2], fence, next_offset)
+  end
+end
+if duplicates > 0 then
+  redis.call('HINCRBY', KEYS[5], 'duplicates', duplicates)
+end
+return { #ready, #later / 2, duplicates, skipped }

@@ -1,0 +1,53 @@
+#!lua flags=allow-oom
+--[[
+  reap: return the jobs of expired leases (their worker died or hung) to the
+  head of ready, each with one more attempt counted.
+
+  KEYS[1]   cv:[<ns>:]{<queue>}:leases   zset: lease token -> deadline (ms)
+  KEYS[2]   cv:[<ns>:]{<queue>}:ready    list of envelopes
+  KEYS[3]   cv:[<ns>:]{<queue>}:counts   hash: counter name -> count
+  KEYS[4..] cv:[<ns>:]{<queue>}:lease:<token> for each token in ARGV
+  ARGV[1..] lease tokens the caller found expired (ZRANGEBYSCORE leases);
+            each is checked again here, atomically
+
+  Returns: { leases reaped, jobs returned }
+
+  An expired lease counts as an attempt for each of its jobs (the job may have
+  been what killed the worker); the worker dead-letters a job that comes back
+  with no attempts left instead of running it again. The attempt is a u32 at
+  bytes 29..32 of the envelope (docs/envelope.md).
+
+  `allow-oom`: moves jobs, adds none.
+]]
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local leases, jobs = 0, 0
+for i, token in ipairs(ARGV) do
+  local deadline = redis.call('ZSCORE', KEYS[1], token)
+  if deadline and tonumber(deadline) < now_ms then
+    local flat = redis.call('HGETALL', KEYS[3 + i])
+    local by_slot = {}
+    for j = 1, #flat, 2 do
+      by_slot[#by_slot + 1] = { tonumber(flat[j]), flat[j + 1] }
+    end
+    table.sort(by_slot, function(a, b) return a[1] > b[1] end)
+    local back = {}
+    for _, entry in ipairs(by_slot) do
+      local envelope = entry[2]
+      local attempt = struct.unpack('>I4', envelope, 29)
+      back[#back + 1] = string.sub(envelope, 1, 28) .. struct.pack('>I4', attempt + 1)
+        .. string.sub(envelope, 33)
+    end
+    if #back > 0 then
+      redis.call('LPUSH', KEYS[2], unpack(back))
+    end
+    redis.call('DEL', KEYS[3 + i])
+    redis.call('ZREM', KEYS[1], token)
+    leases = leases + 1
+    jobs = jobs + #back
+  end
+end
+if jobs > 0 then
+  redis.call('HINCRBY', KEYS[3], 'reaped', jobs)
+end
+return { leases, jobs }

@@ -1,0 +1,84 @@
+#!lua flags=allow-oom
+--[[
+  settle: record how the jobs of one lease ended: done, retry later, or dead.
+
+  KEYS[1]   cv:[<ns>:]{<queue>}:lease:<token>   hash: slot -> envelope
+  KEYS[2]   cv:[<ns>:]{<queue>}:leases          zset: lease token -> deadline (ms)
+  KEYS[3]   cv:[<ns>:]{<queue>}:scheduled       zset: envelope -> due time (ms)
+  KEYS[4]   cv:[<ns>:]{<queue>}:dead            zset: envelope -> when it died (ms)
+  KEYS[5]   cv:[<ns>:]{<queue>}:errors          hash: job id -> last error (JSON)
+  KEYS[6]   cv:[<ns>:]{<queue>}:unique          hash: dedup key -> job id
+  KEYS[7]   cv:[<ns>:]{<queue>}:counts          hash: counter name -> count
+  ARGV[1]   the lease token
+  ARGV[2..] records, each starting with its kind:
+              'D', slot, id, dedup key                            done
+              'R', slot, id, dedup key, envelope, due ms, error   retry at due ms
+              'X', slot, id, dedup key, envelope, error           dead letter
+            id is the 16-byte job id, or "" for a done job that never failed
+            and has no dedup key (nothing to clean up). envelope is the job
+            as it should be stored: attempt counted, stage stamps appended.
+
+  Returns: { done, retried, dead, stale }
+    stale   records whose slot is no longer leased: the lease expired and the
+            reaper put the job back in ready (it will run again), or the slot
+            was settled before. Nothing is changed for them.
+
+  When the last slot of a lease is settled, the lease is deleted.
+
+  `allow-oom`: settling frees the lease; a retry or dead letter moves the same
+  bytes (plus a few stage stamps and the error) elsewhere. A full Redis must
+  never stop jobs from finishing.
+]]
+local done, retried, dead, stale = 0, 0, 0, 0
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+local function release_unique(id, key)
+  if key ~= '' and redis.call('HGET', KEYS[6], key) == id then
+    redis.call('HDEL', KEYS[6], key)
+  end
+end
+
+local i = 2
+while i <= #ARGV do
+  local kind, slot, id, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local width
+  if kind == 'D' then
+    width = 4
+  elseif kind == 'R' then
+    width = 7
+  elseif kind == 'X' then
+    width = 6
+  else
+    return redis.error_reply('CVARGS unknown settle record kind ' .. tostring(kind))
+  end
+  if redis.call('HDEL', KEYS[1], slot) == 0 then
+    stale = stale + 1
+  elseif kind == 'D' then
+    done = done + 1
+    if id ~= '' then
+      redis.call('HDEL', KEYS[5], id)
+      release_unique(id, key)
+    end
+  elseif kind == 'R' then
+    retried = retried + 1
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[i + 5]), ARGV[i + 4])
+    redis.call('HSET', KEYS[5], id, ARGV[i + 6])
+  else
+    dead = dead + 1
+    redis.call('ZADD', KEYS[4], now_ms, ARGV[i + 4])
+    redis.call('HSET', KEYS[5], id, ARGV[i + 5])
+    release_unique(id, key)
+  end
+  i = i + width
+end
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+for name, n in pairs({ done = done, retried = retried, dead = dead }) do
+  if n > 0 then
+    redis.call('HINCRBY', KEYS[7], name, n)
+  end
+end
+return { done, retried, dead, stale }

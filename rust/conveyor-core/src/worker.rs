@@ -1,0 +1,426 @@
+//! The Rust half of a worker: lease batches from weighted queues, decode
+//! them, and settle them from outcomes (counting attempts, stamping stages),
+//! with the leases held tracked for heartbeats. Handlers run in Python; this
+//! side does everything per batch so Python only loops over ready jobs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::envelope::{append_stage, set_attempt, Envelope, Stage};
+use crate::error::{Error, Result};
+use crate::id::now_us;
+use crate::keys::QueueKeys;
+use crate::metrics::Histogram;
+use crate::queue::{Settled, Settlement};
+use crate::redis_store::RedisStore;
+
+/// One queue a worker takes jobs from, with its weight.
+#[derive(Debug, Clone)]
+pub struct WeightedQueue {
+    /// The queue's name.
+    pub name: String,
+    /// The queue's keys.
+    pub keys: QueueKeys,
+    /// Relative share of fetches (weighted mode) or rank (strict mode: the
+    /// first queue in the list is always tried first).
+    pub weight: u32,
+}
+
+/// A leased job that decoded, ready for a handler.
+#[derive(Debug)]
+pub struct ReadyJob {
+    /// Its slot in the lease.
+    pub slot: u32,
+    /// The decoded envelope.
+    pub envelope: Envelope,
+    /// The bytes as stored (the base of a retried or dead-lettered copy).
+    pub raw: Vec<u8>,
+}
+
+/// A batch of jobs leased by one fetch.
+#[derive(Debug)]
+pub struct Batch {
+    /// Which of the worker's queues it came from.
+    pub queue: usize,
+    /// The lease token.
+    pub token: String,
+    /// When the fetch returned (µs since the epoch).
+    pub fetched_at_us: u64,
+    /// Jobs for handlers, in slot order.
+    pub jobs: Vec<ReadyJob>,
+    /// Leased bytes that are not a valid envelope: dead-lettered at settle.
+    pub malformed: Vec<(u32, Vec<u8>, String)>,
+}
+
+/// How a handler's attempt at one job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Succeeded.
+    Done {
+        /// When the attempt started and ended (µs since the epoch).
+        started_us: u64,
+        /// When it ended.
+        ended_us: u64,
+    },
+    /// Failed: retry after `retry_in` or, with `None`, dead-letter.
+    Failed {
+        /// When the attempt started (µs since the epoch).
+        started_us: u64,
+        /// When it ended.
+        ended_us: u64,
+        /// The error as JSON text, kept with the job.
+        error: String,
+        /// Delay before the next attempt; `None` gives up.
+        retry_in: Option<Duration>,
+    },
+    /// Never started: give it back to the queue (shutdown).
+    Released,
+}
+
+/// Latency and outcome counters of one worker process.
+#[derive(Default)]
+pub struct WorkerStats {
+    /// Attempts that succeeded.
+    pub done: AtomicU64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: AtomicU64,
+    /// Jobs given up on.
+    pub dead: AtomicU64,
+    /// Settlements for leases that had expired meanwhile.
+    pub stale: AtomicU64,
+    /// Jobs given back unstarted.
+    pub released: AtomicU64,
+    /// Jobs leased.
+    pub fetched: AtomicU64,
+    /// Enqueue (the producer's clock) to the start of an attempt.
+    pub wait: Histogram,
+    /// Start to end of an attempt.
+    pub run: Histogram,
+    /// Enqueue to the end of the attempt that succeeded.
+    pub total: Histogram,
+}
+
+/// Fetches from and settles into a worker's queues over a small pool of
+/// connections, so the threads of one process share it.
+pub struct WorkQueues {
+    redis_url: String,
+    queues: Vec<WeightedQueue>,
+    strict: bool,
+    worker_id: String,
+    lease: Duration,
+    sequence: AtomicU64,
+    pool: Mutex<Vec<RedisStore>>,
+    /// Token -> queue index of every lease held now.
+    held: Mutex<HashMap<String, usize>>,
+    stats: WorkerStats,
+}
+
+impl WorkQueues {
+    /// A worker's view of `queues` on the Redis at `redis_url`. `strict`
+    /// always tries queues in list order; otherwise each fetch picks a queue
+    /// with probability proportional to its weight and falls back to the rest.
+    pub fn new(
+        redis_url: &str,
+        queues: Vec<WeightedQueue>,
+        strict: bool,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<WorkQueues> {
+        if queues.is_empty() {
+            return Err(Error::InvalidJob(
+                "a worker needs at least one queue".into(),
+            ));
+        }
+        if queues.iter().any(|q| q.weight == 0) {
+            return Err(Error::InvalidJob("queue weights must be at least 1".into()));
+        }
+        if lease < Duration::from_millis(100) {
+            return Err(Error::InvalidJob(
+                "a lease must last at least 100 ms".into(),
+            ));
+        }
+        let first = RedisStore::connect(redis_url, Duration::from_secs(5))?;
+        Ok(WorkQueues {
+            redis_url: redis_url.to_owned(),
+            queues,
+            strict,
+            worker_id: worker_id.to_owned(),
+            lease,
+            sequence: AtomicU64::new(0),
+            pool: Mutex::new(vec![first]),
+            held: Mutex::new(HashMap::new()),
+            stats: WorkerStats::default(),
+        })
+    }
+
+    /// The queues, in the order given.
+    pub fn queues(&self) -> &[WeightedQueue] {
+        &self.queues
+    }
+
+    /// The process's counters and latency histograms.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    /// Runs `f` on a pooled connection; a connection that failed is dropped,
+    /// so the next call connects afresh (Redis restarted, network blip).
+    fn with_store<T>(&self, f: impl FnOnce(&mut RedisStore) -> Result<T>) -> Result<T> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut store = match pooled {
+            Some(store) => store,
+            None => RedisStore::connect(&self.redis_url, Duration::from_secs(5))?,
+        };
+        let result = f(&mut store);
+        if result.is_ok() {
+            self.pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(store);
+        }
+        result
+    }
+
+    /// The order to try queues in for one fetch.
+    fn order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.queues.len()).collect();
+        if self.strict || self.queues.len() == 1 {
+            return order;
+        }
+        // Weighted draw without replacement: the first pick decides the share.
+        let mut rng = rand::rng();
+        let mut out = Vec::with_capacity(order.len());
+        while !order.is_empty() {
+            let total: u64 = order.iter().map(|&i| self.queues[i].weight as u64).sum();
+            let mut pick = rng.random_range(0..total);
+            let mut at = 0;
+            for (k, &i) in order.iter().enumerate() {
+                let w = self.queues[i].weight as u64;
+                if pick < w {
+                    at = k;
+                    break;
+                }
+                pick -= w;
+            }
+            out.push(order.remove(at));
+        }
+        out
+    }
+
+    /// Leases up to `max` jobs from the first queue (in this fetch's order)
+    /// that has any; `None` when every queue is empty.
+    pub fn fetch(&self, max: usize) -> Result<Option<Batch>> {
+        for index in self.order() {
+            let token = format!(
+                "{}:{}",
+                self.worker_id,
+                self.sequence.fetch_add(1, Ordering::Relaxed)
+            );
+            let keys = &self.queues[index].keys;
+            let lease_ms = self.lease.as_millis() as u64;
+            let lease = self.with_store(|s| s.fetch(keys, &token, max, lease_ms))?;
+            if lease.jobs.is_empty() {
+                continue;
+            }
+            self.held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(token.clone(), index);
+            let fetched_at_us = now_us();
+            self.stats
+                .fetched
+                .fetch_add(lease.jobs.len() as u64, Ordering::Relaxed);
+            let mut batch = Batch {
+                queue: index,
+                token,
+                fetched_at_us,
+                jobs: Vec::with_capacity(lease.jobs.len()),
+                malformed: Vec::new(),
+            };
+            for (i, raw) in lease.jobs.into_iter().enumerate() {
+                let slot = i as u32 + 1;
+                match Envelope::decode(&raw) {
+                    Ok(envelope) => batch.jobs.push(ReadyJob {
+                        slot,
+                        envelope,
+                        raw,
+                    }),
+                    Err(err) => batch.malformed.push((slot, raw, err.to_string())),
+                }
+            }
+            return Ok(Some(batch));
+        }
+        Ok(None)
+    }
+
+    /// Settles a batch: `outcomes[i]` is how `batch.jobs[i]` ended; jobs past
+    /// the end of `outcomes` are released. Malformed jobs are dead-lettered.
+    pub fn settle(&self, batch: &Batch, outcomes: &[Outcome]) -> Result<Settled> {
+        if outcomes.len() > batch.jobs.len() {
+            return Err(Error::InvalidJob(format!(
+                "{} outcomes for a batch of {} jobs",
+                outcomes.len(),
+                batch.jobs.len()
+            )));
+        }
+        let mut records = Vec::with_capacity(batch.jobs.len() + batch.malformed.len());
+        let mut released = Vec::new();
+        for (i, job) in batch.jobs.iter().enumerate() {
+            let outcome = outcomes.get(i).unwrap_or(&Outcome::Released);
+            match self.settlement(job, outcome) {
+                Some(record) => records.push(record),
+                None => released.push(job.slot),
+            }
+        }
+        for (slot, raw, reason) in &batch.malformed {
+            let mut id = [0u8; 16];
+            if let Some(bytes) = raw.get(4..20) {
+                id.copy_from_slice(bytes);
+            }
+            records.push(Settlement::Dead {
+                slot: *slot,
+                id,
+                dedup_key: None,
+                envelope: raw.clone(),
+                error: error_json("EnvelopeDecodeError", reason),
+            });
+        }
+        let keys = &self.queues[batch.queue].keys;
+        let (settled, back) = self.with_store(|s| {
+            let settled = s.settle(keys, &batch.token, &records)?;
+            let back = s.release(keys, &batch.token, &released)?;
+            Ok((settled, back))
+        })?;
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&batch.token);
+        let stats = &self.stats;
+        stats.done.fetch_add(settled.done, Ordering::Relaxed);
+        stats.retried.fetch_add(settled.retried, Ordering::Relaxed);
+        stats.dead.fetch_add(settled.dead, Ordering::Relaxed);
+        stats.stale.fetch_add(settled.stale, Ordering::Relaxed);
+        stats.released.fetch_add(back, Ordering::Relaxed);
+        Ok(settled)
+    }
+
+    /// The record for one job's outcome (`None`: release it), and its latencies.
+    fn settlement(&self, job: &ReadyJob, outcome: &Outcome) -> Option<Settlement> {
+        let env = &job.envelope;
+        let attempt = env.attempt.saturating_add(1);
+        match outcome {
+            Outcome::Released => None,
+            Outcome::Done {
+                started_us,
+                ended_us,
+            } => {
+                self.observe(env, *started_us, *ended_us, true);
+                let needs_id = env.attempt > 0 || env.dedup_key.is_some();
+                Some(Settlement::Done {
+                    slot: job.slot,
+                    id: needs_id.then_some(env.id.0),
+                    dedup_key: env.dedup_key.clone(),
+                })
+            }
+            Outcome::Failed {
+                started_us,
+                ended_us,
+                error,
+                retry_in,
+            } => {
+                self.observe(env, *started_us, *ended_us, false);
+                let mut stored = job.raw.clone();
+                set_attempt(&mut stored, attempt);
+                append_stage(&mut stored, Stage::Started as u8, *started_us);
+                append_stage(&mut stored, Stage::Failed as u8, *ended_us);
+                // A job out of stamp room still retries; its history is full.
+                let full = Envelope::decode(&stored).is_err();
+                if full {
+                    stored = job.raw.clone();
+                    set_attempt(&mut stored, attempt);
+                }
+                match retry_in {
+                    Some(delay) => Some(Settlement::Retry {
+                        slot: job.slot,
+                        id: env.id.0,
+                        envelope: stored,
+                        due_ms: (ended_us + delay.as_micros() as u64) / 1000,
+                        error: error.clone(),
+                    }),
+                    None => {
+                        if !full {
+                            append_stage(&mut stored, Stage::DeadLettered as u8, *ended_us);
+                        }
+                        Some(Settlement::Dead {
+                            slot: job.slot,
+                            id: env.id.0,
+                            dedup_key: env.dedup_key.clone(),
+                            envelope: stored,
+                            error: error.clone(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    fn observe(&self, env: &Envelope, started_us: u64, ended_us: u64, done: bool) {
+        let us = |a: u64, b: u64| Duration::from_micros(b.saturating_sub(a));
+        if env.attempt == 0 {
+            self.stats.wait.observe(us(env.enqueued_at_us, started_us));
+        }
+        self.stats.run.observe(us(started_us, ended_us));
+        if done {
+            self.stats.total.observe(us(env.enqueued_at_us, ended_us));
+        }
+    }
+
+    /// Extends every lease this process holds; returns the tokens lost (their
+    /// lease had expired and was reaped: those jobs may run twice).
+    pub fn heartbeat(&self) -> Result<Vec<String>> {
+        let mut by_queue: HashMap<usize, Vec<String>> = HashMap::new();
+        for (token, &queue) in self.held.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            by_queue.entry(queue).or_default().push(token.clone());
+        }
+        let lease_ms = self.lease.as_millis() as u64;
+        let mut lost = Vec::new();
+        for (queue, tokens) in by_queue {
+            let keys = &self.queues[queue].keys;
+            lost.extend(self.with_store(|s| s.heartbeat(keys, &tokens, lease_ms))?);
+        }
+        Ok(lost)
+    }
+
+    /// Reaps expired leases on every queue; returns the jobs returned to ready.
+    pub fn reap(&self) -> Result<u64> {
+        let mut jobs = 0;
+        for queue in &self.queues {
+            jobs += self.with_store(|s| s.reap(&queue.keys, 100))?.1;
+        }
+        Ok(jobs)
+    }
+
+    /// How many leases this process holds now.
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The error record kept with a failed job, as JSON text.
+pub fn error_json(kind: &str, message: &str) -> String {
+    serde_json::json!({ "type": kind, "message": message }).to_string()
+}
+
+/// A worker id unique enough to tell processes apart in lease tokens:
+/// the host, the pid and a random suffix (pids are reused).
+pub fn new_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    let suffix: u32 = rand::rng().random();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}

@@ -1,0 +1,38 @@
+"""An application for worker tests run as `conveyor worker worker_app:app`.
+
+Settings come from the environment (CONVEYOR_REDIS_URL, CONVEYOR_NAMESPACE),
+as for any deployed worker. Handlers record each execution in Redis, so a
+test can count how often every job ran, across processes that get killed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+import conveyor
+
+app = conveyor.Conveyor()
+_client = redis.Redis.from_url(app.settings.redis_url)
+RUNS_KEY = f"test:{app.settings.namespace}:runs"
+
+
+@app.job("test.record", max_attempts=25)
+def record(i: int) -> None:
+    """Counts one execution of job `i`."""
+    _client.hincrby(RUNS_KEY, str(i), 1)
+
+
+@app.job("test.sleep", max_attempts=25)
+def sleep(i: int, seconds: float) -> None:
+    """Runs for `seconds`, then counts one execution of job `i`."""
+    time.sleep(seconds)
+    _client.hincrby(RUNS_KEY, str(i), 1)
+
+
+@app.job("test.pid")
+def pid() -> None:
+    """Records which process ran it."""
+    _client.rpush(f"{RUNS_KEY}:pids", os.getpid())
