@@ -437,3 +437,37 @@ def test_cron_expressions_match_like_cron() -> None:
     daily = Schedule("d", "t", "default", (), {}, cron=Cron.parse("30 6 * * *"))
     day = minute("2026-11-28T00:00") * 60
     assert daily.occurrences(day, day + 86400) == [(day + 6 * 3600 + 1800) * 1000]
+
+
+def test_the_testing_helper_runs_jobs_inline(app: conveyor.Conveyor) -> None:
+    from conveyor.testing import capture
+
+    sent: list[str] = []
+
+    @app.job("t.welcome")
+    def welcome(email: str, *, lang: str = "en") -> None:
+        sent.append(f"{email}:{lang}")
+        follow_up.enqueue(email)
+
+    @app.job("t.follow-up")
+    def follow_up(email: str) -> None:
+        info = conveyor.current_job()
+        assert info is not None
+        sent.append(f"follow-up {email} {info.job_type}")
+
+    with capture(app) as jobs:
+        handle = welcome.enqueue("ada@example.com", lang="fr")
+        welcome.enqueue_many([["bob@example.com"]])
+        assert handle.done()
+        assert len(handle.id) == 26
+        assert jobs.types() == ["t.welcome", "t.welcome"]
+        assert jobs.jobs[0].kwargs == {"lang": "fr"}
+        with pytest.raises(conveyor.InvalidJobError):
+            welcome.enqueue(float("nan"))  # type: ignore[arg-type]
+        assert jobs.run_all() == 4
+    assert sent == [
+        "ada@example.com:fr",
+        "bob@example.com:en",
+        "follow-up ada@example.com t.follow-up",
+        "follow-up bob@example.com t.follow-up",
+    ]

@@ -47,6 +47,8 @@ class Conveyor:
         # (job type, queue asked for) -> topic, once the names were checked.
         self._topics: dict[tuple[str, str | None], str] = {}
         self._schedules: dict[str, Schedule] = {}
+        #: Set by `conveyor.testing.capture`: enqueues go here instead of Kafka.
+        self._sink: Callable[..., Any] | None = None
         _LIVE_APPS.add(self)
 
     # Registry
@@ -167,6 +169,9 @@ class Conveyor:
             args = list(args)
         if kwargs is not None and not isinstance(kwargs, dict):
             kwargs = dict(kwargs)
+        if self._sink is not None:
+            sent: Enqueued = self._sink(type_name, [(args, kwargs or {})], [dedup_key], run_at_us)
+            return sent
         return self._get_producer().send_call(
             topic,
             type_name,
@@ -194,6 +199,13 @@ class Conveyor:
         if dedup_keys is not None and len(dedup_keys) != len(calls):
             raise InvalidJobError(f"{len(dedup_keys)} dedup keys for {len(calls)} jobs")
         topic, run_at_us = self._route(type_name, queue, delay, run_at)
+        if self._sink is not None:
+            pairs = [
+                (list(c), {}) if isinstance(c, (list, tuple)) else ([], dict(c)) for c in calls
+            ]
+            keys = list(dedup_keys) if dedup_keys is not None else [None] * len(pairs)
+            sent_many: Enqueued = self._sink(type_name, pairs, keys, run_at_us)
+            return sent_many
         return self._get_producer().send_calls(
             topic,
             type_name,
