@@ -16,7 +16,7 @@ help: ## List the targets
 deps: ## Install missing system packages (Java 17, Maven, redis-server, C build tools)
 	@scripts/install-deps.sh
 
-$(BIN)/.installed: requirements-dev.txt
+$(BIN)/.installed: requirements-dev.txt requirements-bench.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	@touch $@
@@ -60,6 +60,10 @@ bench: build ## Benchmarks (not part of the tests): envelope codec, enqueue
 .PHONY: bench-relay
 bench-relay: build ## Relay vs a Python relay and the raw limits (1M-job backlog)
 	$(BIN)/python bench/relay_bench.py
+
+.PHONY: bench-worker
+bench-worker: build ## Workers vs pure Python, Dramatiq, Celery and RQ on one Redis
+	$(BIN)/python bench/worker_bench.py
 
 .PHONY: bench-gate
 bench-gate: build ## Gate vs a Python ASGI server (needs wrk and oha)

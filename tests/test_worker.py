@@ -409,7 +409,10 @@ def test_periodic_jobs_run_once_per_occurrence_with_several_workers(
     due = int(ended / 0.5) - int(began / 0.5)
     enqueued = sum(w.stats()["periodic_enqueued"] for w in running)
     assert enqueued in (due - 1, due), (enqueued, due)
-    assert len(runs) == enqueued
+    store = _core.RedisStore(app.settings.redis_url)
+    left = store.depth(app.settings.namespace, "default")["queued"]
+    assert len(runs) + left == enqueued, "every occurrence enqueued runs (or waits), once"
+    assert len(runs) >= enqueued - 1
     gaps = [b - a for a, b in itertools.pairwise(sorted(runs))]
     assert min(gaps) > 0.25, "an occurrence ran twice"
 

@@ -3,7 +3,7 @@
 Every worker process checks its application's schedules a few times a
 second; each occurrence that comes due is enqueued exactly once, however many
 workers run, by one Redis script that claims the occurrence and queues the
-job in the same step (`periodic-2.lua`). Like cron, occurrences that fall
+job in the same step (`periodic-3.lua`). Like cron, occurrences that fall
 while no worker runs are skipped, not made up later: a worker only enqueues
 occurrences that come due after it started.
 

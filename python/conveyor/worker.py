@@ -37,8 +37,9 @@ log = logging.getLogger("conveyor.worker")
 #: tiny jobs (fewer round trips), single jobs for slow ones (no job waits
 #: behind another in a thread while other threads idle).
 _BATCH_TARGET_S = 0.02
-#: Longest sleep of an idle thread between polls of empty queues.
-_IDLE_MAX_S = 0.05
+#: Longest an idle thread blocks waiting for a signal of new jobs before it
+#: looks anyway (delayed jobs come due without a signal).
+_IDLE_WAIT_S = 0.25
 #: Options for job types this worker has no handler for: they are retried (a
 #: deploy may be rolling out the handler) and then dead-lettered.
 _UNKNOWN_TYPE = JobOptions(max_attempts=5, backoff_s=5.0, backoff_max_s=300.0)
@@ -315,7 +316,6 @@ class Worker:
 
     def _work(self) -> None:
         batch_size = 1
-        idle = 0.0005
         while not self._stopping.is_set():
             try:
                 batch = self._queues.fetch(batch_size)
@@ -324,10 +324,12 @@ class Worker:
                 self._stopping.wait(0.5)
                 continue
             if batch is None:
-                self._stopping.wait(idle)
-                idle = min(idle * 2, _IDLE_MAX_S)
+                try:
+                    self._queues.wait_for_work(_IDLE_WAIT_S)
+                except ConveyorError as err:
+                    log.warning("waiting for jobs failed, retrying: %s", err)
+                    self._stopping.wait(0.5)
                 continue
-            idle = 0.0005
             began = time.monotonic()
             ran = self._run_batch(batch)
             if ran:

@@ -82,8 +82,14 @@ impl QueueKeys {
         format!("{}:periodic", self.base)
     }
 
+    /// List holding at most one token: idle workers block on it (`BLPOP`)
+    /// and whatever queues jobs pushes one, so nobody polls an empty queue.
+    pub fn wake(&self) -> String {
+        format!("{}:wake", self.base)
+    }
+
     /// Every key of the queue that is not per lease.
-    pub fn all(&self) -> [String; 9] {
+    pub fn all(&self) -> [String; 10] {
         [
             self.ready(),
             self.relayed(),
@@ -94,6 +100,7 @@ impl QueueKeys {
             self.unique(),
             self.counts(),
             self.periodic(),
+            self.wake(),
         ]
     }
 }

@@ -5,6 +5,8 @@
 //! These are methods of [`RedisStore`] so that one connection serves a relay
 //! thread or a worker thread; nothing here holds state between calls.
 
+use std::time::Duration;
+
 use redis::{Cmd, FromRedisValue};
 
 use crate::envelope::Envelope;
@@ -47,7 +49,7 @@ impl Admission {
     }
 }
 
-/// What one `admit` did; see `scripts/admit-5.lua`.
+/// What one `admit` did; see `scripts/admit-6.lua`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Admitted {
     /// Appended to the ready list.
@@ -222,6 +224,7 @@ impl RedisStore {
             .key(keys.scheduled())
             .key(keys.leases())
             .key(keys.lease(token))
+            .key(keys.wake())
             .arg(token)
             .arg(max.clamp(1, MAX_FETCH))
             .arg(lease_ms)
@@ -324,7 +327,10 @@ impl RedisStore {
         let mut sorted = slots.to_vec();
         sorted.sort_unstable();
         let mut call = scripts::RELEASE.key(keys.lease(token));
-        call.key(keys.leases()).key(keys.ready()).arg(token);
+        call.key(keys.leases())
+            .key(keys.ready())
+            .key(keys.wake())
+            .arg(token);
         for slot in sorted {
             call.arg(slot);
         }
@@ -348,7 +354,7 @@ impl RedisStore {
             return Ok((0, 0));
         }
         let mut call = scripts::REAP.key(keys.leases());
-        call.key(keys.ready()).key(keys.counts());
+        call.key(keys.ready()).key(keys.counts()).key(keys.wake());
         for token in &expired {
             call.key(keys.lease(token));
         }
@@ -381,11 +387,25 @@ impl RedisStore {
         let enqueued: i64 = scripts::PERIODIC
             .key(keys.periodic())
             .key(keys.ready())
+            .key(keys.wake())
             .arg(name)
             .arg(occurrence_ms)
             .arg(envelope)
             .invoke(self.connection())?;
         Ok(enqueued == 1)
+    }
+
+    /// Blocks until one of `queues` signals new jobs or `timeout` passes;
+    /// true if woken. Idle workers wait here instead of polling.
+    pub fn wait_for_work(&mut self, queues: &[&QueueKeys], timeout: Duration) -> Result<bool> {
+        let mut cmd = Cmd::new();
+        cmd.arg("BLPOP");
+        for keys in queues {
+            cmd.arg(keys.wake());
+        }
+        cmd.arg(timeout.as_secs_f64());
+        let woken: Option<(String, String)> = cmd.query(self.connection())?;
+        Ok(woken.is_some())
     }
 
     /// How many jobs the queue holds in each state.
@@ -452,12 +472,13 @@ pub(crate) fn admit_command(
     let mut cmd = Cmd::new();
     cmd.arg("EVALSHA")
         .arg(scripts::ADMIT.get_hash())
-        .arg(5)
+        .arg(6)
         .arg(keys.ready())
         .arg(keys.relayed())
         .arg(keys.scheduled())
         .arg(keys.unique())
         .arg(keys.counts())
+        .arg(keys.wake())
         .arg(fence)
         .arg(next_offset);
     for job in jobs {

@@ -27,18 +27,18 @@ pub mod scripts {
 
     script!(
         ADMIT,
-        "admit-5.lua",
+        "admit-6.lua",
         "Admits new jobs into a queue (relay and direct path)."
     );
-    script!(FETCH, "fetch-4.lua", "Leases a batch of jobs to a worker.");
+    script!(FETCH, "fetch-5.lua", "Leases a batch of jobs to a worker.");
     script!(SETTLE, "settle-7.lua", "Records how leased jobs ended.");
     script!(HEARTBEAT, "heartbeat-1.lua", "Extends a worker's leases.");
     script!(
         RELEASE,
-        "release-3.lua",
+        "release-4.lua",
         "Gives unstarted leased jobs back."
     );
-    script!(REAP, "reap-3.lua", "Returns the jobs of expired leases.");
+    script!(REAP, "reap-4.lua", "Returns the jobs of expired leases.");
     script!(
         REPLAY_DEAD,
         "replay_dead-2.lua",
@@ -46,7 +46,7 @@ pub mod scripts {
     );
     script!(
         PERIODIC,
-        "periodic-2.lua",
+        "periodic-3.lua",
         "Enqueues one occurrence of a periodic job once."
     );
 

@@ -392,6 +392,10 @@ impl WorkQueues {
             let keys = &self.queues[queue].keys;
             lost.extend(self.with_store(|s| s.heartbeat(keys, &tokens, lease_ms))?);
         }
+        // A lease settled between the snapshot above and the script is gone
+        // from Redis too, but was not lost: only tokens still held count.
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        lost.retain(|token| held.contains_key(token));
         Ok(lost)
     }
 
@@ -402,6 +406,14 @@ impl WorkQueues {
             jobs += self.with_store(|s| s.reap(&queue.keys, 100))?.1;
         }
         Ok(jobs)
+    }
+
+    /// Blocks until new jobs are signalled on any of the queues or `timeout`
+    /// (at most 2 s, inside the connection's reply timeout) passes.
+    pub fn wait_for_work(&self, timeout: Duration) -> Result<bool> {
+        let keys: Vec<&QueueKeys> = self.queues.iter().map(|q| &q.keys).collect();
+        let timeout = timeout.clamp(Duration::from_millis(10), Duration::from_secs(2));
+        self.with_store(|s| s.wait_for_work(&keys, timeout))
     }
 
     /// How many leases this process holds now.

@@ -185,6 +185,13 @@ impl WorkQueues {
         py.detach(|| self.inner.reap()).py()
     }
 
+    /// Blocks (GIL released) until jobs are signalled on a queue or
+    /// `timeout_s` (10 ms to 2 s) passes; True if woken.
+    fn wait_for_work(&self, py: Python<'_>, timeout_s: f64) -> PyResult<bool> {
+        let timeout = Duration::from_secs_f64(timeout_s.clamp(0.0, 2.0));
+        py.detach(|| self.inner.wait_for_work(timeout)).py()
+    }
+
     /// How many leases this process holds now.
     fn held(&self) -> usize {
         self.inner.held()

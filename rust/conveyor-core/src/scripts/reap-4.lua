@@ -6,7 +6,8 @@
   KEYS[1]   cv:[<ns>:]{<queue>}:leases   zset: lease token -> deadline (ms)
   KEYS[2]   cv:[<ns>:]{<queue>}:ready    list of envelopes
   KEYS[3]   cv:[<ns>:]{<queue>}:counts   hash: counter name -> count
-  KEYS[4..] cv:[<ns>:]{<queue>}:lease:<token> for each token in ARGV
+  KEYS[4]   cv:[<ns>:]{<queue>}:wake     list of at most one token for idle workers
+  KEYS[5..] cv:[<ns>:]{<queue>}:lease:<token> for each token in ARGV
   ARGV[1..] lease tokens the caller found expired (ZRANGEBYSCORE leases);
             each is checked again here, atomically
 
@@ -25,7 +26,7 @@ local leases, jobs = 0, 0
 for i, token in ipairs(ARGV) do
   local deadline = redis.call('ZSCORE', KEYS[1], token)
   if deadline and tonumber(deadline) < now_ms then
-    local flat = redis.call('HGETALL', KEYS[3 + i])
+    local flat = redis.call('HGETALL', KEYS[4 + i])
     local by_slot = {}
     for j = 1, #flat, 2 do
       by_slot[#by_slot + 1] = { tonumber(flat[j]), flat[j + 1] }
@@ -41,7 +42,7 @@ for i, token in ipairs(ARGV) do
     if #back > 0 then
       redis.call('LPUSH', KEYS[2], unpack(back))
     end
-    redis.call('DEL', KEYS[3 + i])
+    redis.call('DEL', KEYS[4 + i])
     redis.call('ZREM', KEYS[1], token)
     leases = leases + 1
     jobs = jobs + #back
@@ -49,5 +50,7 @@ for i, token in ipairs(ARGV) do
 end
 if jobs > 0 then
   redis.call('HINCRBY', KEYS[3], 'reaped', jobs)
+  redis.call('RPUSH', KEYS[4], 1)
+  redis.call('LTRIM', KEYS[4], -1, -1)
 end
 return { leases, jobs }

@@ -8,6 +8,7 @@
   KEYS[3]   cv:[<ns>:]{<queue>}:scheduled   zset: envelope -> due time (ms)
   KEYS[4]   cv:[<ns>:]{<queue>}:unique      hash: dedup key -> id of the job holding it
   KEYS[5]   cv:[<ns>:]{<queue>}:counts      hash: counter name -> count
+  KEYS[6]   cv:[<ns>:]{<queue>}:wake        list of at most one token: BLPOPed by idle workers
   ARGV[1]   fence: "<topic>:<partition>", or "" for the direct path (no fence)
   ARGV[2]   with a fence: the offset after this batch's last record
   ARGV[3..] per job, four values: offset (ignored without a fence),
@@ -19,6 +20,9 @@
     duplicates  dropped: another job holding the same dedup key is queued,
                 scheduled or running (unique jobs)
     skipped     below the fence: Redis has this record already
+
+  When jobs were queued, one idle worker is woken (a token on `wake`, which
+  never holds more than one); idle workers block on it instead of polling.
 
   Records below the stored offset were written before (a crash, or another
   relay that owned the partition) and are skipped. That makes relaying
@@ -71,6 +75,10 @@ for first = 1, #ready, 1000 do
 end
 for first = 1, #later, 1000 do
   redis.call('ZADD', KEYS[3], unpack(later, first, math.min(first + 999, #later)))
+end
+if #ready > 0 then
+  redis.call('RPUSH', KEYS[6], 1)
+  redis.call('LTRIM', KEYS[6], -1, -1)
 end
 if fence ~= '' then
   local next_offset = tonumber(ARGV[2])

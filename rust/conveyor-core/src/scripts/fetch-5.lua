@@ -6,6 +6,7 @@
   KEYS[2]   cv:[<ns>:]{<queue>}:scheduled         zset: envelope -> due time (ms)
   KEYS[3]   cv:[<ns>:]{<queue>}:leases            zset: lease token -> lease deadline (ms)
   KEYS[4]   cv:[<ns>:]{<queue>}:lease:<token>     hash: slot (1..n) -> envelope
+  KEYS[5]   cv:[<ns>:]{<queue>}:wake              list of at most one token for idle workers
   ARGV[1]   the lease token: unique per fetch (worker id and a sequence number)
   ARGV[2]   most jobs to take (1 to 1000)
   ARGV[3]   lease length in ms
@@ -16,7 +17,8 @@
   Scheduled jobs that are due are first moved to the head of ready, oldest
   first: they are late already. The cost is O(log S + batch) for S scheduled
   jobs and independent of how many jobs are queued, because ready is a list
-  popped at its head.
+  popped at its head. If jobs remain after this fetch, the next idle worker
+  is woken, so a burst spreads over all workers without any of them polling.
 
   `allow-oom`: fetching moves jobs, it does not add any, and it must keep
   working when Redis is at maxmemory (the failure that wedged the system this
@@ -47,6 +49,10 @@ end
 local jobs = redis.call('LPOP', KEYS[1], max)
 if not jobs then
   return { 0, {} }
+end
+if redis.call('LLEN', KEYS[1]) > 0 then
+  redis.call('RPUSH', KEYS[5], 1)
+  redis.call('LTRIM', KEYS[5], -1, -1)
 end
 local fields = {}
 for i, envelope in ipairs(jobs) do

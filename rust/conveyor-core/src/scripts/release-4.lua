@@ -6,6 +6,7 @@
   KEYS[1]   cv:[<ns>:]{<queue>}:lease:<token>   hash: slot -> envelope
   KEYS[2]   cv:[<ns>:]{<queue>}:leases          zset: lease token -> deadline (ms)
   KEYS[3]   cv:[<ns>:]{<queue>}:ready           list of envelopes
+  KEYS[4]   cv:[<ns>:]{<queue>}:wake            list of at most one token for idle workers
   ARGV[1]   the lease token
   ARGV[2..] slots to give back, in ascending order
 
@@ -23,6 +24,8 @@ for i = #ARGV, 2, -1 do
 end
 if #back > 0 then
   redis.call('LPUSH', KEYS[3], unpack(back))
+  redis.call('RPUSH', KEYS[4], 1)
+  redis.call('LTRIM', KEYS[4], -1, -1)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])

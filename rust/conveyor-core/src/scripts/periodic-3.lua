@@ -6,6 +6,7 @@
 
   KEYS[1]   cv:[<ns>:]{<queue>}:periodic   hash: schedule name -> last occurrence enqueued (ms)
   KEYS[2]   cv:[<ns>:]{<queue>}:ready      list of envelopes
+  KEYS[3]   cv:[<ns>:]{<queue>}:wake       list of at most one token for idle workers
   ARGV[1]   the schedule's name
   ARGV[2]   the occurrence: its due time in ms since the epoch
   ARGV[3]   the job's envelope
@@ -24,4 +25,6 @@ if occurrence <= last then
 end
 redis.call('HSET', KEYS[1], ARGV[1], occurrence)
 redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('RPUSH', KEYS[3], 1)
+redis.call('LTRIM', KEYS[3], -1, -1)
 return 1
