@@ -66,7 +66,7 @@ def test_fetch_settle_and_release_move_jobs_between_states(
         conveyor.Stage.FAILED,
         conveyor.Stage.DEAD_LETTERED,
     ]
-    assert store.counts(namespace, Q) == {"done": 2, "retried": 1, "dead": 1}
+    assert store.counts(namespace, Q) == {"admitted": 10, "done": 2, "retried": 1, "dead": 1}
     # Settling the same lease twice changes nothing: those slots are stale.
     assert wq.settle(batch, [now] * 4, {}) == (0, 0, 0, 4)
 

@@ -355,3 +355,48 @@ def test_a_full_redis_is_protected_and_every_job_arrives_once_drained(
         assert set(ids) == set(sent), f"{len(set(sent) - set(ids))} jobs never arrived"
     finally:
         small.down()
+
+
+def test_lag_metrics_and_status_show_a_paused_backlog(app: conveyor.Conveyor) -> None:
+    import urllib.request
+
+    from conveyor.metrics_http import serve_metrics
+
+    s = app.settings
+    topic = s.topic_for("default")
+    store = _core.RedisStore(s.redis_url)
+    store.set_relay_control(s.namespace, "paused", topic, "1")
+    relay = start_relay(app)
+    server = serve_metrics("127.0.0.1:0", relay.metrics)
+    env = {"CONVEYOR_REDIS_URL": s.redis_url, "CONVEYOR_NAMESPACE": s.namespace}
+    try:
+        wait_until(lambda: len(relay.assignment()) == 3, 30, "the partitions assigned")
+        send(app, 300)
+        # librdkafka reports positions once a second.
+        wait_until(lambda: sum(p[4] for p in relay.lag()) == 300, 30, "a lag of 300")
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        lags = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("conveyor_relay_lag_jobs{")
+        ]
+        assert sum(lags) == 300
+        assert len(lags) == 3
+        assert f'conveyor_relay_paused{{topic="{topic}"}} 1' in text
+        assert "conveyor_relay_relayed_total 0" in text
+        out = conveyor_cli("relays", env=env)
+        assert out.returncode == 0, out.stderr
+        assert f"paused {topic}" in out.stdout
+        rows = [line.split() for line in out.stdout.splitlines() if line.strip().startswith(topic)]
+        assert sum(int(r[-1]) for r in rows) == 300, out.stdout
+        store.set_relay_control(s.namespace, "paused", topic, None)
+        wait_until(lambda: ready_len(app) == 300, 30, "the backlog relayed after resume")
+        wait_until(lambda: sum(p[4] for p in relay.lag()) == 0, 30, "no lag left")
+        assert "conveyor_relay_redis_write_seconds_count" in relay.metrics()
+    finally:
+        server.shutdown()
+        relay.stop()
+    out = conveyor_cli("relays", env=env)
+    assert out.returncode == 1, "a stopped relay removes its status"

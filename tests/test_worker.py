@@ -90,6 +90,9 @@ def test_handlers_run_with_their_arguments_and_know_their_job(
     assert sorted(s for s, _, _ in seen) == list(range(1, 2001))
     assert {(t, a) for _, t, a in seen} == {("w.add", 1)}
     wait_until(lambda: worker.stats()["done"] == 2000)
+    metrics = worker.metrics()
+    assert 'conveyor_worker_jobs_total{outcome="done"} 2000' in metrics
+    assert "conveyor_worker_wait_seconds_count 2000" in metrics
 
 
 def test_failures_are_retried_with_backoff_then_dead_lettered_with_the_error(

@@ -27,6 +27,7 @@ from conveyor.errors import (
     UnsupportedEnvelopeVersion,
 )
 from conveyor.jobs import JobOptions, JobType
+from conveyor.routing import Route
 from conveyor.settings import Settings
 from conveyor.worker import JobInfo, Middleware, Worker, current_job
 
@@ -54,6 +55,7 @@ __all__ = [
     "Middleware",
     "PermanentError",
     "RedisError",
+    "Route",
     "Settings",
     "Stage",
     "UnknownTopicError",

@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from conveyor import _core
-from conveyor._core import DeliveryHandle as Enqueued
+from conveyor.enqueue import Enqueued
 from conveyor.errors import ConveyorError, InvalidJobError
 from conveyor.jobs import Call, JobOptions, JobType, P, R
 from conveyor.payload import encode_call
+from conveyor.routing import Route, RoutedHandle
 from conveyor.schedules import Cron, Schedule
 from conveyor.settings import Settings
 
@@ -41,6 +42,8 @@ class Conveyor:
         self._jobs: dict[str, JobType[Any, Any]] = {}
         self._lock = threading.Lock()
         self._producer: _core.KafkaProducer | None = None
+        self._store: _core.RedisStore | None = None
+        self._routes: dict[str, Route] = dict(self.settings.routes)
         for queue in self.settings.queues:
             _core.check_queue_name(queue)
         self._queues = frozenset(self.settings.queues)
@@ -172,6 +175,18 @@ class Conveyor:
         if self._sink is not None:
             sent: Enqueued = self._sink(type_name, [(args, kwargs or {})], [dedup_key], run_at_us)
             return sent
+        route = self._routes.get(type_name)
+        if route is not None:
+            return self._send_routed(
+                route,
+                type_name,
+                [(args, kwargs or {})],
+                queue=queue,
+                topic=topic,
+                dedup_keys=[dedup_key],
+                run_at_us=run_at_us,
+                trace_context=trace_context,
+            )
         return self._get_producer().send_call(
             topic,
             type_name,
@@ -206,6 +221,22 @@ class Conveyor:
             keys = list(dedup_keys) if dedup_keys is not None else [None] * len(pairs)
             sent_many: Enqueued = self._sink(type_name, pairs, keys, run_at_us)
             return sent_many
+        route = self._routes.get(type_name)
+        if route is not None:
+            pairs = [
+                (list(c), {}) if isinstance(c, (list, tuple)) else ([], dict(c)) for c in calls
+            ]
+            keys = list(dedup_keys) if dedup_keys is not None else [None] * len(pairs)
+            return self._send_routed(
+                route,
+                type_name,
+                pairs,
+                queue=queue,
+                topic=topic,
+                dedup_keys=keys,
+                run_at_us=run_at_us,
+                trace_context=trace_context,
+            )
         return self._get_producer().send_calls(
             topic,
             type_name,
@@ -243,6 +274,64 @@ class Conveyor:
             self._topics[(type_name, queue_arg)] = topic
         return topic, at
 
+    def set_route(self, type_name: str, route: Route | None) -> None:
+        """Send `type_name`'s jobs by `route` from now on (None: Kafka only);
+        see `conveyor.routing` for migrating a type a percentage at a time."""
+        _core.check_job_type(type_name)
+        if route is None:
+            self._routes.pop(type_name, None)
+        else:
+            self._routes[type_name] = route
+
+    def _send_routed(
+        self,
+        route: Route,
+        type_name: str,
+        calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
+        *,
+        queue: str | None,
+        topic: str,
+        dedup_keys: Sequence[str | None],
+        run_at_us: int | None,
+        trace_context: str | None,
+    ) -> Enqueued:
+        """Jobs split between Kafka and the direct path (or written both ways)."""
+        limit = self.settings.max_payload_bytes
+        envelopes = [
+            _core.Envelope(
+                type_name,
+                encode_call(args, kwargs, limit),
+                dedup_key=key,
+                run_at_us=run_at_us,
+                trace_context=trace_context,
+            )
+            for (args, kwargs), key in zip(calls, dedup_keys, strict=True)
+        ]
+        via_kafka = [True] * len(envelopes) if route.double_write else route.split(len(envelopes))
+        direct = [
+            e.encode()
+            for e, kafka in zip(envelopes, via_kafka, strict=True)
+            if route.double_write or not kafka
+        ]
+        if direct:
+            # Written before anything goes to Kafka: with double writes, the
+            # job is in Redis before its shadow copy exists.
+            registered = self._jobs.get(type_name)
+            name = registered.options.queue if registered else (queue or "default")
+            self._get_store().admit(self.settings.namespace, name, direct)
+        to_kafka = [e for e, kafka in zip(envelopes, via_kafka, strict=True) if kafka]
+        handle = self._get_producer().send_envelopes(topic, to_kafka) if to_kafka else None
+        return RoutedHandle([e.id for e in envelopes], handle, via_kafka)
+
+    def _get_store(self) -> _core.RedisStore:
+        store = self._store
+        if store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = _core.RedisStore(self.settings.redis_url)
+                store = self._store
+        return store
+
     def _get_producer(self) -> _core.KafkaProducer:
         producer = self._producer
         if producer is not None:
@@ -263,6 +352,8 @@ class Conveyor:
         if self._producer is not None:
             _ORPHANED_BY_FORK.append(self._producer)
             self._producer = None
+        # A Redis connection shared with the parent would interleave replies.
+        self._store = None
         self._lock = threading.Lock()
 
     def flush(self, timeout_s: float = 30.0) -> None:

@@ -157,6 +157,12 @@ def _relay(args: argparse.Namespace) -> int:
         f"(group {group})",
         flush=True,
     )
+    if args.metrics_bind:
+        from conveyor.metrics_http import serve_metrics
+
+        server = serve_metrics(args.metrics_bind, relay.metrics)
+        host, port = server.server_address[:2]
+        print(f"relay: metrics on http://{host!s}:{port}/metrics", flush=True)
     last, last_at = 0, time.monotonic()
     while not stop.wait(args.report_every):
         stats = relay.stats()
@@ -166,8 +172,8 @@ def _relay(args: argparse.Namespace) -> int:
         guard = " REDIS NEAR FULL, holding back;" if stats["memory_guarded"] else ""
         print(
             f"relay:{guard} {stats['relayed']} relayed ({rate:,.0f}/s), {stats['skipped']} "
-            f"skipped, {stats['dead_lettered']} dead-lettered, {stats['redis_errors']} Redis "
-            f"errors, {stats['held']} held for rate or pause, "
+            f"skipped, {stats['shadowed']} shadowed, {stats['dead_lettered']} dead-lettered, "
+            f"{stats['redis_errors']} Redis errors, {stats['held']} held for rate or pause, "
             f"{len(relay.assignment())} partitions owned",
             flush=True,
         )
@@ -201,6 +207,11 @@ def _control(args: argparse.Namespace) -> int:
             f"{args.queue}: relay rate {'unlimited' if off else args.rate + ' jobs/s'} "
             "(relays apply it within a second)"
         )
+    elif args.command == "shadow":
+        on = args.state == "on"
+        store.set_relay_control(settings.namespace, "shadow", topic, "1" if on else None)
+        state = "on: jobs are read, counted and dropped" if on else "off"
+        print(f"{args.queue}: relay shadow mode {state} (relays apply it within a second)")
     else:
         paused = args.command == "pause"
         store.set_relay_control(settings.namespace, "paused", topic, "1" if paused else None)
@@ -224,7 +235,7 @@ def _worker(args: argparse.Namespace) -> int:
     if not args.no_setup:
         _worker_setup(app, queues)
 
-    def child() -> int:
+    def child(index: int) -> int:
         worker = Worker(
             app,
             queues,
@@ -236,12 +247,22 @@ def _worker(args: argparse.Namespace) -> int:
         )
         names = ", ".join(f"{q}:{w}" for q, w in worker.queues)
         print(f"worker: {args.threads} threads on {names} (lease {args.lease}s)", flush=True)
+        if args.metrics_bind:
+            from conveyor.metrics_http import serve_metrics
+
+            # With several processes each gets its own port: base, base + 1, ...
+            host, _, port = args.metrics_bind.rpartition(":")
+            if port.isdigit() and int(port):
+                port = str(int(port) + index)
+            server = serve_metrics(f"{host}:{port}", worker.metrics)
+            url = f"http://{host}:{server.server_address[1]}/metrics"
+            print(f"worker: metrics on {url}", flush=True)
         worker.run(progress_every_s=args.report_every)
         print(f"worker stopped: {worker.stats()}", flush=True)
         return 0
 
     if args.processes <= 1:
-        return child()
+        return child(0)
     return run_processes(args.processes, child)
 
 
@@ -263,6 +284,44 @@ def _worker_setup(app: object, queues: list[tuple[str, int]] | None) -> None:
         print(f"worker: could not check Kafka topics: {err}", file=sys.stderr)
 
 
+def _relays(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from conveyor import _core
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    store = _core.RedisStore(settings.redis_url)
+    statuses = [json.loads(raw) for _, raw in store.relay_statuses(settings.namespace)]
+    now = time.time()
+    live = [s for s in statuses if now - s["updated_at"] < 10]
+    if not live:
+        print("no relay has reported in the last 10 s")
+        return 1
+    for s in sorted(live, key=lambda s: str(s["id"])):
+        guards = "memory guard ON, " if s["memory_guarded"] else ""
+        guards += f"depth guard on {s['depth_guarded']} queues, " if s["depth_guarded"] else ""
+        print(
+            f"relay {s['id']} ({now - s['updated_at']:.1f}s ago): {s['relayed']} relayed, "
+            f"{s['shadowed']} shadowed, {s['dead_lettered']} dead-lettered, {guards}"
+            f"{s['held']} held for rate or pause, {s['redis_errors']} Redis errors"
+        )
+        controls = s["controls"]
+        for topic, rate in controls["rates"]:
+            print(f"  throttled {topic}: {rate:g} jobs/s")
+        for name in ("paused", "shadow"):
+            for topic in controls[name]:
+                print(f"  {name} {topic}")
+        print(f"  {'topic':<36} {'partition':>9} {'high':>12} {'relayed to':>12} {'lag':>10}")
+        for p in s["partitions"]:
+            print(
+                f"  {p['topic']:<36} {p['partition']:>9} {p['high']:>12} "
+                f"{p['relayed_to']:>12} {p['lag']:>10}"
+            )
+    return 0
+
+
 def _queues(args: argparse.Namespace) -> int:
     from conveyor import _core
     from conveyor.settings import Settings
@@ -270,13 +329,14 @@ def _queues(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     store = _core.RedisStore(settings.redis_url)
     names = args.queues or list(settings.queues)
-    header = ("queue", "queued", "scheduled", "leases", "dead", "done", "retried", "reaped")
+    header: tuple[str, ...] = ("queue", "queued", "scheduled", "leases", "dead")
+    header += ("admitted", "done", "retried", "reaped")
     print("  ".join(f"{h:>10}" for h in header))
     for name in names:
         depth = store.depth(settings.namespace, name)
         counts = store.counts(settings.namespace, name)
         row = [name] + [str(depth[k]) for k in ("queued", "scheduled", "leases", "dead")]
-        row += [str(counts.get(k, 0)) for k in ("done", "retried", "reaped")]
+        row += [str(counts.get(k, 0)) for k in ("admitted", "done", "retried", "reaped")]
         print("  ".join(f"{c:>10}" for c in row))
     return 0
 
@@ -345,11 +405,19 @@ def _add_worker_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--report-every", type=float, default=10.0, metavar="SECONDS", help="log counts this often"
     )
     worker.add_argument(
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at /metrics (process i of --processes on PORT + i)",
+    )
+    worker.add_argument(
         "--no-setup",
         action="store_true",
         help="do not publish the job registry or create missing Kafka topics at start",
     )
     worker.set_defaults(run=_worker)
+
+    relays = commands.add_parser("relays", help="running relays: partitions, lag, guards")
+    relays.set_defaults(run=_relays)
 
     queues = commands.add_parser("queues", help="jobs per state in each queue's Redis")
     queues.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
@@ -433,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop writing into a queue holding this many jobs (default: no limit)",
     )
     relay.add_argument(
+        "--metrics-bind", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics"
+    )
+    relay.add_argument(
         "--depth-low",
         type=int,
         metavar="JOBS",
@@ -451,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
         control = commands.add_parser(name, help=text)
         control.add_argument("queue")
         control.set_defaults(run=_control)
+    shadow = commands.add_parser(
+        "shadow", help="relay a queue in shadow mode: read, count, drop (for double writes)"
+    )
+    shadow.add_argument("queue")
+    shadow.add_argument("state", choices=["on", "off"])
+    shadow.set_defaults(run=_control)
 
     _add_worker_commands(commands)
 

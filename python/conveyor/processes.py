@@ -19,8 +19,9 @@ from collections.abc import Callable
 _RESTART_PAUSE_S = 1.0
 
 
-def run_processes(count: int, child: Callable[[], int]) -> int:
-    """Run `child()` in `count` forked processes until a signal stops them.
+def run_processes(count: int, child: Callable[[int], int]) -> int:
+    """Run `child(i)` in `count` forked processes (i from 0) until a signal
+    stops them; a restarted child keeps the index of the one it replaces.
 
     Returns 0 when every child exited cleanly after a stop, else 1.
     """
@@ -33,26 +34,26 @@ def run_processes(count: int, child: Callable[[], int]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    children: dict[int, float] = {}
+    children: dict[int, tuple[float, int]] = {}
 
-    def spawn() -> None:
+    def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = child()
+                code = child(index)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        children[pid] = time.monotonic()
+        children[pid] = (time.monotonic(), index)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for _ in range(count):
-        spawn()
+    for index in range(count):
+        spawn(index)
     failed = False
     while children:
         try:
@@ -61,7 +62,7 @@ def run_processes(count: int, child: Callable[[], int]) -> int:
             break
         except InterruptedError:
             continue
-        started = children.pop(pid, time.monotonic())
+        started, index = children.pop(pid, (time.monotonic(), 0))
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             failed |= code != 0
@@ -70,5 +71,5 @@ def run_processes(count: int, child: Callable[[], int]) -> int:
         if time.monotonic() - started < _RESTART_PAUSE_S:
             time.sleep(_RESTART_PAUSE_S)
         if not stopping:
-            spawn()
+            spawn(index)
     return 1 if failed else 0

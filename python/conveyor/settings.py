@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor.routing import Route
+
 #: Ports of the local development servers; chosen off the usual 9092/6379 so a
 #: system Kafka or Redis on this machine is never touched by accident. The
 #: Kafka controller listens on the port after the broker's.
@@ -60,6 +62,8 @@ class Settings:
     topic_replication: int = 1
     #: Extra librdkafka properties (SASL, TLS, tuning).
     kafka_properties: tuple[tuple[str, str], ...] = ()
+    #: Job type -> Route, for types not sent through Kafka only (migrations).
+    routes: tuple[tuple[str, Route], ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:

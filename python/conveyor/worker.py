@@ -193,6 +193,7 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._keeper: threading.Thread | None = None
         self._timeouts = _Timeouts()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lost_leases = 0
@@ -214,8 +215,8 @@ class Worker:
             t = threading.Thread(target=self._work, name=f"conveyor-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        keeper = threading.Thread(target=self._keep, name="conveyor-keeper", daemon=True)
-        keeper.start()
+        self._keeper = threading.Thread(target=self._keep, name="conveyor-keeper", daemon=True)
+        self._keeper.start()
 
     def stop(self, grace_s: float | None = None) -> bool:
         """Stop fetching, let running jobs finish for up to `grace_s` (default:
@@ -229,6 +230,9 @@ class Worker:
             t.join(max(0.0, deadline - time.monotonic()))
             clean &= not t.is_alive()
         self._stopped.set()
+        if self._keeper is not None:
+            # It may be mid-call (a heartbeat, a periodic occurrence): let it end.
+            self._keeper.join(5.0)
         self._timeouts.stop()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)

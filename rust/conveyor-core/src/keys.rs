@@ -71,7 +71,7 @@ impl QueueKeys {
         format!("{}:unique", self.base)
     }
 
-    /// Hash of counter name (`done`, `retried`, `dead`, `reaped`,
+    /// Hash of counter name (`admitted`, `done`, `retried`, `dead`, `reaped`,
     /// `duplicates`) to a count since the queue was created.
     pub fn counts(&self) -> String {
         format!("{}:counts", self.base)
@@ -115,6 +115,12 @@ pub fn registry_key(namespace: &str) -> Result<String> {
 /// relay of a namespace watches.
 pub fn relay_control_key(namespace: &str) -> Result<String> {
     namespaced(namespace, "relay:control")
+}
+
+/// The hash of relay states (relay id -> JSON: partitions and their lag,
+/// counters, guards, controls) that relays publish each second.
+pub fn relay_status_key(namespace: &str) -> Result<String> {
+    namespaced(namespace, "relay:status")
 }
 
 /// A namespace-wide key (not tied to one queue): `cv:[<ns>:]<suffix>`.

@@ -47,6 +47,18 @@ impl Histogram {
     }
 }
 
+/// Appends one gauge in Prometheus text format: `(labels, value)` per series.
+pub fn render_gauge(out: &mut String, name: &str, help: &str, series: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, value) in series {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 /// Appends one counter in Prometheus text format.
 pub fn render_counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

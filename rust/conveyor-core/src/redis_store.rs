@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::{Client, Connection};
 
 use crate::error::Result;
-use crate::keys::{registry_key, relay_control_key, QueueKeys};
+use crate::keys::{registry_key, relay_control_key, relay_status_key, QueueKeys};
 
 /// The scripts, embedded at build time.
 pub mod scripts {
@@ -175,7 +175,7 @@ impl RedisStore {
     }
 
     /// Sets (`Some`) or clears (`None`) a relay control field for `topic`:
-    /// `kind` is `"rate"` (jobs per second) or `"paused"`.
+    /// `kind` is `"rate"` (jobs per second), `"paused"` or `"shadow"`.
     pub fn set_relay_control(
         &mut self,
         namespace: &str,
@@ -183,9 +183,9 @@ impl RedisStore {
         topic: &str,
         value: Option<&str>,
     ) -> Result<()> {
-        if !matches!(kind, "rate" | "paused") {
+        if !matches!(kind, "rate" | "paused" | "shadow") {
             return Err(crate::Error::InvalidJob(format!(
-                "relay control must be 'rate' or 'paused', not {kind:?}"
+                "relay control must be 'rate', 'paused' or 'shadow', not {kind:?}"
             )));
         }
         let _: i64 = scripts::RELAY_CONTROL
@@ -194,6 +194,34 @@ impl RedisStore {
             .arg(value.unwrap_or(""))
             .invoke(&mut self.conn)?;
         Ok(())
+    }
+
+    /// Publishes (`Some`) or removes (`None`) one relay's status JSON. A plain
+    /// command, not a script: it is a report, not queue state.
+    pub fn set_relay_status(
+        &mut self,
+        namespace: &str,
+        relay_id: &str,
+        status: Option<&str>,
+    ) -> Result<()> {
+        let key = relay_status_key(namespace)?;
+        let mut cmd = match status {
+            Some(_) => redis::cmd("HSET"),
+            None => redis::cmd("HDEL"),
+        };
+        cmd.arg(key).arg(relay_id);
+        if let Some(json) = status {
+            cmd.arg(json);
+        }
+        cmd.exec(&mut self.conn)?;
+        Ok(())
+    }
+
+    /// Every published relay status of a namespace as `(relay id, JSON)`.
+    pub fn relay_statuses(&mut self, namespace: &str) -> Result<Vec<(String, String)>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(relay_status_key(namespace)?)
+            .query(&mut self.conn)?)
     }
 
     /// Every relay control of a namespace as `(field, value)`.

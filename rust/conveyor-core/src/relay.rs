@@ -17,8 +17,14 @@
 //! dropped; a paused topic's partitions stop fetching, and the backlog waits
 //! in Kafka.
 //!
-//! Not yet here (next slices): the Redis memory guard, shadow mode, metrics
-//! over HTTP.
+//! Shadow mode per topic (`shadow:<topic>` in the same hash) reads, checks
+//! and counts jobs and drops them, moving the fence on, for double writes.
+//!
+//! Observability: counters, a Redis write latency histogram and per-partition
+//! lag (each second: the partition's high watermark, asked of the broker,
+//! minus the offset Redis holds records up to) in [`RelayStats`], rendered for Prometheus by
+//! [`render_metrics`], and published once a second to Redis
+//! (`cv:[<ns>:]relay:status`, one JSON field per relay) for `conveyor relays`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::kafka::{create_topic, KafkaConfig};
 use crate::keys::QueueKeys;
+use crate::metrics::{render_counter, render_gauge, Histogram};
 use crate::queue::{admit_command, Admission, Admitted};
 use crate::redis_store::RedisStore;
 
@@ -80,6 +87,8 @@ pub struct RelayStats {
     pub skipped: AtomicU64,
     /// Unique jobs dropped because their dedup key was held by another job.
     pub duplicates: AtomicU64,
+    /// Jobs of topics in shadow mode: read, checked and dropped.
+    pub shadowed: AtomicU64,
     /// Records sent to a dead-letter topic.
     pub dead_lettered: AtomicU64,
     /// Batches written.
@@ -94,12 +103,45 @@ pub struct RelayStats {
     pub depth_guarded: AtomicU64,
     /// Partitions this relay owns now.
     pub assignment: Mutex<Vec<(String, i32)>>,
+    /// Lag of each owned partition, refreshed each second.
+    pub partitions: Mutex<Vec<PartitionLag>>,
+    /// The controls in force, as last read from Redis.
+    pub controls: Mutex<ControlState>,
+    /// Duration of each pipelined write of a batch into Redis.
+    pub write_seconds: Histogram,
+}
+
+/// One owned partition's position.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionLag {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The next offset Kafka will write (high watermark).
+    pub high: i64,
+    /// The next offset to relay: everything below is in Redis.
+    pub relayed_to: i64,
+    /// Records in Kafka not yet in Redis.
+    pub lag: i64,
+}
+
+/// Rate limits, pauses and shadow mode per topic, as the relay applies them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ControlState {
+    /// Jobs/s per throttled topic (the topic's total across relays).
+    pub rates: Vec<(String, f64)>,
+    /// Paused topics.
+    pub paused: Vec<String>,
+    /// Topics in shadow mode.
+    pub shadow: Vec<String>,
 }
 
 /// A relay running on its own thread.
 pub struct RelayHandle {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
+    observer: Option<JoinHandle<()>>,
     stats: Arc<RelayStats>,
 }
 
@@ -113,6 +155,9 @@ impl RelayHandle {
     /// the loop's outcome.
     pub fn stop(&mut self) -> Result<()> {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(observer) = self.observer.take() {
+            let _ = observer.join();
+        }
         match self.thread.take() {
             Some(thread) => thread
                 .join()
@@ -218,13 +263,36 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         },
         guard_read_at: None,
     };
+    // Lag and status are measured off the relay's thread: asking a broker
+    // for watermarks takes round trips the relay loop must not wait for.
+    let watermarks: BaseConsumer = config
+        .kafka
+        .client_config()
+        .set("group.id", format!("{}.observer", config.group_id))
+        .create()
+        .map_err(Error::kafka("create relay observer"))?;
+    let observer = Observer {
+        namespace: config.namespace.clone(),
+        redis_url: config.redis_url.clone(),
+        queues: worker.queues.clone(),
+        watermarks,
+        store: None,
+        stats: Arc::clone(&stats),
+        relay_id: crate::worker::new_worker_id(),
+    };
     let thread = std::thread::Builder::new()
         .name("conveyor-relay".to_owned())
         .spawn(move || worker.run())
         .map_err(|e| Error::Timeout(format!("cannot start the relay thread: {e}")))?;
+    let observer_stop = Arc::clone(&stop);
+    let observer = std::thread::Builder::new()
+        .name("conveyor-relay-observer".to_owned())
+        .spawn(move || observer.run(&observer_stop))
+        .map_err(|e| Error::Timeout(format!("cannot start the relay observer: {e}")))?;
     Ok(RelayHandle {
         stop,
         thread: Some(thread),
+        observer: Some(observer),
         stats,
     })
 }
@@ -308,6 +376,8 @@ impl RelayContext {
 struct Controls {
     rates: HashMap<String, f64>,
     paused: HashSet<String>,
+    /// Topics in shadow mode: read, checked, counted and dropped.
+    shadow: HashSet<String>,
     read_at: Option<Instant>,
 }
 
@@ -331,6 +401,9 @@ fn stopped(guard: &Guard, controls: &Controls, topic: &str) -> bool {
 /// How often a relay reads Redis memory and queue depths: at 300,000 jobs/s
 /// about 2 MB land in 20 ms, well inside the guard's headroom.
 const GUARD_REFRESH: Duration = Duration::from_millis(20);
+
+/// How often a relay measures its partitions' lag and publishes its status.
+const OBSERVE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a relay re-reads its controls.
 const CONTROL_REFRESH: Duration = Duration::from_millis(500);
@@ -430,6 +503,7 @@ impl Relay {
         };
         let mut rates = HashMap::new();
         let mut paused = HashSet::new();
+        let mut shadow = HashSet::new();
         for (field, value) in fields {
             if let Some(topic) = field.strip_prefix("rate:") {
                 if let Ok(rate) = value.parse::<f64>() {
@@ -439,11 +513,32 @@ impl Relay {
                 }
             } else if let Some(topic) = field.strip_prefix("paused:") {
                 paused.insert(topic.to_owned());
+            } else if let Some(topic) = field.strip_prefix("shadow:") {
+                shadow.insert(topic.to_owned());
             }
         }
         self.buckets.retain(|topic, _| rates.contains_key(topic));
         self.controls.rates = rates;
         self.controls.paused = paused;
+        self.controls.shadow = shadow;
+        let mut state = ControlState {
+            rates: self
+                .controls
+                .rates
+                .iter()
+                .map(|(t, r)| (t.clone(), *r))
+                .collect(),
+            paused: self.controls.paused.iter().cloned().collect(),
+            shadow: self.controls.shadow.iter().cloned().collect(),
+        };
+        state.rates.sort_by(|a, b| a.0.cmp(&b.0));
+        state.paused.sort();
+        state.shadow.sort();
+        *self
+            .stats
+            .controls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// Reads Redis memory and queue depths and moves the guard's state
@@ -657,6 +752,11 @@ impl Relay {
             batch.next_offset = offset + 1;
             let value = message.payload().unwrap_or_default();
             match Envelope::decode(value) {
+                // Shadow mode: the job was written to Redis by the direct
+                // path too (double writes); count it and move the fence on.
+                Ok(_) if self.controls.shadow.contains(&topic) => {
+                    self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(decoded) => {
                     let mut stamped = Vec::with_capacity(value.len() + 18);
                     stamped.extend_from_slice(value);
@@ -739,7 +839,9 @@ impl Relay {
             let fence = format!("{}:{}", batch.topic, batch.partition);
             pipe.add_command(admit_command(keys, &fence, batch.next_offset, &batch.jobs));
         }
+        let began = Instant::now();
         let results: Vec<Admitted> = pipe.query(self.store()?.connection())?;
+        self.stats.write_seconds.observe(began.elapsed());
         for admitted in results {
             self.stats
                 .relayed
@@ -753,5 +855,249 @@ impl Relay {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// The relay's metrics in Prometheus' text format.
+pub fn render_metrics(stats: &RelayStats) -> String {
+    let mut out = String::new();
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    for (name, help, value) in [
+        ("relayed", "Jobs written into Redis.", &stats.relayed),
+        (
+            "skipped",
+            "Records Redis held already (after a crash or a rebalance).",
+            &stats.skipped,
+        ),
+        (
+            "duplicates",
+            "Unique jobs dropped: their dedup key was held.",
+            &stats.duplicates,
+        ),
+        (
+            "shadowed",
+            "Jobs read and dropped in shadow mode.",
+            &stats.shadowed,
+        ),
+        (
+            "dead_lettered",
+            "Records sent to a dead-letter topic.",
+            &stats.dead_lettered,
+        ),
+        (
+            "batches",
+            "Pipelined batches written into Redis.",
+            &stats.batches,
+        ),
+        (
+            "redis_errors",
+            "Failed Redis writes (each retried).",
+            &stats.redis_errors,
+        ),
+    ] {
+        render_counter(
+            &mut out,
+            &format!("conveyor_relay_{name}_total"),
+            help,
+            &[("", load(value))],
+        );
+    }
+    render_gauge(
+        &mut out,
+        "conveyor_relay_held_jobs",
+        "Jobs read but waiting for their topic's rate or pause.",
+        &[(String::new(), load(&stats.held) as f64)],
+    );
+    render_gauge(
+        &mut out,
+        "conveyor_relay_memory_guarded",
+        "1 while Redis is over its memory high-water mark and writes are held back.",
+        &[(String::new(), load(&stats.memory_guarded) as f64)],
+    );
+    render_gauge(
+        &mut out,
+        "conveyor_relay_depth_guarded_queues",
+        "Queues over their depth high-water mark.",
+        &[(String::new(), load(&stats.depth_guarded) as f64)],
+    );
+    let partitions = stats.partitions.lock().unwrap_or_else(|e| e.into_inner());
+    let label = |p: &PartitionLag| format!("topic=\"{}\",partition=\"{}\"", p.topic, p.partition);
+    render_gauge(
+        &mut out,
+        "conveyor_relay_lag_jobs",
+        "Records in Kafka not yet relayed into Redis, per owned partition.",
+        &partitions
+            .iter()
+            .map(|p| (label(p), p.lag as f64))
+            .collect::<Vec<_>>(),
+    );
+    drop(partitions);
+    let controls = stats.controls.lock().unwrap_or_else(|e| e.into_inner());
+    render_gauge(
+        &mut out,
+        "conveyor_relay_rate_limit_jobs_per_second",
+        "Rate limit per throttled topic (all relays together).",
+        &controls
+            .rates
+            .iter()
+            .map(|(t, r)| (format!("topic=\"{t}\""), *r))
+            .collect::<Vec<_>>(),
+    );
+    for (name, help, topics) in [
+        ("paused", "1 for each paused topic.", &controls.paused),
+        (
+            "shadow",
+            "1 for each topic in shadow mode.",
+            &controls.shadow,
+        ),
+    ] {
+        render_gauge(
+            &mut out,
+            &format!("conveyor_relay_{name}"),
+            help,
+            &topics
+                .iter()
+                .map(|t| (format!("topic=\"{t}\""), 1.0))
+                .collect::<Vec<_>>(),
+        );
+    }
+    stats.write_seconds.render(
+        &mut out,
+        "conveyor_relay_redis_write_seconds",
+        "Duration of one pipelined write of a batch into Redis.",
+    );
+    out
+}
+
+/// Measures a relay's lag and publishes its status, once a second, on its
+/// own thread and connections.
+struct Observer {
+    namespace: String,
+    redis_url: String,
+    queues: HashMap<String, QueueKeys>,
+    watermarks: BaseConsumer,
+    store: Option<RedisStore>,
+    stats: Arc<RelayStats>,
+    /// Names this relay in the published status.
+    relay_id: String,
+}
+
+impl Observer {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                next = Instant::now() + OBSERVE_EVERY;
+                self.refresh_lag();
+                self.publish_status();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (namespace, id) = (self.namespace.clone(), self.relay_id.clone());
+        if let Some(store) = self.store() {
+            let _ = store.set_relay_status(&namespace, &id, None);
+        }
+    }
+
+    fn store(&mut self) -> Option<&mut RedisStore> {
+        if self.store.is_none() {
+            self.store = RedisStore::connect(&self.redis_url, Duration::from_secs(2)).ok();
+        }
+        self.store.as_mut()
+    }
+
+    /// Each owned partition's lag: its high watermark (asked of the broker,
+    /// which answers for paused partitions too) minus the offset Redis holds
+    /// records up to, the relay's own truth of what is written.
+    fn refresh_lag(&mut self) {
+        let owned = self
+            .stats
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let before = self
+            .stats
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut fences: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let mut lags = Vec::with_capacity(owned.len());
+        for (topic, partition) in owned {
+            let Ok((low, high)) =
+                self.watermarks
+                    .fetch_watermarks(&topic, partition, Duration::from_millis(500))
+            else {
+                // The broker did not answer in time: keep the last reading.
+                lags.extend(
+                    before
+                        .iter()
+                        .find(|p| p.topic == topic && p.partition == partition)
+                        .cloned(),
+                );
+                continue;
+            };
+            if !fences.contains_key(&topic) {
+                let Some(keys) = self.queues.get(&topic).cloned() else {
+                    continue;
+                };
+                let Some(store) = self.store() else {
+                    return;
+                };
+                let Ok(read) = store.relayed_offsets(&keys) else {
+                    self.store = None;
+                    return;
+                };
+                fences.insert(topic.clone(), read.into_iter().collect());
+            }
+            let relayed_to = fences[&topic]
+                .get(&format!("{topic}:{partition}"))
+                .copied()
+                .unwrap_or(low)
+                .clamp(low, high.max(low));
+            lags.push(PartitionLag {
+                topic,
+                partition,
+                high,
+                relayed_to,
+                lag: high - relayed_to,
+            });
+        }
+        lags.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        *self
+            .stats
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = lags;
+    }
+
+    /// Publishes this relay's state to Redis for `conveyor relays`; best
+    /// effort (a full or absent Redis only delays the next one).
+    fn publish_status(&mut self) {
+        let stats = &self.stats;
+        let status = serde_json::json!({
+            "id": self.relay_id,
+            "updated_at": now_us() as f64 / 1e6,
+            "relayed": stats.relayed.load(Ordering::Relaxed),
+            "shadowed": stats.shadowed.load(Ordering::Relaxed),
+            "dead_lettered": stats.dead_lettered.load(Ordering::Relaxed),
+            "redis_errors": stats.redis_errors.load(Ordering::Relaxed),
+            "held": stats.held.load(Ordering::Relaxed),
+            "memory_guarded": stats.memory_guarded.load(Ordering::Relaxed) == 1,
+            "depth_guarded": stats.depth_guarded.load(Ordering::Relaxed),
+            "controls": &*stats.controls.lock().unwrap_or_else(|e| e.into_inner()),
+            "partitions": &*stats.partitions.lock().unwrap_or_else(|e| e.into_inner()),
+        })
+        .to_string();
+        let (namespace, id) = (self.namespace.clone(), self.relay_id.clone());
+        if let Some(store) = self.store() {
+            if store
+                .set_relay_status(&namespace, &id, Some(&status))
+                .is_err()
+            {
+                self.store = None;
+            }
+        }
     }
 }

@@ -221,7 +221,8 @@ impl RedisStore {
     }
 
     /// Sets (or with `None` clears) a relay control for `topic`: `kind` is
-    /// "rate" (jobs per second, as text) or "paused". Relays apply it within a second.
+    /// "rate" (jobs per second, as text), "paused" or "shadow". Relays apply
+    /// it within a second.
     #[pyo3(signature = (namespace, kind, topic, value=None))]
     fn set_relay_control(
         &self,
@@ -232,6 +233,11 @@ impl RedisStore {
         value: Option<&str>,
     ) -> PyResult<()> {
         self.with(py, |s| s.set_relay_control(namespace, kind, topic, value))
+    }
+
+    /// Every running relay's published status as `(relay id, JSON)`.
+    fn relay_statuses(&self, py: Python<'_>, namespace: &str) -> PyResult<Vec<(String, String)>> {
+        self.with(py, |s| s.relay_statuses(namespace))
     }
 
     /// Every relay control of a namespace as `(field, value)`.

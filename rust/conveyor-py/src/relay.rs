@@ -78,7 +78,7 @@ impl Relay {
         })
     }
 
-    /// Counters: relayed, skipped, duplicates, dead_lettered, batches, redis_errors;
+    /// Counters: relayed, skipped, duplicates, shadowed, dead_lettered, batches, redis_errors;
     /// held (jobs read but waiting for their topic's rate or pause);
     /// memory_guarded (1 while Redis is over its high-water mark) and
     /// depth_guarded (queues over their depth high-water mark).
@@ -89,6 +89,7 @@ impl Relay {
             ("relayed", s.relayed.load(Ordering::Relaxed)),
             ("skipped", s.skipped.load(Ordering::Relaxed)),
             ("duplicates", s.duplicates.load(Ordering::Relaxed)),
+            ("shadowed", s.shadowed.load(Ordering::Relaxed)),
             ("dead_lettered", s.dead_lettered.load(Ordering::Relaxed)),
             ("batches", s.batches.load(Ordering::Relaxed)),
             ("redis_errors", s.redis_errors.load(Ordering::Relaxed)),
@@ -106,6 +107,24 @@ impl Relay {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Lag per owned partition as `(topic, partition, high watermark,
+    /// relayed to, lag)`, from librdkafka's statistics (refreshed each second).
+    fn lag(&self) -> Vec<(String, i32, i64, i64, i64)> {
+        self.handle()
+            .stats()
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition, p.high, p.relayed_to, p.lag))
+            .collect()
+    }
+
+    /// The relay's metrics in Prometheus' text format.
+    fn metrics(&self) -> String {
+        relay::render_metrics(self.handle().stats())
     }
 
     /// Finishes the batch in flight, commits, and leaves the group.

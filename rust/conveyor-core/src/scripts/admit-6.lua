@@ -86,6 +86,9 @@ if fence ~= '' then
     redis.call('HSET', KEYS[2], fence, next_offset)
   end
 end
+if #ready + #later > 0 then
+  redis.call('HINCRBY', KEYS[5], 'admitted', #ready + #later / 2)
+end
 if duplicates > 0 then
   redis.call('HINCRBY', KEYS[5], 'duplicates', duplicates)
 end
