@@ -239,6 +239,32 @@ def test_sigkilled_relays_lose_and_double_nothing(app: conveyor.Conveyor) -> Non
     assert_exactly_once_in_order(app, sent)
 
 
+def test_relays_started_and_stopped_mid_stream_lose_and_double_nothing(
+    app: conveyor.Conveyor,
+) -> None:
+    """Rebalances on purpose: while 100,000 jobs stream in, relays join and
+    leave cleanly (each join and leave moves partitions); afterwards Redis
+    holds every job exactly once, in per-partition order."""
+    sent: dict[str, tuple[int, int]] = {}
+    running = [start_relay(app)]
+    try:
+        for step in range(8):
+            for chunk in range(5):
+                sent |= send(app, 2500, start=(step * 5 + chunk) * 2500)
+                time.sleep(0.05)
+            if step % 2 == 0 or len(running) == 1:
+                running.append(start_relay(app))  # joins: the group rebalances
+            else:
+                running.pop(0).stop()  # leaves: its partitions move at once
+        assert len(sent) == 100_000
+        wait_until(lambda: ready_len(app) >= 100_000, 120, "all 100,000 jobs in Redis")
+        time.sleep(1.0)
+    finally:
+        for relay in running:
+            relay.stop()
+    assert_exactly_once_in_order(app, sent)
+
+
 def control(app: conveyor.Conveyor, *argv: str) -> str:
     env = {
         "CONVEYOR_REDIS_URL": app.settings.redis_url,
