@@ -532,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker_commands(commands)
 
     demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
-    demo.add_argument("--jobs", type=int, default=1000, help="how many jobs to send (default 1000)")
+    demo.add_argument(
+        "--jobs", type=int, default=20_000, help="how many jobs to send (default 20,000)"
+    )
     demo.add_argument(
         "--keep-servers", action="store_true", help="leave Kafka and Redis running afterwards"
     )

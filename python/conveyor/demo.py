@@ -1,61 +1,105 @@
-"""`conveyor demo`: the README's main job.
+"""`conveyor demo`: the README's main job, the whole pipeline on this machine.
 
-Brings up the local Kafka and Redis, sends jobs through the Python client and
-the HTTP gate into Kafka, lets the relay move them into Redis, checks they
-arrived with their bytes unchanged, runs them with a worker, then shows one
-job's trip stage by stage and proves every job ran exactly as sent. Stops the
-servers it started.
+Brings up local Kafka and Redis, then the gate, a relay and two worker
+processes (each its own `conveyor` command, as in production), and pushes a
+realistic workload through both front doors: a steady mix of four job types
+(quick pushes, slower unfurls of which some fail and are retried, bigger
+billing jobs of which a few fail for good, delayed reminders), then a burst
+larger than the relay lets the queue hold, so its protection visibly engages
+and the backlog waits in Kafka. A live line shows every stage while it runs;
+the report at the end is computed from the timestamps each job carries in its
+envelope, and proves every job accounted for: finished once, or dead with its
+reason. It stops everything it started.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor import _core
-from conveyor._core import Envelope
-from conveyor.app import Conveyor
 from conveyor.devservers import DevServers
-from conveyor.envelope import Stage
-from conveyor.payload import encode_call
-from conveyor.settings import Settings
-from conveyor.worker import Worker, current_job
 
 NAMESPACE = "demo"
-QUEUE = "default"
-JOB_TYPES: dict[str, Callable[[int], dict[str, object]]] = {
-    "notify.push": lambda i: {"user": i % 97, "text": f"You have {i % 5} new messages"},
-    "unfurl.url": lambda i: {"url": f"https://example.test/post/{i}", "channel": "C42"},
-    "billing.charge": lambda i: {"invoice": f"inv-{i}", "amount_cents": 100 + i, "note": "café ☃"},
-}
+QUEUES = ("default", "billing")
+#: The relay holds a queue back at this many waiting jobs (resuming at half).
+DEPTH_HIGH = 2000
 
 
-def _step(n: int, text: str) -> None:
-    print(f"[{n}/6] {text}", flush=True)
+@dataclass
+class Sent:
+    """What the demo enqueued, to account for every job at the end."""
+
+    ids: dict[str, str] = field(default_factory=dict)  # id -> job type
+    via_gate: int = 0
+    via_client: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, ids: list[str], job_type: str, *, gate: bool) -> None:
+        with self.lock:
+            for job_id in ids:
+                self.ids[job_id] = job_type
+            if gate:
+                self.via_gate += len(ids)
+            else:
+                self.via_client += len(ids)
 
 
-def _ms(us: float) -> str:
-    return f"{us / 1000:.1f} ms"
+@dataclass
+class _Pipeline:
+    """The running pipeline's handles: where to send jobs and where to look."""
+
+    app: Any
+    store: _core.RedisStore
+    client: Any
+    trace_key: str
+    gate_url: str
+    sent: Sent = field(default_factory=Sent)
+
+    def send(
+        self, job_type: str, start: int, n: int, *, gate: bool, delay: float | None = None
+    ) -> None:
+        """`n` jobs of `job_type` through the gate or the Python client."""
+        calls = _calls(job_type, start, n)
+        if gate:
+            body = {"jobs": [{"type": job_type, "kwargs": c} for c in calls]}
+            answer = _post(f"{self.gate_url}/v1/jobs/batch", body)
+            self.sent.add([j["id"] for j in answer["jobs"]], job_type, gate=True)
+        else:
+            handle = self.app.enqueue_many(job_type, calls, delay=delay)
+            handle.wait(30)
+            self.sent.add(handle.ids, job_type, gate=False)
 
 
-def run(jobs: int = 1000, keep_servers: bool = False) -> int:
-    """Run the demo; returns the process exit code (0 when every job is accounted for)."""
+def _step(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def run(jobs: int = 20_000, keep_servers: bool = False) -> int:
+    """Run the demo; returns the exit code (0 when every job is accounted for)."""
     servers = DevServers.default()
-    _step(1, "bringing up local Kafka and Redis (first run fetches Kafka's jars) ...")
-    started_at = time.monotonic()
+    _step("bringing up local Kafka and Redis (the first run fetches Kafka's jars) ...")
+    began = time.monotonic()
     kafka_started, redis_started = servers.up()
     print(
-        f"      kafka {servers.kafka.bootstrap}  redis {servers.redis.url}  "
-        f"ready in {time.monotonic() - started_at:.1f}s"
+        f"    kafka {servers.kafka.bootstrap}, redis {servers.redis.url}, "
+        f"ready in {time.monotonic() - began:.1f}s"
     )
     try:
-        return _run(servers, jobs)
+        return _run(servers, max(100, jobs))
     finally:
         if not keep_servers:
             if kafka_started:
@@ -66,179 +110,108 @@ def run(jobs: int = 1000, keep_servers: bool = False) -> int:
                 print("stopped the servers this demo started")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def _run(servers: DevServers, jobs: int) -> int:
-    app = Conveyor(
-        Settings(
-            kafka_bootstrap=servers.kafka.bootstrap,
-            redis_url=servers.redis.url,
-            namespace=NAMESPACE,
-        )
-    )
-    ran: dict[str, tuple[str, dict[str, Any], float]] = {}
-    lock = threading.Lock()
-
-    def record(**kwargs: Any) -> None:
-        info = current_job()
-        assert info is not None
-        with lock:
-            ran[info.id] = (info.job_type, kwargs, time.time())
-
-    for name in JOB_TYPES:
-        app.job(name)(record)
-    created = app.ensure_topics()
-    app.publish_registry()
-    topic = app.settings.topic_for(QUEUE)
-    _step(
-        2,
-        f"topic {topic}: 3 partitions ({'created' if created else 'already there'}); "
-        f"{len(JOB_TYPES)} job types registered and published for the gate",
-    )
-
-    store = _core.RedisStore(servers.redis.url)
-    store.purge(NAMESPACE, QUEUE)
-    # Relay from now on: earlier runs' jobs stay in Kafka, not in this report.
-    for partition, end in _core.kafka_end_offsets(servers.kafka.bootstrap, topic):
-        store.relay_batch(NAMESPACE, QUEUE, f"{topic}:{partition}", end, [])
-    relay = _core.Relay(
-        servers.kafka.bootstrap,
-        servers.redis.url,
-        [(topic, QUEUE)],
-        namespace=NAMESPACE,
-        group_id=f"conveyor-relay.{NAMESPACE}",
-    )
-    try:
-        where, expected = _enqueue(app, servers, jobs, topic)
-        _drain(store, relay, jobs)
-    finally:
-        relay.stop()
-    back = _core.decode_many(store.peek_ready(NAMESPACE, QUEUE, jobs + 1))
-    intact = sum(1 for e in back if expected.get(e.id) == e.payload)
-    missing = set(expected) - {e.id for e in back}
-    ok = intact == jobs and not missing and len(back) == jobs
-    _step(
-        5,
-        f"read back from Redis and decoded: {intact}/{jobs} jobs present with payload bytes "
-        f"unchanged{'' if ok else f'; MISSING {len(missing)}, extra {len(back) - intact}'}",
-    )
-
-    ok = _work(app, store, jobs, expected, ran) and ok
-    _report(back, where, ran)
-    print("\nevery job accounted for" if ok else "\nSOME JOBS WERE NOT ACCOUNTED FOR")
-    return 0 if ok else 1
-
-
-def _work(
-    app: Conveyor,
-    store: _core.RedisStore,
-    jobs: int,
-    expected: dict[str, bytes],
-    ran: dict[str, tuple[str, dict[str, Any], float]],
-) -> bool:
-    """Step 6: a worker runs every job; each handler must get exactly what was sent."""
-    worker = Worker(app, [QUEUE], threads=4)
-    t0 = time.perf_counter()
-    worker.start()
-    deadline = time.monotonic() + 60
-    while len(ran) < jobs and time.monotonic() < deadline:
-        time.sleep(0.05)
-    took = time.perf_counter() - t0
-    worker.stop(grace_s=10)
-    as_sent = sum(
-        1
-        for job_id, (_, kwargs, _) in ran.items()
-        if job_id in expected and json.loads(expected[job_id])["kwargs"] == kwargs
-    )
-    depth = store.depth(NAMESPACE, QUEUE)
-    stats = worker.stats()
-    ok = as_sent == jobs and depth == {"queued": 0, "scheduled": 0, "leases": 0, "dead": 0}
-    _step(
-        6,
-        f"a worker (4 threads) ran {len(ran)}/{jobs} jobs in {took * 1000:.0f} ms, {as_sent} with "
-        f"exactly the arguments sent; {stats['done']} done, {stats['retried']} retried, "
-        f"{stats['dead']} dead; left in Redis: {depth}",
-    )
-    return ok
-
-
-def _enqueue(
-    app: Conveyor, servers: DevServers, jobs: int, topic: str
-) -> tuple[dict[str, tuple[int, int]], dict[str, bytes]]:
-    """Step 3: most jobs through the Python client, a tenth through the gate.
-    Returns where each landed and the payload each must have at the end."""
-    via_gate = max(1, jobs // 10)
-    via_client = jobs - via_gate
-    names = list(JOB_TYPES)
-    by_type: dict[str, list[dict[str, object]]] = defaultdict(list)
-    for i in range(via_client):
-        by_type[names[i % len(names)]].append(JOB_TYPES[names[i % len(names)]](i))
-    # A new producer first looks the topic up and connects to its leaders;
-    # time that first send apart from the batch, so neither hides the other.
-    first_call = by_type["notify.push"].pop(0)
-    t0 = time.perf_counter()
-    first = app.enqueue("notify.push", (), first_call)
-    first_where = first.wait(15)
-    first_ms = (time.perf_counter() - t0) * 1000
-    t0 = time.perf_counter()
-    handles = [app.enqueue_many(name, calls) for name, calls in by_type.items()]
-    delivered = [d for h in handles for d in h.wait(30)]
-    took = time.perf_counter() - t0
-    ids = [first.id, *(i for h in handles for i in h.ids)]
-    delivered = first_where + delivered
-    # What each job's payload must be when it comes back out of Redis.
-    expected = {first.id: encode_call((), first_call, 1 << 20)} | {
-        job_id: encode_call((), kwargs, 1 << 20)
-        for h, calls in zip(handles, by_type.values(), strict=True)
-        for job_id, kwargs in zip(h.ids, calls, strict=True)
+    env = {
+        "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
+        "CONVEYOR_REDIS_URL": servers.redis.url,
+        "CONVEYOR_NAMESPACE": NAMESPACE,
     }
+    os.environ.update(env)
+    from conveyor import demo_app  # its app reads the settings from the environment
 
-    gate = _core.Gate(
-        "127.0.0.1:0", servers.kafka.bootstrap, namespace=NAMESPACE, registry_url=servers.redis.url
+    app = demo_app.app
+    store = _core.RedisStore(servers.redis.url)
+    created = app.ensure_topics()
+    for queue in QUEUES:
+        store.purge(NAMESPACE, queue)
+        # Relay from here on: earlier runs' jobs stay in Kafka, not in this report.
+        topic = app.settings.topic_for(queue)
+        for partition, end in _core.kafka_end_offsets(servers.kafka.bootstrap, topic):
+            store.relay_batch(NAMESPACE, queue, f"{topic}:{partition}", end, [])
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(servers.redis.url)
+    client.delete(demo_app.TRACE_KEY)
+    app.publish_registry()
+    _step(
+        f"{len(app.registry)} job types on queues {', '.join(QUEUES)}; topics "
+        f"{'created' if created else 'already there'}; registry published for the gate"
     )
+
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        batch = [
-            {"type": "unfurl.url", "kwargs": JOB_TYPES["unfurl.url"](i)} for i in range(via_gate)
-        ]
-        t1 = time.perf_counter()
-        answer = _post(f"http://{gate.address}/v1/jobs/batch", {"jobs": batch})
-        gate_ms = (time.perf_counter() - t1) * 1000
+        gate_url = _start_processes(procs, env)
+        pipe = _Pipeline(app, store, client, demo_app.TRACE_KEY, gate_url)
+        return _drive(pipe, jobs)
     finally:
-        gate.stop()
-    delivered += [(j["partition"], j["offset"]) for j in answer["jobs"]]
-    ids += [j["id"] for j in answer["jobs"]]
-    for job, sent in zip(answer["jobs"], batch, strict=True):
-        # The gate keeps the caller's JSON bytes: json.dumps' spacing survives.
-        expected[job["id"]] = b'{"args":[],"kwargs":' + json.dumps(sent["kwargs"]).encode() + b"}"
-    per_partition = Counter(p for p, _ in delivered)
-    _step(
-        3,
-        f"enqueued {jobs} jobs, each acknowledged by Kafka: {via_client} with the Python "
-        f"client ({via_client - 1} by enqueue_many in {took * 1000:.0f} ms, "
-        f"{(via_client - 1) / took:,.0f} jobs/s; "
-        f"a new producer's first send took {first_ms:.0f} ms), {via_gate} through the "
-        f"HTTP gate in one batch request ({gate_ms:.0f} ms); per partition: "
-        + ", ".join(f"p{p}={n}" for p, n in sorted(per_partition.items())),
-    )
-
-    return dict(zip(ids, delivered, strict=True)), expected
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print("stopped the gate, the relay and the workers")
 
 
-def _drain(store: _core.RedisStore, relay: _core.Relay, jobs: int) -> None:
-    """Step 4: the relay (running since step 2) moves every job into Redis."""
-    t0 = time.perf_counter()
+def _start_processes(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) -> str:
+    cli = [sys.executable, "-m", "conveyor"]
+    full_env = {**os.environ, **env}
+    port = _free_port()
+    commands = {
+        "gate": [*cli, "gate", "--bind", f"127.0.0.1:{port}"],
+        "relay": [
+            *cli,
+            "relay",
+            *QUEUES,
+            "--depth-high",
+            str(DEPTH_HIGH),
+            "--report-every",
+            "3600",
+        ],
+        "workers": [
+            *cli,
+            "worker",
+            "conveyor.demo_app:app",
+            "--processes",
+            "2",
+            "--threads",
+            "8",
+            "--no-setup",
+            "--report-every",
+            "0",
+            "--lease",
+            "10",
+        ],
+    }
+    for name, argv in commands.items():
+        procs.append(
+            subprocess.Popen(argv, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
+        print(f"    started {name}: {' '.join(argv[2:])}")
+    gate_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    held = store.ready_len(NAMESPACE, QUEUE)
-    while held < jobs and time.monotonic() < deadline:
-        time.sleep(0.2)
-        held = store.ready_len(NAMESPACE, QUEUE)
-        print(f"      relayed so far: {held}/{jobs}", flush=True)
-    stats = relay.stats()
-    _step(
-        4,
-        f"the relay (Rust, one Kafka consumer group member) wrote {stats['relayed']} jobs "
-        f"into Redis list cv:{NAMESPACE}:{{{QUEUE}}}:ready in {stats['batches']} pipelined "
-        f"batches, {stats['skipped']} skipped as already there, {stats['dead_lettered']} "
-        f"dead-lettered (waited {(time.perf_counter() - t0) * 1000:.0f} ms after enqueue)",
-    )
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"{proc.args!r} exited: {err[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{gate_url}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    _step(f"gate ready at {gate_url}; relay and 2 worker processes running")
+    return gate_url
 
 
 def _post(url: str, body: object) -> dict[str, Any]:
@@ -253,49 +226,206 @@ def _post(url: str, body: object) -> dict[str, Any]:
         return answer
 
 
-def _report(
-    back: list[Envelope],
-    where: dict[str, tuple[int, int]],
-    ran: dict[str, tuple[str, dict[str, Any], float]],
-) -> None:
-    """One job's trip stage by stage, then a table per job type."""
-    sample = back[0]
-    stamps = dict(sample.stages)
-    part, off = where[sample.id]
-    print("\none job, stage by stage:")
-    print(f"  id        {sample.id}")
-    print(f"  type      {sample.job_type}")
-    print(f"  payload   {sample.payload.decode()}")
-    print(
-        f"  enqueued  {time.strftime('%H:%M:%S', time.localtime(sample.enqueued_at_us / 1e6))}"
-        f".{sample.enqueued_at_us % 1_000_000:06d}"
-    )
-    print(
-        f"  kafka     +{_ms(stamps[Stage.KAFKA] - sample.enqueued_at_us)}  "
-        f"(partition {part}, offset {off})"
-    )
-    print(f"  relayed   +{_ms(stamps[Stage.RELAYED] - sample.enqueued_at_us)}")
-    if sample.id in ran:
-        print(f"  ran       +{_ms(ran[sample.id][2] * 1e6 - sample.enqueued_at_us)}")
+def _calls(job_type: str, start: int, n: int) -> list[dict[str, Any]]:
+    if job_type == "notify.push":
+        return [
+            {"user": i % 997, "text": f"You have {i % 7} new messages"}
+            for i in range(start, start + n)
+        ]
+    if job_type == "unfurl.url":
+        return [
+            {"url": f"https://example.test/post/{i}", "channel": "C42"}
+            for i in range(start, start + n)
+        ]
+    if job_type == "billing.charge":
+        lines = [f"line {k}: café ☃ {'x' * 40}" for k in range(20)]  # about 1.3 KB
+        return [
+            {"invoice": f"inv-{i}", "amount_cents": 100 + i, "lines": lines}
+            for i in range(start, start + n)
+        ]
+    return [{"user": i % 997, "text": "stand-up in 5 minutes"} for i in range(start, start + n)]
 
-    rows: dict[str, list[Envelope]] = defaultdict(list)
-    for env in back:
-        rows[env.job_type].append(env)
-    print(
-        f"\n{'job type':<16} {'jobs':>6} {'bytes':>8} {'p50 to kafka':>13} "
-        f"{'p50 to redis':>13} {'p50 to run':>11}"
-    )
-    for name, envs in sorted(rows.items()):
-        to_kafka = statistics.median(dict(e.stages)[Stage.KAFKA] - e.enqueued_at_us for e in envs)
-        to_redis = statistics.median(dict(e.stages)[Stage.RELAYED] - e.enqueued_at_us for e in envs)
-        runs = [ran[e.id][2] * 1e6 - e.enqueued_at_us for e in envs if e.id in ran]
-        to_run = _ms(statistics.median(runs)) if runs else "-"
-        size = sum(len(e.payload) for e in envs)
+
+def _drive(pipe: _Pipeline, jobs: int) -> int:
+    live = _Live(pipe)
+    live.start()
+    began = time.monotonic()
+    try:
+        steady = jobs * 2 // 5
+        burst = jobs - steady - jobs // 20
+        reminders = jobs - steady - burst
+        _step(f"steady mix: {steady:,} jobs over about 3 s, 70% client, 30% gate")
+        mix = [("notify.push", 5), ("unfurl.url", 3), ("billing.charge", 2)]
+        rng = random.Random(7)
+        done = 0
+        ticks = 30
+        for tick in range(ticks):
+            share = steady // ticks + (1 if tick < steady % ticks else 0)
+            job_type = rng.choices([m for m, _ in mix], [w for _, w in mix])[0]
+            pipe.send(job_type, done, share, gate=rng.random() < 0.3)
+            done += share
+            time.sleep(0.1)
+        _step(
+            f"burst: {burst:,} pushes at once, more than the relay lets the queue hold "
+            f"({DEPTH_HIGH:,}); the rest waits in Kafka"
+        )
+        for start in range(0, burst, 5000):
+            pipe.send(
+                "notify.push",
+                steady + start,
+                min(5000, burst - start),
+                gate=False,
+            )
+        _step(f"{reminders:,} reminders due in 3 s")
+        pipe.send("reminders.send", 0, reminders, gate=False, delay=3.0)
+        deadline = time.monotonic() + 60 + jobs / 1000
+        while not live.settled(len(pipe.sent.ids)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        live.stop()
+    took = time.monotonic() - began
+    return _report(pipe, took, live)
+
+
+class _Live:
+    """Prints one line of every stage's progress twice a second."""
+
+    def __init__(self, pipe: _Pipeline) -> None:
+        self.store, self.client, self.trace_key = pipe.store, pipe.client, pipe.trace_key
+        self.sent = pipe.sent
+        self.peak_lag = 0
+        self.peak_queued = 0
+        self.guard_seen = 0
+        self._finished = 0
+        self._dead = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._began = time.monotonic()
+        self._printed_at = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._line(time.monotonic())
+        print()
+
+    def settled(self, total: int) -> bool:
+        return total > 0 and self._finished + self._dead >= total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._line(time.monotonic())
+
+    def _line(self, now: float) -> None:
+        depth = Counter[str]()
+        counts = Counter[str]()
+        for queue in QUEUES:
+            depth.update(self.store.depth(NAMESPACE, queue))
+            counts.update(self.store.counts(NAMESPACE, queue))
+        lag, guarded, engaged = 0, False, 0
+        for _, raw in self.store.relay_statuses(NAMESPACE):
+            status = json.loads(raw)
+            lag += sum(p["lag"] for p in status["partitions"])
+            guarded |= bool(status["depth_guarded"]) or bool(status["memory_guarded"])
+            engaged += int(status.get("guard_engaged", 0))
+        self.peak_lag = max(self.peak_lag, lag)
+        self.peak_queued = max(self.peak_queued, depth["queued"])
+        self.guard_seen = max(self.guard_seen, engaged)
+        self._finished = int(self.client.llen(self.trace_key))
+        self._dead = depth["dead"]
+        guard = "  RELAY HOLDING BACK (queue full)" if guarded else ""
+        # One line updated in place on a terminal; a line a second otherwise.
+        tty = sys.stdout.isatty()
+        if not tty and now - self._printed_at < 1.0 and not self._stop.is_set():
+            return
+        self._printed_at = now
         print(
-            f"{name:<16} {len(envs):>6} {size:>8} {_ms(to_kafka):>13} {_ms(to_redis):>13} "
-            f"{to_run:>11}"
+            f"{chr(13) if tty else ''}    {now - self._began:5.1f}s"
+            f"  enqueued {len(self.sent.ids):>6}  waiting in kafka {lag:>6}"
+            f"  relayed {counts['admitted']:>6}  queued {depth['queued']:>5}"
+            f"  scheduled {depth['scheduled']:>4}  finished {self._finished:>6}"
+            f"  retried {counts['retried']:>4}  dead {self._dead:>3}{guard}   ",
+            end="" if tty else "\n",
+            flush=True,
+        )
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+def _report(pipe: _Pipeline, took: float, live: _Live) -> int:
+    store, client, trace_key, sent = pipe.store, pipe.client, pipe.trace_key, pipe.sent
+    traces = [json.loads(t) for t in client.lrange(trace_key, 0, -1)]
+    finished = Counter(t[0] for t in traces)
+    dead: dict[str, str] = {}
+    for queue in QUEUES:
+        for raw, _, error in store.dead_letters(NAMESPACE, queue, 10_000):
+            env = _core.Envelope.decode(raw)
+            dead[env.id] = json.loads(error or "{}").get("message", "?")
+    expected = set(sent.ids)
+    twice = [i for i, n in finished.items() if n > 1]
+    missing = expected - set(finished) - set(dead)
+    unexpected = (set(finished) | set(dead)) - expected
+    both = set(finished) & set(dead)
+    counts: Counter[str] = Counter()
+    for queue in QUEUES:
+        counts.update(store.counts(NAMESPACE, queue))
+
+    print(
+        f"\nreport: {len(expected):,} jobs in {took:.1f}s ({sent.via_client:,} through the "
+        f"Python client, {sent.via_gate:,} through the HTTP gate)"
+    )
+    print(
+        f"  the relay held a queue back {live.guard_seen} time(s) (at {DEPTH_HIGH:,} queued; "
+        f"most queued seen: {live.peak_queued:,}); most jobs waiting in Kafka at once: "
+        f"{live.peak_lag:,}"
+    )
+    print(
+        f"  retried attempts: {counts['retried']:,}; dead-lettered: {len(dead)} "
+        f"({'; '.join(sorted(set(dead.values()))[:3])})"
+    )
+    by_type: dict[str, list[list[Any]]] = defaultdict(list)
+    for t in traces:
+        by_type[t[1]].append(t)
+    ms = 1000.0
+    print(
+        f"\n  {'job type':<15} {'done':>6} {'retried':>7} {'dead':>4} {'enq>kafka':>9} "
+        f"{'>relayed':>9} {'>started':>9} {'>finished':>9} {'end-to-end p50':>15} {'p99':>8}"
+    )
+    for name in sorted(set(sent.ids.values())):
+        rows = by_type.get(name, [])
+        dead_n = sum(1 for i in dead if sent.ids.get(i) == name)
+        retried = sum(1 for t in rows if t[2] > 1)
+        # A delayed job's clock starts at its run-at time, not at enqueue.
+        start = [(t[4] or t[3]) for t in rows]
+        stage = [
+            statistics.median([(t[5] - t[3]) / ms for t in rows]) if rows else float("nan"),
+            statistics.median([(t[6] - t[5]) / ms for t in rows]) if rows else float("nan"),
+            statistics.median([(t[7] - max(t[6], t[4])) / ms for t in rows])
+            if rows
+            else float("nan"),
+            statistics.median([(t[8] - t[7]) / ms for t in rows]) if rows else float("nan"),
+        ]
+        total = [(t[8] - s) / ms for t, s in zip(rows, start, strict=True)]
+        print(
+            f"  {name:<15} {len(rows):>6} {retried:>7} {dead_n:>4} "
+            + " ".join(f"{v:>8.1f}ms" for v in stage)
+            + f" {_pct(total, 0.5):>13.1f}ms {_pct(total, 0.99):>6.0f}ms"
         )
     print(
-        "\nKafka stamps records in milliseconds, so gaps under 1 ms show as 0.0 ms. The worker"
-        "\nstarts only after step 5 has read every job back, so 'to run' includes that pause."
+        "\n  stage columns are medians; reminders count from their run-at time, and a retried job's"
     )
+    print("  end-to-end time includes its backoff. Kafka stamps in whole milliseconds.")
+    ok = not (missing or unexpected or both or twice)
+    print(
+        f"\n  accounted for: {len(finished):,} finished once + {len(dead)} dead = "
+        f"{len(finished) + len(dead):,} of {len(expected):,}; missing {len(missing)}, "
+        f"ran twice {len(twice)}, both finished and dead {len(both)}, unknown {len(unexpected)}"
+    )
+    print("every job accounted for" if ok else "SOME JOBS WERE NOT ACCOUNTED FOR")
+    return 0 if ok else 1

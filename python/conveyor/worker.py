@@ -20,7 +20,6 @@ import threading
 import time
 import traceback
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from conveyor import _core
@@ -45,15 +44,42 @@ _IDLE_WAIT_S = 0.25
 _UNKNOWN_TYPE = JobOptions(max_attempts=5, backoff_s=5.0, backoff_max_s=300.0)
 
 
-@dataclass(frozen=True)
 class JobInfo:
-    """The job a handler is running, from `conveyor.current_job()`."""
+    """The job a handler is running, from `conveyor.current_job()`.
 
-    id: str
-    job_type: str
-    #: This attempt, counting from 1.
-    attempt: int
-    queue: str
+    A slotted class, not a dataclass: one is built per job on the hot path.
+    """
+
+    __slots__ = ("_batch", "_index", "attempt", "id", "job_type", "queue")
+
+    def __init__(
+        self,
+        id: str,
+        job_type: str,
+        attempt: int,
+        queue: str,
+        *,
+        batch: _core.LeasedBatch | None = None,
+        index: int = 0,
+    ) -> None:
+        self.id = id
+        self.job_type = job_type
+        #: This attempt, counting from 1.
+        self.attempt = attempt
+        self.queue = queue
+        self._batch = batch
+        self._index = index
+
+    def envelope(self) -> _core.Envelope | None:
+        """The job's envelope as leased: enqueue time, run-at, dedup key,
+        trace context and stage stamps (decoded only when asked for)."""
+        return None if self._batch is None else self._batch.envelope(self._index)
+
+    def __repr__(self) -> str:
+        return (
+            f"JobInfo(id={self.id!r}, job_type={self.job_type!r}, "
+            f"attempt={self.attempt}, queue={self.queue!r})"
+        )
 
 
 _current = threading.local()
@@ -361,7 +387,7 @@ class Worker:
                 and attempt < jt.options.max_attempts
             ):
                 # The hot path: no hooks, no timeout.
-                info = JobInfo(job_id, job_type, attempt + 1, queue)
+                info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
                 _current.job = info
                 try:
                     call = json.loads(payload)
@@ -370,7 +396,7 @@ class Worker:
                     failures[i] = self._failure(jt.options, info, err)
                 ends.append(now())
                 continue
-            info = JobInfo(job_id, job_type, attempt + 1, queue)
+            info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
             error = self._run_one(jt, info, payload)
             if error is not None:
                 options = jt.options if jt is not None else _UNKNOWN_TYPE

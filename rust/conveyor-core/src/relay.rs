@@ -101,6 +101,8 @@ pub struct RelayStats {
     pub memory_guarded: AtomicU64,
     /// How many queues the depth guard holds back now.
     pub depth_guarded: AtomicU64,
+    /// Times a guard started holding writes back (memory, or a queue's depth).
+    pub guard_engaged: AtomicU64,
     /// Partitions this relay owns now.
     pub assignment: Mutex<Vec<(String, i32)>>,
     /// Lag of each owned partition, refreshed each second.
@@ -566,6 +568,7 @@ impl Relay {
             }
         }
         let g = &mut self.guard;
+        let engaged_before = u64::from(g.memory_on) + g.deep.len() as u64;
         if max > 0 {
             let fill = used as f64 / max as f64;
             if fill >= g.memory_high {
@@ -584,6 +587,12 @@ impl Relay {
                     g.deep.remove(&topic);
                 }
             }
+        }
+        let engaged_now = u64::from(g.memory_on) + g.deep.len() as u64;
+        if engaged_now > engaged_before {
+            self.stats
+                .guard_engaged
+                .fetch_add(engaged_now - engaged_before, Ordering::Relaxed);
         }
         self.stats
             .memory_guarded
@@ -894,6 +903,11 @@ pub fn render_metrics(stats: &RelayStats) -> String {
             "Failed Redis writes (each retried).",
             &stats.redis_errors,
         ),
+        (
+            "guard_engaged",
+            "Times a guard started holding writes back.",
+            &stats.guard_engaged,
+        ),
     ] {
         render_counter(
             &mut out,
@@ -1086,6 +1100,7 @@ impl Observer {
             "held": stats.held.load(Ordering::Relaxed),
             "memory_guarded": stats.memory_guarded.load(Ordering::Relaxed) == 1,
             "depth_guarded": stats.depth_guarded.load(Ordering::Relaxed),
+            "guard_engaged": stats.guard_engaged.load(Ordering::Relaxed),
             "controls": &*stats.controls.lock().unwrap_or_else(|e| e.into_inner()),
             "partitions": &*stats.partitions.lock().unwrap_or_else(|e| e.into_inner()),
         })

@@ -96,6 +96,7 @@ impl Relay {
             ("held", s.held.load(Ordering::Relaxed)),
             ("memory_guarded", s.memory_guarded.load(Ordering::Relaxed)),
             ("depth_guarded", s.depth_guarded.load(Ordering::Relaxed)),
+            ("guard_engaged", s.guard_engaged.load(Ordering::Relaxed)),
         ])
     }
 

@@ -53,6 +53,20 @@ impl LeasedBatch {
     fn __len__(&self) -> usize {
         self.batch.jobs.len()
     }
+
+    /// The decoded envelope of job `index` (its timestamps and stage stamps),
+    /// built only when asked for.
+    fn envelope(&self, index: usize) -> PyResult<crate::envelope::Envelope> {
+        let job = self.batch.jobs.get(index).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "no job {index} in a batch of {}",
+                self.batch.jobs.len()
+            ))
+        })?;
+        Ok(crate::envelope::Envelope {
+            inner: job.envelope.clone(),
+        })
+    }
 }
 
 fn to_us(seconds: f64) -> u64 {
