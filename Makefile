@@ -65,6 +65,10 @@ bench-relay: build ## Relay vs a Python relay and the raw limits (1M-job backlog
 bench-worker: build ## Workers vs pure Python, Dramatiq, Celery and RQ on one Redis
 	$(BIN)/python bench/worker_bench.py
 
+.PHONY: bench-pipeline
+bench-pipeline: build ## End to end: every front door, pure Python, the peers; table, JSON, plot
+	$(BIN)/python bench/pipeline_bench.py
+
 .PHONY: bench-gate
 bench-gate: build ## Gate vs a Python ASGI server (needs wrk and oha)
 	$(BIN)/python bench/gate_bench.py

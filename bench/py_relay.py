@@ -27,7 +27,7 @@ SCRIPT = (
     / "conveyor-core"
     / "src"
     / "scripts"
-    / "relay_batch-2.lua"
+    / "admit-6.lua"
 ).read_text()
 STAGE = struct.Struct(">BQ")
 
@@ -35,7 +35,7 @@ STAGE = struct.Struct(">BQ")
 def main() -> None:
     bootstrap, redis_url, topic, namespace, queue, group = sys.argv[1:7]
     base = f"cv:{namespace}:{{{queue}}}" if namespace else f"cv:{{{queue}}}"
-    ready, relayed = f"{base}:ready", f"{base}:relayed"
+    keys = [f"{base}:{k}" for k in ("ready", "relayed", "scheduled", "unique", "counts", "wake")]
     r = redis.Redis.from_url(redis_url)
     sha = r.script_load(SCRIPT)
     consumer = Consumer(
@@ -63,20 +63,23 @@ def main() -> None:
         if not messages:
             continue
         now_us = time.time_ns() // 1000
-        batches: dict[int, list[tuple[int, bytes]]] = {}
+        batches: dict[int, list[tuple[int, int, str, bytes]]] = {}
         for m in messages:
             if m.error():
                 continue
             value = m.value() or b""
-            pure_envelope.decode(value)  # check it, as the Rust relay does
+            env = pure_envelope.decode(value)  # check it, as the Rust relay does
             stamps = STAGE.pack(1, m.timestamp()[1] * 1000) + STAGE.pack(2, now_us)
-            batches.setdefault(m.partition() or 0, []).append((m.offset() or 0, value + stamps))
+            run_at_ms = (env.run_at_us or 0) // 1000
+            batches.setdefault(m.partition() or 0, []).append(
+                (m.offset() or 0, run_at_ms, env.dedup_key or "", value + stamps)
+            )
         pipe = r.pipeline(transaction=False)
         for partition, jobs in batches.items():
             args: list[bytes | str | int] = [f"{topic}:{partition}", jobs[-1][0] + 1]
-            for offset, job in jobs:
-                args += [offset, job]
-            pipe.evalsha(sha, 2, ready, relayed, *args)
+            for offset, run_at_ms, dedup_key, job in jobs:
+                args += [offset, run_at_ms, dedup_key, job]
+            pipe.evalsha(sha, len(keys), *keys, *args)
         pipe.execute()
         consumer.store_offsets(
             offsets=[TopicPartition(topic, p, jobs[-1][0] + 1) for p, jobs in batches.items()]
