@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import importlib
 import json
 import os
 import subprocess
@@ -48,7 +49,7 @@ sys.path.insert(0, str(HERE))
 
 import pure_envelope  # noqa: E402 - bench/ is put on the path just above
 from relay_bench import consume_rate, redis_lpush_rate  # noqa: E402
-from worker_bench import load, quiesce  # noqa: E402
+from worker_bench import quiesce  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -182,8 +183,14 @@ class ConfluentProducer:
 
 
 class PeerProducer:
-    def __init__(self, module: str) -> None:
-        self.enqueue = load(module)
+    def __init__(self, module: str, env: Env) -> None:
+        # The peers' modules read their Redis and key prefix when imported:
+        # point them at this row's, and import them afresh.
+        os.environ.update({"BENCH_REDIS_URL": env.redis_url, "BENCH_RUN": env.run})
+        import peers.record
+
+        importlib.reload(peers.record)
+        self.enqueue = importlib.reload(importlib.import_module(f"peers.{module}")).enqueue
 
     def send(self, sent: list[float]) -> None:
         self.enqueue(sent)
@@ -274,7 +281,7 @@ def pipelines(env: Env, jobs: int, peer_jobs: int) -> list[Pipeline]:
                     ]
                 ]
             },
-            lambda _env: PeerProducer("dramatiq_app"),
+            lambda env: PeerProducer("dramatiq_app", env),
             peer_jobs,
         ),
         Pipeline(
@@ -296,7 +303,7 @@ def pipelines(env: Env, jobs: int, peer_jobs: int) -> list[Pipeline]:
                     ]
                 ]
             },
-            lambda _env: PeerProducer("celery_app"),
+            lambda env: PeerProducer("celery_app", env),
             peer_jobs,
         ),
         Pipeline(
@@ -318,7 +325,7 @@ def pipelines(env: Env, jobs: int, peer_jobs: int) -> list[Pipeline]:
                 ]
                 * 2
             },
-            lambda _env: PeerProducer("rq_app"),
+            lambda env: PeerProducer("rq_app", env),
             peer_jobs,
         ),
     ]
@@ -613,7 +620,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         )
     right.set_yticks([y + 0.2 for y in range(len(rows))], names)
     right.set_xscale("log")
-    right.set_xlabel("enqueue-to-finish p99, ms (log scale; missing: rate not sustained)")
+    right.set_xlabel("p99 enqueue to finish, ms (log); none: rate not sustained")
     right.invert_yaxis()
     right.legend()
     fig.tight_layout()

@@ -59,7 +59,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     while running:
-        messages = consumer.consume(num_messages=5000, timeout=0.1)
+        # Wait at most 5 ms to fill a batch, as the Rust relay does.
+        messages = consumer.consume(num_messages=5000, timeout=0.005)
         if not messages:
             continue
         now_us = time.time_ns() // 1000
