@@ -42,7 +42,8 @@ class Conveyor:
         self._jobs: dict[str, JobType[Any, Any]] = {}
         self._lock = threading.Lock()
         self._producer: _core.KafkaProducer | None = None
-        self._store: _core.RedisStore | None = None
+        #: Redis connections of the direct path, by deployment URL.
+        self._stores: dict[str, _core.RedisStore] = {}
         self._routes: dict[str, Route] = dict(self.settings.routes)
         for queue in self.settings.queues:
             _core.check_queue_name(queue)
@@ -318,18 +319,19 @@ class Conveyor:
             # job is in Redis before its shadow copy exists.
             registered = self._jobs.get(type_name)
             name = registered.options.queue if registered else (queue or "default")
-            self._get_store().admit(self.settings.namespace, name, direct)
+            self._get_store(name).admit(self.settings.namespace, name, direct)
         to_kafka = [e for e, kafka in zip(envelopes, via_kafka, strict=True) if kafka]
         handle = self._get_producer().send_envelopes(topic, to_kafka) if to_kafka else None
         return RoutedHandle([e.id for e in envelopes], handle, via_kafka)
 
-    def _get_store(self) -> _core.RedisStore:
-        store = self._store
+    def _get_store(self, queue: str) -> _core.RedisStore:
+        url = self.settings.redis_url_for(queue)
+        store = self._stores.get(url)
         if store is None:
             with self._lock:
-                if self._store is None:
-                    self._store = _core.RedisStore(self.settings.redis_url)
-                store = self._store
+                store = self._stores.get(url)
+                if store is None:
+                    store = self._stores[url] = _core.RedisStore(url)
         return store
 
     def _get_producer(self) -> _core.KafkaProducer:
@@ -353,7 +355,7 @@ class Conveyor:
             _ORPHANED_BY_FORK.append(self._producer)
             self._producer = None
         # A Redis connection shared with the parent would interleave replies.
-        self._store = None
+        self._stores = {}
         self._lock = threading.Lock()
 
     def flush(self, timeout_s: float = 30.0) -> None:

@@ -131,54 +131,55 @@ def _gate(args: argparse.Namespace) -> int:
 def _relay(args: argparse.Namespace) -> int:
     import time
 
-    from conveyor import _core
+    from conveyor.relays import group_id, merged_metrics, start_relays
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
     queues = args.queues or list(settings.queues)
-    for queue in queues:
-        _core.check_queue_name(queue)
-    group = "conveyor-relay" + (f".{settings.namespace}" if settings.namespace else "")
-    relay = _core.Relay(
-        settings.kafka_bootstrap,
-        settings.redis_url,
-        [(settings.topic_for(q), q) for q in queues],
-        namespace=settings.namespace,
-        group_id=group,
+    started = start_relays(
+        settings,
+        queues,
         memory_high=args.memory_high,
         memory_low=args.memory_low,
         depth_high=args.depth_high,
         depth_low=args.depth_low if args.depth_low is not None else (args.depth_high or 0) // 2,
-        properties=list(settings.kafka_properties),
     )
+    relays = [relay for _, _, relay in started]
     stop = _stop_on_signals()
-    print(
-        f"relay: {', '.join(queues)} from Kafka {settings.kafka_bootstrap} into Redis "
-        f"(group {group})",
-        flush=True,
-    )
+    for _, names, _ in started:
+        print(
+            f"relay: {', '.join(names)} from Kafka {settings.kafka_bootstrap} into Redis "
+            f"{'(default)' if len(started) == 1 else 'deployment of ' + names[0]} "
+            f"(group {group_id(settings)})",
+            flush=True,
+        )
     if args.metrics_bind:
         from conveyor.metrics_http import serve_metrics
 
-        server = serve_metrics(args.metrics_bind, relay.metrics)
+        server = serve_metrics(args.metrics_bind, lambda: merged_metrics(relays))
         host, port = server.server_address[:2]
         print(f"relay: metrics on http://{host!s}:{port}/metrics", flush=True)
     last, last_at = 0, time.monotonic()
     while not stop.wait(args.report_every):
-        stats = relay.stats()
+        totals: dict[str, int] = {}
+        for relay in relays:
+            for key, value in relay.stats().items():
+                totals[key] = totals.get(key, 0) + value
         now = time.monotonic()
-        rate = (stats["relayed"] - last) / (now - last_at)
-        last, last_at = stats["relayed"], now
-        guard = " REDIS NEAR FULL, holding back;" if stats["memory_guarded"] else ""
+        rate = (totals["relayed"] - last) / (now - last_at)
+        last, last_at = totals["relayed"], now
+        guard = " REDIS NEAR FULL, holding back;" if totals["memory_guarded"] else ""
+        owned = sum(len(relay.assignment()) for relay in relays)
         print(
-            f"relay:{guard} {stats['relayed']} relayed ({rate:,.0f}/s), {stats['skipped']} "
-            f"skipped, {stats['shadowed']} shadowed, {stats['dead_lettered']} dead-lettered, "
-            f"{stats['redis_errors']} Redis errors, {stats['held']} held for rate or pause, "
-            f"{len(relay.assignment())} partitions owned",
+            f"relay:{guard} {totals['relayed']} relayed ({rate:,.0f}/s), {totals['skipped']} "
+            f"skipped, {totals['shadowed']} shadowed, {totals['dead_lettered']} dead-lettered, "
+            f"{totals['redis_errors']} Redis errors, {totals['held']} held for rate or pause, "
+            f"{owned} partitions owned",
             flush=True,
         )
     print("relay stopping: finishing the batch in flight ...", flush=True)
-    relay.stop()
+    for relay in relays:
+        relay.stop()
     return 0
 
 
@@ -190,7 +191,8 @@ def _control(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     _core.check_queue_name(args.queue)
     topic = settings.topic_for(args.queue)
-    store = _core.RedisStore(settings.redis_url)
+    # Relays read their controls from the Redis they write the queue into.
+    store = _core.RedisStore(settings.redis_url_for(args.queue))
     if args.command == "throttle":
         off = args.rate in ("off", "0")
         if not off:
@@ -292,8 +294,13 @@ def _relays(args: argparse.Namespace) -> int:
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
-    store = _core.RedisStore(settings.redis_url)
-    statuses = [json.loads(raw) for _, raw in store.relay_statuses(settings.namespace)]
+    # Each relay reports to the Redis deployment it feeds.
+    urls = {settings.redis_url} | {url for _, url in settings.queue_redis}
+    statuses = [
+        json.loads(raw)
+        for url in sorted(urls)
+        for _, raw in _core.RedisStore(url).relay_statuses(settings.namespace)
+    ]
     now = time.time()
     live = [s for s in statuses if now - s["updated_at"] < 10]
     if not live:
@@ -327,12 +334,12 @@ def _queues(args: argparse.Namespace) -> int:
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
-    store = _core.RedisStore(settings.redis_url)
     names = args.queues or list(settings.queues)
     header: tuple[str, ...] = ("queue", "queued", "scheduled", "leases", "dead")
     header += ("admitted", "done", "retried", "reaped")
     print("  ".join(f"{h:>10}" for h in header))
     for name in names:
+        store = _core.RedisStore(settings.redis_url_for(name))
         depth = store.depth(settings.namespace, name)
         counts = store.counts(settings.namespace, name)
         row = [name] + [str(depth[k]) for k in ("queued", "scheduled", "leases", "dead")]
@@ -350,7 +357,7 @@ def _dead(args: argparse.Namespace) -> int:
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
-    store = _core.RedisStore(settings.redis_url)
+    store = _core.RedisStore(settings.redis_url_for(args.queue))
     if args.action == "replay":
         moved = 0
         while moved < args.limit:

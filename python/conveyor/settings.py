@@ -64,13 +64,25 @@ class Settings:
     kafka_properties: tuple[tuple[str, str], ...] = ()
     #: Job type -> Route, for types not sent through Kafka only (migrations).
     routes: tuple[tuple[str, Route], ...] = ()
+    #: Queues kept on other Redis deployments than `redis_url`: (queue, URL).
+    #: One Kafka cluster can feed several independent Redis servers this way;
+    #: relays, workers and the direct path all follow it.
+    queue_redis: tuple[tuple[str, str], ...] = ()
+
+    def redis_url_for(self, queue: str) -> str:
+        """The Redis deployment that holds `queue`."""
+        for name, url in self.queue_redis:
+            if name == queue:
+                return url
+        return self.redis_url
 
     @classmethod
     def from_env(cls) -> Settings:
         """Defaults, overridden by `CONVEYOR_*` environment variables where set.
 
         `CONVEYOR_KAFKA_BOOTSTRAP`, `CONVEYOR_REDIS_URL` (a password goes in it),
-        `CONVEYOR_NAMESPACE`, `CONVEYOR_ACKS`, and for SASL
+        `CONVEYOR_NAMESPACE`, `CONVEYOR_ACKS`, `CONVEYOR_QUEUE_REDIS`
+        (`queue=redis://...` pairs separated by spaces), and for SASL
         `CONVEYOR_KAFKA_SASL_MECHANISM`, `CONVEYOR_KAFKA_SASL_USERNAME`,
         `CONVEYOR_KAFKA_SASL_PASSWORD` (with `CONVEYOR_KAFKA_SECURITY_PROTOCOL`,
         default `SASL_SSL`).
@@ -90,6 +102,12 @@ class Settings:
             redis_url=env.get("CONVEYOR_REDIS_URL", default.redis_url),
             namespace=env.get("CONVEYOR_NAMESPACE", default.namespace),
             acks=env.get("CONVEYOR_ACKS", default.acks),
+            queue_redis=tuple(
+                (queue, url)
+                for queue, _, url in (
+                    pair.partition("=") for pair in env.get("CONVEYOR_QUEUE_REDIS", "").split()
+                )
+            ),
             kafka_properties=tuple(properties),
         )
 
@@ -100,7 +118,7 @@ class Settings:
 
     def __repr__(self) -> str:
         # Never print secrets: a password may sit in the Redis URL or SASL settings.
-        hidden = ("redis_url", "kafka_properties")
+        hidden = ("redis_url", "kafka_properties", "queue_redis")
         shown = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in hidden)
         extra = len(self.kafka_properties)
         return f"Settings({shown}, redis_url=<hidden>, kafka_properties=<{extra} set>)"

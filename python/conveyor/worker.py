@@ -208,8 +208,14 @@ class Worker:
             name for name, jt in self._handlers.items() if inspect.iscoroutinefunction(jt.fn)
         }
         s = app.settings
+        urls = {s.redis_url_for(q) for q, _ in self.queues}
+        if len(urls) > 1:
+            raise InvalidJobError(
+                f"queues {[q for q, _ in self.queues]} live on {len(urls)} Redis deployments; "
+                "a worker serves one: run a worker per deployment (--queue selects queues)"
+            )
         self._queues = _core.WorkQueues(
-            s.redis_url,
+            s.redis_url_for(self.queues[0][0]),
             s.namespace,
             self.queues,
             strict=strict,
@@ -299,7 +305,7 @@ class Worker:
         beat_every = max(0.05, min(self.lease_s / 3, 1.0))
         schedules = list(self.app.schedules.values())
         tick = min(beat_every, 0.25) if schedules else beat_every
-        store = None
+        stores: dict[str, _core.RedisStore] = {}
         checked_until = time.time()
         last_beat = time.monotonic()
         while not self._stopped.wait(tick):
@@ -308,10 +314,9 @@ class Worker:
                 self._beat()
             if schedules:
                 try:
-                    store = store or _core.RedisStore(self.app.settings.redis_url)
-                    checked_until = self._enqueue_due(store, schedules, checked_until)
+                    checked_until = self._enqueue_due(stores, schedules, checked_until)
                 except ConveyorError as err:
-                    store = None
+                    stores.clear()
                     log.warning("periodic jobs: %s (trying again)", err)
 
     def _beat(self) -> None:
@@ -325,7 +330,7 @@ class Worker:
             log.warning("keeper: %s", err)
 
     def _enqueue_due(
-        self, store: _core.RedisStore, schedules: list[Schedule], after: float
+        self, stores: dict[str, _core.RedisStore], schedules: list[Schedule], after: float
     ) -> float:
         """Enqueues the occurrences due in `(after, now]`; returns now. Each
         occurrence goes in once across all workers (the script claims it)."""
@@ -338,6 +343,8 @@ class Worker:
                 envelope = _core.Envelope(
                     schedule.job_type, payload, run_at_us=occurrence_ms * 1000
                 ).encode()
+                url = self.app.settings.redis_url_for(schedule.queue)
+                store = stores.get(url) or stores.setdefault(url, _core.RedisStore(url))
                 if store.enqueue_occurrence(
                     namespace, schedule.queue, schedule.name, occurrence_ms, envelope
                 ):
