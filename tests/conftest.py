@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
 
@@ -60,3 +61,19 @@ def topic(servers: DevServers, request: pytest.FixtureRequest) -> str:
 def namespace(request: pytest.FixtureRequest) -> str:
     """A Redis key namespace of this test's own."""
     return _unique(request, "ns")
+
+
+@pytest.fixture
+def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
+    """An app on the test servers with this test's namespace and its queues' topics
+    created (test modules that need something else define their own `app`)."""
+    app = conveyor.Conveyor(
+        conveyor.Settings(
+            kafka_bootstrap=servers.kafka.bootstrap,
+            redis_url=servers.redis.url,
+            namespace=namespace,
+        )
+    )
+    app.ensure_topics()
+    yield app
+    app.close()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,20 +22,6 @@ from conveyor.devservers import DevServers, RedisServer
 from kafka_reader import read_all
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture
-def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
-    app = conveyor.Conveyor(
-        conveyor.Settings(
-            kafka_bootstrap=servers.kafka.bootstrap,
-            redis_url=servers.redis.url,
-            namespace=namespace,
-        )
-    )
-    app.ensure_topics()
-    yield app
-    app.close()
 
 
 def start_relay(app: conveyor.Conveyor, group: str = "relay") -> _core.Relay:
@@ -399,7 +385,11 @@ def test_lag_metrics_and_status_show_a_paused_backlog(app: conveyor.Conveyor) ->
         wait_until(lambda: len(relay.assignment()) == 3, 30, "the partitions assigned")
         send(app, 300)
         # librdkafka reports positions once a second.
-        wait_until(lambda: sum(p[4] for p in relay.lag()) == 300, 30, "a lag of 300")
+        wait_until(
+            lambda: len(relay.lag()) == 3 and sum(p[4] for p in relay.lag()) == 300,
+            30,
+            "a lag of 300 over the 3 partitions",
+        )
         port = server.server_address[1]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()

@@ -5,30 +5,14 @@ and Redis."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 import conveyor
 from conveyor import _core
-from conveyor.devservers import DevServers
 from test_relay import start_relay, wait_until
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture
-def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
-    app = conveyor.Conveyor(
-        conveyor.Settings(
-            kafka_bootstrap=servers.kafka.bootstrap,
-            redis_url=servers.redis.url,
-            namespace=namespace,
-        )
-    )
-    app.ensure_topics()
-    yield app
-    app.close()
 
 
 def kafka_count(app: conveyor.Conveyor) -> int:

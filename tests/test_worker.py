@@ -26,6 +26,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.retry import JITTER_FLOOR, nominal_delay, retry_delay
 from conveyor.schedules import Cron, Schedule
+from test_relay import start_relay
 
 pytestmark = pytest.mark.servers
 
@@ -366,14 +367,7 @@ def test_jobs_enqueued_through_kafka_run_through_the_relay(
             seen[info.id] = (text, n)
 
     app.ensure_topics()
-    s = app.settings
-    relay = _core.Relay(
-        s.kafka_bootstrap,
-        s.redis_url,
-        [(s.topic_for("default"), "default")],
-        namespace=s.namespace,
-        group_id=f"relay-{s.namespace}",
-    )
+    relay = start_relay(app)
     try:
         calls = [(f'héllo \u2028 {i} "q"', i / 3) for i in range(500)]
         handles = [e2e.enqueue(text, n) for text, n in calls]
@@ -477,3 +471,25 @@ def test_the_testing_helper_runs_jobs_inline(app: conveyor.Conveyor) -> None:
         "follow-up ada@example.com t.follow-up",
         "follow-up bob@example.com t.follow-up",
     ]
+
+
+def test_a_payload_that_is_not_a_call_is_dead_lettered_at_once(
+    app: conveyor.Conveyor, running: list[conveyor.Worker]
+) -> None:
+    @app.job("w.any", max_attempts=5)
+    def any_job(*args: Any, **kwargs: Any) -> None:
+        pass
+
+    store = _core.RedisStore(app.settings.redis_url)
+    ns = app.settings.namespace
+    # Written around the client's checks (another language's producer, say).
+    store.admit(ns, "default", [conveyor.Envelope("w.any", b'{"no":"args"}').encode()])
+    worker = conveyor.Worker(app, threads=1)
+    running.append(worker)
+    worker.start()
+    wait_until(lambda: store.depth(ns, "default")["dead"] == 1)
+    (_, _, error), *_ = store.dead_letters(ns, "default", 1)
+    record = json.loads(error or "{}")
+    assert record["type"] == "PermanentError"
+    assert record["attempt"] == 1
+    assert "not a Conveyor call" in record["message"]

@@ -207,6 +207,8 @@ class Worker:
         self._async = {
             name for name, jt in self._handlers.items() if inspect.iscoroutinefunction(jt.fn)
         }
+        if not self.queues:
+            raise InvalidJobError("a worker needs at least one queue")
         s = app.settings
         urls = {s.redis_url_for(q) for q, _ in self.queues}
         if len(urls) > 1:
@@ -398,9 +400,16 @@ class Worker:
                 _current.job = info
                 try:
                     call = json.loads(payload)
-                    jt.fn(*call["args"], **call["kwargs"])
-                except Exception as err:  # a handler may raise anything
-                    failures[i] = self._failure(jt.options, info, err)
+                    args, kwargs = call["args"], call["kwargs"]
+                except (ValueError, TypeError, KeyError) as err:
+                    # Retrying cannot fix a payload that is not a call.
+                    bad = PermanentError(f"job payload is not a Conveyor call: {err!r}")
+                    failures[i] = self._failure(jt.options, info, bad)
+                else:
+                    try:
+                        jt.fn(*args, **kwargs)
+                    except Exception as err:  # a handler may raise anything
+                        failures[i] = self._failure(jt.options, info, err)
                 ends.append(now())
                 continue
             info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
