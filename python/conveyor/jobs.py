@@ -71,7 +71,10 @@ class JobType(Generic[P, R]):
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
         """Send one job with these handler arguments; returns at once."""
-        return self.enqueue_with(args, kwargs)
+        shape = self._shape
+        if shape is None or not shape.accepts_call(args, kwargs):
+            self.check_args(args, kwargs)
+        return self.app.enqueue(self.name, args, kwargs, queue=self.options.queue)
 
     def enqueue_with(
         self,
@@ -167,6 +170,20 @@ class _Shape:
                 return None
         required = sum(1 for p in plain if p.default is p.empty)
         return cls(required, tuple(names), frozenset(required_names), var_args, var_kwargs)
+
+    def accepts_call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+        """Whether `fn(*args, **kwargs)` binds (True only when sure)."""
+        n = len(args)
+        if n > len(self.names) and not self.var_args:
+            return False
+        if not kwargs:
+            # Required parameters come first in a plain signature.
+            return n >= self.required
+        taken = self.names[:n]
+        for key in kwargs:
+            if key in taken or (key not in self.names and not self.var_kwargs):
+                return False
+        return all(name in kwargs for name in self.required_names if name not in taken)
 
     def accepts(self, call: object) -> bool:
         if isinstance(call, tuple | list):
