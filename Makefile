@@ -49,7 +49,7 @@ test: build ## cargo test, then the Python suite against real Kafka and Redis
 	$(BIN)/python -m pytest
 
 .PHONY: demo
-demo: build ## The main job: local Kafka and Redis, jobs through both, a report
+demo: build ## The main job: Kafka, Redis, gate, relay, workers, a workload and its report
 	$(BIN)/conveyor demo
 
 .PHONY: bench
