@@ -23,11 +23,13 @@ Every load loop is bounded in jobs and in seconds; all traffic is loopback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import http.client
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -199,6 +201,60 @@ class PeerProducer:
         pass
 
 
+ARQ_VENV = HERE / ".venv-arq"
+
+
+def arq_python() -> str:
+    """arq's own virtualenv (arq pins redis-py < 6; ours is 8), made on first use."""
+    python = ARQ_VENV / "bin" / "python"
+    wanted = (HERE.parent / "requirements-arq.txt").read_text()
+    marker = ARQ_VENV / "installed.txt"
+    if not (python.exists() and marker.exists() and marker.read_text() == wanted):
+        print("    making arq's virtualenv (first time only) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(ARQ_VENV)], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "-r",
+                str(HERE.parent / "requirements-arq.txt"),
+            ],
+            check=True,
+            timeout=600,
+        )
+        marker.write_text(wanted)
+    return str(python)
+
+
+class ArqProducer:
+    """arq's own client, in arq's virtualenv, fed send times over a pipe."""
+
+    def __init__(self, env: Env) -> None:
+        self.proc = subprocess.Popen(
+            [arq_python(), "-m", "peers.arq_producer"],
+            cwd=HERE,
+            env=env.process_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        atexit.register(self.proc.kill)
+
+    def send(self, sent: list[float]) -> None:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(sent) + "\n")
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline().strip() != "ok":
+            raise RuntimeError("the arq producer stopped")
+
+    def close(self) -> None:
+        pass  # every send already waited for its jobs to be in Redis
+
+
 def pipelines(env: Env, jobs: int, peer_jobs: int) -> list[Pipeline]:
     py = sys.executable
     cv = [py, "-m", "conveyor"]
@@ -326,6 +382,12 @@ def pipelines(env: Env, jobs: int, peer_jobs: int) -> list[Pipeline]:
                 * 2
             },
             lambda env: PeerProducer("rq_app", env),
+            peer_jobs,
+        ),
+        Pipeline(
+            "arq 0.28 (Redis only)",
+            {"workers": [[arq_python(), "-m", "arq", "peers.arq_app.WorkerSettings"]] * 2},
+            ArqProducer,
             peer_jobs,
         ),
     ]
@@ -456,8 +518,9 @@ def throughput(
         return c
 
     sent = 0
+    chunk = max(50, n // 100)  # small enough to see a slow front door's progress
     while sent < n:
-        k = min(5000, n - sent)
+        k = min(chunk, n - sent)
         producer.send([0.0] * k)
         sent += k
         mark()
@@ -571,6 +634,65 @@ def produce_rate(bootstrap: str, topic: str, jobs: int) -> float:
     return jobs / (time.perf_counter() - began)
 
 
+def kafka_tool_rates(bootstrap: str, topic: str, records: int) -> tuple[float, float]:
+    """Kafka's own ProducerPerformance and ConsumerPerformance (from the
+    `kafka-tools` jars): records/s produced (100 B, acks=1, lz4) and consumed."""
+    from conveyor.devservers.kafka import ensure_tool_jars, require_java
+    from conveyor.settings import cache_home
+
+    java = require_java()
+    classpath = f"{ensure_tool_jars(cache_home())}/*"
+    produced = subprocess.run(
+        [
+            java,
+            "-cp",
+            classpath,
+            "org.apache.kafka.tools.ProducerPerformance",
+            "--topic",
+            topic,
+            "--num-records",
+            str(records),
+            "--record-size",
+            "100",
+            "--throughput",
+            "-1",
+            "--producer-props",
+            f"bootstrap.servers={bootstrap}",
+            "acks=1",
+            "linger.ms=5",
+            "compression.type=lz4",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    sent = re.search(r"records sent, ([\d.]+) records/sec", produced)
+    consumed = subprocess.run(
+        [
+            java,
+            "-cp",
+            classpath,
+            "org.apache.kafka.tools.ConsumerPerformance",
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            topic,
+            "--messages",
+            str(records),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    # The last line: start, end, MB, MB/s, messages, messages/s, ...
+    fields = [f.strip() for f in consumed.strip().splitlines()[-1].split(",")]
+    if sent is None or len(fields) < 6:
+        raise RuntimeError(f"unexpected Kafka tool output:\n{produced[-500:]}\n{consumed[-500:]}")
+    return float(sent.group(1)), float(fields[5])
+
+
 def render(rows: list[dict[str, Any]], limits: dict[str, float], meta: dict[str, Any]) -> str:
     def lat(r: dict[str, Any], key: str) -> str:
         v = r.get(key)
@@ -655,8 +777,13 @@ def main() -> None:
     print("  raw limits ...", flush=True)
     topic = f"raw-{uuid.uuid4().hex[:6]}"
     _core.kafka_create_topic(servers.kafka.bootstrap, topic, 3, 1)
+    tool_topic = f"raw-tools-{uuid.uuid4().hex[:6]}"
+    _core.kafka_create_topic(servers.kafka.bootstrap, tool_topic, 3, 1)
+    tool_produce, tool_consume = kafka_tool_rates(servers.kafka.bootstrap, tool_topic, 1_000_000)
     limits = {
         "redis-benchmark LPUSH, pipeline 100, 100 B": redis_lpush_rate(servers.redis.port),
+        "Kafka's ProducerPerformance (100 B random, acks=1, lz4)": tool_produce,
+        "Kafka's ConsumerPerformance": tool_consume,
         "Kafka produce only (confluent-kafka, 100 B, lz4)": produce_rate(
             servers.kafka.bootstrap, topic, 1_000_000
         ),

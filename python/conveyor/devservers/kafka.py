@@ -27,14 +27,17 @@ SLF4J_VERSION = "2.0.17"
 #: Small heap: plenty for tests and demos on a 2-core, shared machine.
 JVM_OPTIONS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
 
-_POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+
+def _pom(artifact: str) -> str:
+    """A POM pulling `org.apache.kafka:<artifact>` and a logging binding."""
+    return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>dev.conveyor</groupId>
-  <artifactId>kafka-runtime</artifactId>
+  <artifactId>{artifact}-runtime</artifactId>
   <version>1</version>
   <packaging>pom</packaging>
   <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{KAFKA_VERSION}</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>{artifact}</artifactId><version>{KAFKA_VERSION}</version></dependency>
     <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>{SLF4J_VERSION}</version></dependency>
     <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId><version>{SLF4J_VERSION}</version></dependency>
   </dependencies>
@@ -61,18 +64,28 @@ def ensure_jars(cache: Path) -> Path:
     A folder counts as complete only once its marker lists every jar and each
     is still there, so an interrupted fetch is redone rather than trusted.
     """
-    libs = cache / f"kafka-{KAFKA_VERSION}" / "libs"
+    return _ensure(cache / f"kafka-{KAFKA_VERSION}", "kafka_2.13")
+
+
+def ensure_tool_jars(cache: Path) -> Path:
+    """Folder of Kafka's command-line tools (`kafka-tools`: the producer and
+    consumer performance tools), for benchmarks; kept apart from the server's."""
+    return _ensure(cache / f"kafka-tools-{KAFKA_VERSION}", "kafka-tools")
+
+
+def _ensure(folder: Path, artifact: str) -> Path:
+    libs = folder / "libs"
     marker = libs.parent / "complete"
     if marker.exists():
         names = marker.read_text().split()
         if names and all((libs / n).is_file() for n in names):
             return libs
     mvn = require_program("mvn", "maven", "to fetch Kafka's jars from Maven Central")
-    print(f"fetching Kafka {KAFKA_VERSION} jars with Maven (first time only) ...", flush=True)
+    print(f"fetching {artifact} {KAFKA_VERSION} jars with Maven (first time only) ...", flush=True)
     work = libs.parent
     shutil.rmtree(libs, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "pom.xml").write_text(_POM)
+    (work / "pom.xml").write_text(_pom(artifact))
     done = subprocess.run(
         [
             mvn,
@@ -92,8 +105,8 @@ def ensure_jars(cache: Path) -> Path:
             f"Maven could not fetch Kafka's jars:\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
         )
     names = sorted(p.name for p in libs.glob("*.jar"))
-    if not any(n.startswith(f"kafka_2.13-{KAFKA_VERSION}") for n in names):
-        raise DevServerError(f"Maven finished but {libs} has no Kafka jar")
+    if not any(n.startswith(f"{artifact}-{KAFKA_VERSION}") for n in names):
+        raise DevServerError(f"Maven finished but {libs} has no {artifact} jar")
     marker.write_text("\n".join(names) + "\n")
     return libs
 
