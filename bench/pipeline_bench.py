@@ -433,6 +433,9 @@ class Running:
     """A pipeline's processes while it runs."""
 
     procs: dict[str, list[subprocess.Popen[bytes]]]
+    #: Each process's stderr goes to a file, never to an unread pipe: a chatty
+    #: worker (arq logs every job) would block once a pipe's buffer is full.
+    logs: dict[int, Path] = field(default_factory=dict)
 
     def pids(self, name: str) -> list[int]:
         return [p for proc in self.procs[name] for p in tree(proc.pid)]
@@ -441,7 +444,8 @@ class Running:
         for name, procs in self.procs.items():
             for proc in procs:
                 if proc.poll() is not None:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    log = self.logs.get(proc.pid)
+                    err = log.read_text(errors="replace") if log else ""
                     raise RuntimeError(f"{name} exited: {err[-1500:]}")
 
     def stop(self) -> None:
@@ -477,17 +481,19 @@ def wait_counted(
 def start(pipe: Pipeline, env: Env) -> Running:
     """Starts the row's components and waits for a first job to come through."""
     environ = env.process_env()
-    running = Running(
-        {
-            name: [
-                subprocess.Popen(
-                    cmd, cwd=HERE, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    logs = RESULTS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running = Running({})
+    for name, cmds in pipe.components.items():
+        running.procs[name] = []
+        for i, cmd in enumerate(cmds):
+            log = logs / f"{env.run}-{name}-{i}.log"
+            with log.open("wb") as err:
+                proc = subprocess.Popen(
+                    cmd, cwd=HERE, env=environ, stdout=subprocess.DEVNULL, stderr=err
                 )
-                for cmd in cmds
-            ]
-            for name, cmds in pipe.components.items()
-        }
-    )
+            running.procs[name].append(proc)
+            running.logs[proc.pid] = log
     if "gate" in pipe.components:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
