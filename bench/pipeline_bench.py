@@ -731,6 +731,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     names = [r["pipeline"].replace(": ", ":\n", 1) for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 6))
@@ -748,6 +749,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         )
     right.set_yticks([y + 0.2 for y in range(len(rows))], names)
     right.set_xscale("log")
+    # A short log range labels its minor ticks too, on top of each other.
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.set_xlabel("p99 enqueue to finish, ms (log); none: rate not sustained")
     right.invert_yaxis()
     right.legend()
