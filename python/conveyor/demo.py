@@ -32,6 +32,8 @@ from typing import Any
 
 from conveyor import _core
 from conveyor.devservers import DevServers
+from conveyor.errors import ConveyorError
+from conveyor.settings import dev_home
 
 NAMESPACE = "demo"
 QUEUES = ("default", "billing")
@@ -192,24 +194,30 @@ def _start_processes(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) 
             "10",
         ],
     }
+    # Logs go to files: an unread pipe would stall a process once it filled.
+    logs = dev_home() / "demo-logs"
+    logs.mkdir(parents=True, exist_ok=True)
     for name, argv in commands.items():
-        procs.append(
-            subprocess.Popen(argv, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        )
-        print(f"    started {name}: {' '.join(argv[2:])}")
+        with (logs / f"{name}.log").open("wb") as log:
+            procs.append(
+                subprocess.Popen(argv, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
+            )
+        print(f"    started {name}: {' '.join(argv[2:])}  (log: {logs / name}.log)")
     gate_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for proc in procs:
+    while True:
+        for name, proc in zip(commands, procs, strict=True):
             if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"{proc.args!r} exited: {err[-2000:]}")
+                tail = (logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise ConveyorError(f"the demo's {name} exited:\n{tail}")
         try:
             with urllib.request.urlopen(f"{gate_url}/readyz", timeout=2) as answer:
                 if answer.status == 200:
                     break
         except (urllib.error.URLError, OSError):
             time.sleep(0.2)
+        if time.monotonic() > deadline:
+            raise ConveyorError(f"the demo's gate was not ready at {gate_url} within 60 s")
     _step(f"gate ready at {gate_url}; relay and 2 worker processes running")
     return gate_url
 
