@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 
 import pure_envelope  # noqa: E402 - bench/ is put on the path just above
 from relay_bench import consume_rate, redis_lpush_rate  # noqa: E402
-from worker_bench import quiesce  # noqa: E402
+from worker_bench import quiesce, stop  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -449,17 +449,7 @@ class Running:
                     raise RuntimeError(f"{name} exited: {err[-1500:]}")
 
     def stop(self) -> None:
-        for procs in self.procs.values():
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-        for procs in self.procs.values():
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        stop([proc for procs in self.procs.values() for proc in procs])
 
 
 def counted(client: redis.Redis, run: str) -> int:

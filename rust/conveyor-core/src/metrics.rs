@@ -49,19 +49,34 @@ impl Histogram {
 
 /// Appends one gauge in Prometheus text format: `(labels, value)` per series.
 pub fn render_gauge(out: &mut String, name: &str, help: &str, series: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-    for (labels, value) in series {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    }
+    render_series(
+        out,
+        name,
+        help,
+        "gauge",
+        series.iter().map(|(l, v)| (l.as_str(), v)),
+    );
 }
 
 /// Appends one counter in Prometheus text format.
 pub fn render_counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    render_series(
+        out,
+        name,
+        help,
+        "counter",
+        series.iter().map(|(l, v)| (*l, v)),
+    );
+}
+
+fn render_series<'a, V: std::fmt::Display + 'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    series: impl Iterator<Item = (&'a str, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, value) in series {
         if labels.is_empty() {
             let _ = writeln!(out, "{name} {value}");
