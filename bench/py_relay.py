@@ -31,6 +31,16 @@ SCRIPT = (
 ).read_text()
 STAGE = struct.Struct(">BQ")
 
+#: The Rust relay's fetch settings (see `relay.rs`), so both relays read
+#: Kafka the same way: a small prefetch, fetched again without a pause.
+FETCH_TUNING = {
+    "queued.max.messages.kbytes": 2048,
+    "queued.min.messages": 20000,
+    "fetch.queue.backoff.ms": 2,
+    "max.partition.fetch.bytes": 524288,
+    "fetch.max.bytes": 2097152,
+}
+
 
 def main() -> None:
     bootstrap, redis_url, topic, namespace, queue, group = sys.argv[1:7]
@@ -45,9 +55,7 @@ def main() -> None:
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "queued.max.messages.kbytes": 16384,
-            "max.partition.fetch.bytes": 4194304,
-            "fetch.max.bytes": 16777216,
+            **FETCH_TUNING,
         }
     )
     consumer.subscribe([topic])

@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
+from py_relay import FETCH_TUNING
 
 HERE = Path(__file__).resolve().parent
 TEXT = "You have 3 new messages in #general from @alice"
@@ -83,8 +84,7 @@ def consume_rate(bootstrap: str, topic: str, jobs: int) -> float:
             "bootstrap.servers": bootstrap,
             "group.id": f"raw-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
-            "max.partition.fetch.bytes": 4194304,
-            "fetch.max.bytes": 16777216,
+            **FETCH_TUNING,
         }
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])

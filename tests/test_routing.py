@@ -4,12 +4,16 @@ and Redis."""
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import time
 
 import pytest
 
 import conveyor
+from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
+from conveyor.routing import RouteTable
 from test_relay import start_relay, wait_until
 
 pytestmark = pytest.mark.servers
@@ -86,3 +90,72 @@ def test_routes_are_checked(app: conveyor.Conveyor) -> None:
         conveyor.Route(kafka_percent=101)
     with pytest.raises(conveyor.InvalidJobError):
         app.set_route("bad name", conveyor.Route())
+
+
+def test_a_route_set_from_the_cli_takes_effect_in_running_producers(
+    app: conveyor.Conveyor,
+) -> None:
+    env = {
+        "CONVEYOR_REDIS_URL": app.settings.redis_url,
+        "CONVEYOR_NAMESPACE": app.settings.namespace,
+    }
+    assert app.enqueue("route.live", [0]).wait(10)[0][0] >= 0, "Kafka before any route"
+    out = conveyor_cli("route", "route.live", "--kafka-percent", "0", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "0% of jobs through Kafka" in out.stdout
+
+    def direct() -> bool:
+        return app.enqueue("route.live", [1]).wait(10) == [(-1, -1)]
+
+    wait_until(direct, 5, "the run-time route applied")
+    listed = conveyor_cli("route", env=env)
+    assert "route.live: 0% through Kafka" in listed.stdout, listed.stdout
+    # A run-time route overrides the configured one until it is cleared.
+    app.set_route("route.live", conveyor.Route(kafka_percent=0, double_write=True))
+    assert direct(), "the run-time route (direct only) still wins"
+    out = conveyor_cli("route", "route.live", "--clear", env=env)
+    assert out.returncode == 0, out.stderr
+    wait_until(
+        lambda: app.enqueue("route.live", [2]).wait(10)[0][0] >= 0,
+        5,
+        "back to the configured route (double writes: Kafka and Redis)",
+    )
+
+
+def test_bad_run_time_routes_are_refused_or_skipped(app: conveyor.Conveyor) -> None:
+    env = {
+        "CONVEYOR_REDIS_URL": app.settings.redis_url,
+        "CONVEYOR_NAMESPACE": app.settings.namespace,
+    }
+    out = conveyor_cli("route", "route.bad", "--kafka-percent", "150", env=env)
+    assert out.returncode != 0
+    assert "0 to 100" in out.stderr
+    out = conveyor_cli("route", "route.bad", env=env)
+    assert out.returncode != 0
+    assert "--kafka-percent, --double-write or --clear" in out.stderr
+    assert conveyor_cli("route", "bad name", "--clear", env=env).returncode != 0
+    # A route another tool wrote badly is skipped; the good ones still apply.
+    table = RouteTable({"a.type": conveyor.Route(kafka_percent=50)})
+    table.apply([("a.type", "not json"), ("b.type", '{"kafka_percent": 10}')])
+    assert table.current == {
+        "a.type": conveyor.Route(kafka_percent=50),
+        "b.type": conveyor.Route(kafka_percent=10),
+    }
+    table.apply([("a.type", '{"kafka_percent": 500}')])
+    assert table.current == {"a.type": conveyor.Route(kafka_percent=50)}
+
+
+def test_enqueue_never_waits_for_an_unreachable_routes_table(app: conveyor.Conveyor) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = dataclasses.replace(app.settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    offline = conveyor.Conveyor(settings)
+    try:
+        began = time.perf_counter()
+        handles = [offline.enqueue("route.offline", [i]) for i in range(100)]
+        took = time.perf_counter() - began
+        assert all(h.wait(10)[0][0] >= 0 for h in handles)
+        assert took < 1.0, f"100 enqueues took {took:.2f} s"
+    finally:
+        offline.close()

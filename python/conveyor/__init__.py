@@ -13,6 +13,7 @@ from conveyor.app import Conveyor
 from conveyor.enqueue import Enqueued
 from conveyor.envelope import Stage
 from conveyor.errors import (
+    ConfigError,
     ConveyorError,
     ConveyorTimeout,
     DeliveryError,
@@ -38,6 +39,7 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "ConfigError",
     "Conveyor",
     "ConveyorError",
     "ConveyorTimeout",

@@ -18,7 +18,7 @@ from conveyor.enqueue import Enqueued
 from conveyor.errors import ConveyorError, InvalidJobError
 from conveyor.jobs import Call, JobOptions, JobType, P, R
 from conveyor.payload import encode_call
-from conveyor.routing import Route, RoutedHandle
+from conveyor.routing import Route, RoutedHandle, RouteTable
 from conveyor.schedules import Cron, Schedule
 from conveyor.settings import Settings
 
@@ -44,7 +44,7 @@ class Conveyor:
         self._producer: _core.KafkaProducer | None = None
         #: Redis connections of the direct path, by deployment URL.
         self._stores: dict[str, _core.RedisStore] = {}
-        self._routes: dict[str, Route] = dict(self.settings.routes)
+        self._routes = RouteTable(dict(self.settings.routes))
         for queue in self.settings.queues:
             _core.check_queue_name(queue)
         self._queues = frozenset(self.settings.queues)
@@ -176,7 +176,9 @@ class Conveyor:
         if self._sink is not None:
             sent: Enqueued = self._sink(type_name, [(args, kwargs or {})], [dedup_key], run_at_us)
             return sent
-        route = self._routes.get(type_name)
+        if not self._routes.watching and self.settings.route_refresh_s:
+            self._watch_routes()
+        route = self._routes.current.get(type_name)
         if route is not None:
             return self._send_routed(
                 route,
@@ -222,7 +224,9 @@ class Conveyor:
             keys = list(dedup_keys) if dedup_keys is not None else [None] * len(pairs)
             sent_many: Enqueued = self._sink(type_name, pairs, keys, run_at_us)
             return sent_many
-        route = self._routes.get(type_name)
+        if not self._routes.watching and self.settings.route_refresh_s:
+            self._watch_routes()
+        route = self._routes.current.get(type_name)
         if route is not None:
             pairs = [
                 (list(c), {}) if isinstance(c, (list, tuple)) else ([], dict(c)) for c in calls
@@ -279,10 +283,24 @@ class Conveyor:
         """Send `type_name`'s jobs by `route` from now on (None: Kafka only);
         see `conveyor.routing` for migrating a type a percentage at a time."""
         _core.check_job_type(type_name)
-        if route is None:
-            self._routes.pop(type_name, None)
-        else:
-            self._routes[type_name] = route
+        self._routes.configure(type_name, route)
+
+    def _watch_routes(self) -> None:
+        """Start re-reading the routes set at run time (`conveyor route`)."""
+        url, namespace = self.settings.redis_url, self.settings.namespace
+        # The reader must not hold the app: the thread ends with the app.
+        stores: list[_core.RedisStore] = []
+
+        def read() -> list[tuple[str, str]]:
+            if not stores:
+                stores.append(_core.RedisStore(url))
+            try:
+                return stores[0].routes(namespace)
+            except ConveyorError:
+                stores.clear()
+                raise
+
+        self._routes.watch(read, float(self.settings.route_refresh_s or 1.0))
 
     def _send_routed(
         self,
@@ -357,6 +375,7 @@ class Conveyor:
         # A Redis connection shared with the parent would interleave replies.
         self._stores = {}
         self._lock = threading.Lock()
+        self._routes.forget_watcher()
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Deliver everything pending; raises DeliveryError for failed jobs that

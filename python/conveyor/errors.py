@@ -74,6 +74,12 @@ class JobTimeout(ConveyorError, TimeoutError):
     code = "job_timeout"
 
 
+class ConfigError(ConveyorError, ValueError):
+    """A setting (from code or a `CONVEYOR_*` environment variable) has a value it cannot take."""
+
+    code = "config"
+
+
 class DevServerError(ConveyorError):
     """A local development server (Kafka or Redis) could not be set up or started."""
 

@@ -12,15 +12,33 @@ Kafka and the rest straight into Redis with the relay's own `admit` script
 True)` writes every job both ways with one id; run the topic's relay with
 `conveyor shadow QUEUE on`, or each job would run twice. Types without a route
 go through Kafka only.
+
+Routes come from code (`Conveyor.set_route`) or `Settings.routes`, and can be
+changed while services run: `conveyor route TYPE --kafka-percent 25` writes
+the type's route into Redis (`cv:[<ns>:]routes`), and every producer re-reads
+that table about once a second (`Settings.route_refresh_s`) on a thread of its
+own, so an enqueue never waits for Redis. A route set at run time overrides
+the configured one until `conveyor route TYPE --clear`. While Redis cannot be
+read, producers keep the table they last read; a new process routes by its
+configuration until its first read (a few milliseconds): both paths deliver
+the job, so that moment costs nothing but the split's precision.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from conveyor import _core
-from conveyor.errors import InvalidJobError
+from conveyor.errors import ConveyorError, InvalidJobError
+
+log = logging.getLogger("conveyor.routing")
 
 
 @dataclass(frozen=True)
@@ -81,3 +99,84 @@ class RoutedHandle:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+class RouteTable:
+    """The routes in force in one application: configured ones overridden by
+    those set at run time. `current` is replaced whole, never changed in
+    place, so enqueues read it without a lock."""
+
+    def __init__(self, configured: Mapping[str, Route]) -> None:
+        self._configured = dict(configured)
+        self._runtime: dict[str, Route] = {}
+        #: Job type -> route in force; types absent go through Kafka only.
+        self.current: dict[str, Route] = dict(configured)
+        self._lock = threading.Lock()
+        #: Whether a watcher thread runs in this process (reset after a fork).
+        self.watching = False
+
+    def configure(self, type_name: str, route: Route | None) -> None:
+        """Set (or with None remove) a type's configured route."""
+        with self._lock:
+            if route is None:
+                self._configured.pop(type_name, None)
+            else:
+                self._configured[type_name] = route
+            self.current = {**self._configured, **self._runtime}
+
+    def apply(self, entries: list[tuple[str, str]]) -> None:
+        """Replace the run-time routes with `entries` as read from Redis
+        (`(job type, JSON)`); an entry that does not parse is skipped."""
+        runtime = {}
+        for type_name, text in entries:
+            try:
+                raw = json.loads(text)
+                runtime[type_name] = Route(
+                    kafka_percent=float(raw["kafka_percent"]),
+                    double_write=bool(raw.get("double_write", False)),
+                )
+            except (ValueError, KeyError, TypeError, InvalidJobError) as err:
+                log.warning("ignoring the run-time route of %s (%r): %s", type_name, text, err)
+        with self._lock:
+            self._runtime = runtime
+            self.current = {**self._configured, **runtime}
+
+    def forget_watcher(self) -> None:
+        """In a forked child: the parent's watcher thread does not run here."""
+        self.watching = False
+        self._lock = threading.Lock()
+
+    def watch(self, read: Callable[[], list[tuple[str, str]]], every_s: float) -> None:
+        """Start (once per process) a daemon thread applying `read()` every
+        `every_s` seconds; it ends when the table is garbage collected."""
+        with self._lock:
+            if self.watching:
+                return
+            self.watching = True
+        table = weakref.ref(self)
+        threading.Thread(
+            target=_watch, args=(table, read, every_s), name="conveyor-routes", daemon=True
+        ).start()
+
+
+def _watch(
+    table: weakref.ref[RouteTable], read: Callable[[], list[tuple[str, str]]], every_s: float
+) -> None:
+    failing = False
+    while True:
+        try:
+            entries = read()
+        except ConveyorError as err:
+            if not failing:
+                log.warning("cannot read the run-time routes (keeping the last read): %s", err)
+            failing = True
+        else:
+            failing = False
+            live = table()
+            if live is None:
+                return
+            live.apply(entries)
+            del live
+        if table() is None:
+            return
+        time.sleep(every_s)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor.errors import ConfigError
 from conveyor.routing import Route
 
 #: Ports of the local development servers; chosen off the usual 9092/6379 so a
@@ -64,6 +65,9 @@ class Settings:
     kafka_properties: tuple[tuple[str, str], ...] = ()
     #: Job type -> Route, for types not sent through Kafka only (migrations).
     routes: tuple[tuple[str, Route], ...] = ()
+    #: How often producers re-read the routes set at run time with `conveyor
+    #: route` (seconds); None: never (only `routes` and `set_route` apply).
+    route_refresh_s: float | None = 1.0
     #: Queues kept on other Redis deployments than `redis_url`: (queue, URL).
     #: One Kafka cluster can feed several independent Redis servers this way;
     #: relays, workers and the direct path all follow it.
@@ -85,7 +89,7 @@ class Settings:
         (`queue=redis://...` pairs separated by spaces), and for SASL
         `CONVEYOR_KAFKA_SASL_MECHANISM`, `CONVEYOR_KAFKA_SASL_USERNAME`,
         `CONVEYOR_KAFKA_SASL_PASSWORD` (with `CONVEYOR_KAFKA_SECURITY_PROTOCOL`,
-        default `SASL_SSL`).
+        default `SASL_SSL`), `CONVEYOR_ROUTE_REFRESH_S` (seconds, or "off").
         """
         env = os.environ
         default = cls()
@@ -109,6 +113,7 @@ class Settings:
                 )
             ),
             kafka_properties=tuple(properties),
+            route_refresh_s=_route_refresh(env.get("CONVEYOR_ROUTE_REFRESH_S")),
         )
 
     def topic_for(self, queue: str) -> str:
@@ -122,3 +127,18 @@ class Settings:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in hidden)
         extra = len(self.kafka_properties)
         return f"Settings({shown}, redis_url=<hidden>, kafka_properties=<{extra} set>)"
+
+
+def _route_refresh(text: str | None) -> float | None:
+    """`CONVEYOR_ROUTE_REFRESH_S`: seconds, or "off"/"0" for never."""
+    if text is None:
+        return Settings.route_refresh_s
+    if text.strip().lower() in ("off", "0", ""):
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"CONVEYOR_ROUTE_REFRESH_S must be seconds or 'off', not {text!r}")
+    return seconds

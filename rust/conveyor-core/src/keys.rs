@@ -123,6 +123,13 @@ pub fn relay_status_key(namespace: &str) -> Result<String> {
     namespaced(namespace, "relay:status")
 }
 
+/// The hash of job type routes set at run time (`conveyor route`), which
+/// producers re-read each second: field = job type, value = JSON
+/// `{"kafka_percent": 0..100, "double_write": bool}`.
+pub fn routes_key(namespace: &str) -> Result<String> {
+    namespaced(namespace, "routes")
+}
+
 /// A namespace-wide key (not tied to one queue): `cv:[<ns>:]<suffix>`.
 fn namespaced(namespace: &str, suffix: &str) -> Result<String> {
     if namespace.is_empty() {

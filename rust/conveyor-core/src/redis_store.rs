@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::{Client, Connection};
 
 use crate::error::Result;
-use crate::keys::{registry_key, relay_control_key, relay_status_key, QueueKeys};
+use crate::keys::{registry_key, relay_control_key, relay_status_key, routes_key, QueueKeys};
 
 /// The scripts, embedded at build time.
 pub mod scripts {
@@ -61,14 +61,15 @@ pub mod scripts {
             &REAP,
             &REPLAY_DEAD,
             &PERIODIC,
-            &RELAY_CONTROL,
+            &CONTROL,
             &PUBLISH_REGISTRY,
         ]
     });
 
-    /// Sets or clears a relay control. See `scripts/relay_control-1.lua`.
-    pub static RELAY_CONTROL: LazyLock<Script> =
-        LazyLock::new(|| Script::new(include_str!("scripts/relay_control-1.lua")));
+    /// Sets or clears a relay control or a job type's route. See
+    /// `scripts/control-1.lua`.
+    pub static CONTROL: LazyLock<Script> =
+        LazyLock::new(|| Script::new(include_str!("scripts/control-1.lua")));
 
     /// Records job types in the registry. See `scripts/publish_registry-1.lua`.
     pub static PUBLISH_REGISTRY: LazyLock<Script> =
@@ -188,12 +189,48 @@ impl RedisStore {
                 "relay control must be 'rate', 'paused' or 'shadow', not {kind:?}"
             )));
         }
-        let _: i64 = scripts::RELAY_CONTROL
+        let _: i64 = scripts::CONTROL
             .key(relay_control_key(namespace)?)
             .arg(format!("{kind}:{topic}"))
             .arg(value.unwrap_or(""))
             .invoke(&mut self.conn)?;
         Ok(())
+    }
+
+    /// Sets a job type's route (`Some((kafka_percent, double_write))`) or
+    /// clears it (`None`: the producers' own configuration applies again).
+    pub fn set_route(
+        &mut self,
+        namespace: &str,
+        job_type: &str,
+        route: Option<(f64, bool)>,
+    ) -> Result<()> {
+        crate::envelope::validate_job_type(job_type)?;
+        let value = match route {
+            None => String::new(),
+            Some((percent, double_write)) => {
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(crate::Error::InvalidJob(format!(
+                        "kafka_percent must be 0 to 100, not {percent}"
+                    )));
+                }
+                serde_json::json!({"kafka_percent": percent, "double_write": double_write})
+                    .to_string()
+            }
+        };
+        let _: i64 = scripts::CONTROL
+            .key(routes_key(namespace)?)
+            .arg(job_type)
+            .arg(value)
+            .invoke(&mut self.conn)?;
+        Ok(())
+    }
+
+    /// Every route set at run time, as `(job type, JSON)`.
+    pub fn routes(&mut self, namespace: &str) -> Result<Vec<(String, String)>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(routes_key(namespace)?)
+            .query(&mut self.conn)?)
     }
 
     /// Publishes (`Some`) or removes (`None`) one relay's status JSON. A plain

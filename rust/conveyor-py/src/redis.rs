@@ -235,6 +235,24 @@ impl RedisStore {
         self.with(py, |s| s.set_relay_control(namespace, kind, topic, value))
     }
 
+    /// Sets a job type's route at run time (`kafka_percent`, `double_write`),
+    /// or with `None` clears it. Producers apply it within a second.
+    #[pyo3(signature = (namespace, job_type, route=None))]
+    fn set_route(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        job_type: &str,
+        route: Option<(f64, bool)>,
+    ) -> PyResult<()> {
+        self.with(py, |s| s.set_route(namespace, job_type, route))
+    }
+
+    /// Every route set at run time as `(job type, JSON)`.
+    fn routes(&self, py: Python<'_>, namespace: &str) -> PyResult<Vec<(String, String)>> {
+        self.with(py, |s| s.routes(namespace))
+    }
+
     /// Every running relay's published status as `(relay id, JSON)`.
     fn relay_statuses(&self, py: Python<'_>, namespace: &str) -> PyResult<Vec<(String, String)>> {
         self.with(py, |s| s.relay_statuses(namespace))

@@ -44,10 +44,15 @@ local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 local ready, later = {}, {}
+local nready = 0
 local duplicates, skipped = 0, 0
+-- Offsets ascend within a batch: when its first record is at or past the
+-- fence (every batch but the first after a crash or rebalance), no record
+-- needs its offset checked. Per-job work here is what bounds relaying.
+local fenced = fence ~= '' and #ARGV >= 3 and tonumber(ARGV[3]) < stored
 for i = 3, #ARGV, 4 do
   local envelope = ARGV[i + 3]
-  if fence ~= '' and tonumber(ARGV[i]) < stored then
+  if fenced and tonumber(ARGV[i]) < stored then
     skipped = skipped + 1
   else
     local fresh = true
@@ -59,12 +64,13 @@ for i = 3, #ARGV, 4 do
     if not fresh then
       duplicates = duplicates + 1
     else
-      local run_at = tonumber(ARGV[i + 1])
-      if run_at > now_ms then
-        later[#later + 1] = run_at
+      local run_at = ARGV[i + 1]
+      if run_at ~= '0' and tonumber(run_at) > now_ms then
+        later[#later + 1] = tonumber(run_at)
         later[#later + 1] = envelope
       else
-        ready[#ready + 1] = envelope
+        nready = nready + 1
+        ready[nready] = envelope
       end
     end
   end
