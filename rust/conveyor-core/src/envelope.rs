@@ -178,31 +178,13 @@ impl Envelope {
 
     /// Checks every field against the format's rules.
     pub fn validate(&self) -> Result<()> {
-        validate_job_type(&self.job_type)?;
-        if let Some(key) = &self.dedup_key {
-            check_len("dedup key", key.len(), MAX_DEDUP_KEY_LEN)?;
-        }
-        if let Some(trace) = &self.trace_context {
-            check_len("trace context", trace.len(), MAX_TRACE_CONTEXT_LEN)?;
-            if !trace.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                return Err(Error::InvalidJob(
-                    "trace context must be printable ASCII".to_owned(),
-                ));
-            }
-        }
-        if self.payload.len() > MAX_PAYLOAD_LEN {
-            return Err(Error::InvalidJob(format!(
-                "payload is {} bytes, over the format's limit of {MAX_PAYLOAD_LEN}",
-                self.payload.len()
-            )));
-        }
-        if self.stages.len() > MAX_STAGES {
-            return Err(Error::InvalidJob(format!(
-                "{} stage stamps, over the limit of {MAX_STAGES}",
-                self.stages.len()
-            )));
-        }
-        Ok(())
+        check_fields(
+            &self.job_type,
+            self.dedup_key.as_deref(),
+            self.trace_context.as_deref(),
+            self.payload.len(),
+            self.stages.len(),
+        )
     }
 
     /// Size in bytes of the encoded envelope.
@@ -258,6 +240,56 @@ impl Envelope {
 
     /// Decodes an envelope; any malformed input is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Envelope> {
+        let view = EnvelopeView::parse(bytes)?;
+        Ok(Envelope {
+            id: view.id,
+            job_type: view.job_type.to_owned(),
+            attempt: view.attempt,
+            enqueued_at_us: view.enqueued_at_us,
+            run_at_us: view.run_at_us,
+            dedup_key: view.dedup_key.map(str::to_owned),
+            trace_context: view.trace_context.map(str::to_owned),
+            payload: view.payload.to_vec(),
+            stages: view
+                .stages
+                .chunks_exact(STAGE_LEN)
+                .map(|c| StageStamp {
+                    code: c[0],
+                    at_us: u64::from_be_bytes(c[1..].try_into().unwrap_or_default()),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// An encoded envelope checked in full but not copied: what the relay needs
+/// to route a record (its run-at time, its dedup key) without allocating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeView<'a> {
+    /// See [`Envelope::id`].
+    pub id: JobId,
+    /// See [`Envelope::job_type`].
+    pub job_type: &'a str,
+    /// See [`Envelope::attempt`].
+    pub attempt: u32,
+    /// See [`Envelope::enqueued_at_us`].
+    pub enqueued_at_us: u64,
+    /// See [`Envelope::run_at_us`].
+    pub run_at_us: Option<u64>,
+    /// See [`Envelope::dedup_key`].
+    pub dedup_key: Option<&'a str>,
+    /// See [`Envelope::trace_context`].
+    pub trace_context: Option<&'a str>,
+    /// See [`Envelope::payload`].
+    pub payload: &'a [u8],
+    /// The stage stamps, still encoded (a whole number of them).
+    pub stages: &'a [u8],
+}
+
+impl<'a> EnvelopeView<'a> {
+    /// Checks `bytes` as [`Envelope::decode`] does (same errors), borrowing
+    /// instead of copying.
+    pub fn parse(bytes: &'a [u8]) -> Result<EnvelopeView<'a>> {
         let mut r = Reader { bytes, pos: 0 };
         if r.take(2, "magic")? != MAGIC {
             return Err(Error::Decode(
@@ -307,7 +339,7 @@ impl Envelope {
                 "payload length {payload_len} is over the format's limit"
             )));
         }
-        let payload = r.take(payload_len, "payload")?.to_vec();
+        let payload = r.take(payload_len, "payload")?;
         let rest = r.remaining();
         if !rest.len().is_multiple_of(STAGE_LEN) {
             return Err(Error::Decode(format!(
@@ -315,14 +347,18 @@ impl Envelope {
                 rest.len()
             )));
         }
-        let stages: Vec<StageStamp> = rest
-            .chunks_exact(STAGE_LEN)
-            .map(|c| StageStamp {
-                code: c[0],
-                at_us: u64::from_be_bytes(c[1..].try_into().unwrap_or_default()),
-            })
-            .collect();
-        let envelope = Envelope {
+        check_fields(
+            job_type,
+            dedup_key,
+            trace_context,
+            payload.len(),
+            rest.len() / STAGE_LEN,
+        )
+        .map_err(|e| match e {
+            Error::InvalidJob(reason) => Error::Decode(reason),
+            other => other,
+        })?;
+        Ok(EnvelopeView {
             id,
             job_type,
             attempt,
@@ -331,14 +367,42 @@ impl Envelope {
             dedup_key,
             trace_context,
             payload,
-            stages,
-        };
-        envelope.validate().map_err(|e| match e {
-            Error::InvalidJob(reason) => Error::Decode(reason),
-            other => other,
-        })?;
-        Ok(envelope)
+            stages: rest,
+        })
     }
+}
+
+/// The checks [`Envelope::validate`] makes, on the fields alone.
+fn check_fields(
+    job_type: &str,
+    dedup_key: Option<&str>,
+    trace_context: Option<&str>,
+    payload_len: usize,
+    stage_count: usize,
+) -> Result<()> {
+    validate_job_type(job_type)?;
+    if let Some(key) = dedup_key {
+        check_len("dedup key", key.len(), MAX_DEDUP_KEY_LEN)?;
+    }
+    if let Some(trace) = trace_context {
+        check_len("trace context", trace.len(), MAX_TRACE_CONTEXT_LEN)?;
+        if !trace.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(Error::InvalidJob(
+                "trace context must be printable ASCII".to_owned(),
+            ));
+        }
+    }
+    if payload_len > MAX_PAYLOAD_LEN {
+        return Err(Error::InvalidJob(format!(
+            "payload is {payload_len} bytes, over the format's limit of {MAX_PAYLOAD_LEN}"
+        )));
+    }
+    if stage_count > MAX_STAGES {
+        return Err(Error::InvalidJob(format!(
+            "{stage_count} stage stamps, over the limit of {MAX_STAGES}"
+        )));
+    }
+    Ok(())
 }
 
 /// Appends a stage stamp to an encoded envelope in place, without re-encoding it.
@@ -422,13 +486,12 @@ impl<'a> Reader<'a> {
         Ok(self.take(1, what)?[0])
     }
 
-    fn text(&mut self, n: usize, what: &str) -> Result<String> {
+    fn text(&mut self, n: usize, what: &str) -> Result<&'a str> {
         let raw = self.take(n, what)?;
-        String::from_utf8(raw.to_vec())
-            .map_err(|_| Error::Decode(format!("{what} is not valid UTF-8")))
+        std::str::from_utf8(raw).map_err(|_| Error::Decode(format!("{what} is not valid UTF-8")))
     }
 
-    fn short_text(&mut self, what: &str) -> Result<String> {
+    fn short_text(&mut self, what: &str) -> Result<&'a str> {
         let n = u16::from_be_bytes(self.array(what)?) as usize;
         self.text(n, what)
     }
@@ -470,6 +533,22 @@ mod tests {
         let back = Envelope::decode(&bytes).unwrap();
         assert_eq!(back, env);
         assert_eq!(back.encode().unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_view_borrows_the_same_fields() {
+        let env = sample();
+        let bytes = env.encode().unwrap();
+        let view = EnvelopeView::parse(&bytes).unwrap();
+        assert_eq!(view.job_type, env.job_type);
+        assert_eq!(view.run_at_us, env.run_at_us);
+        assert_eq!(view.dedup_key, env.dedup_key.as_deref());
+        assert_eq!(view.trace_context, env.trace_context.as_deref());
+        assert_eq!(view.payload, env.payload.as_slice());
+        assert_eq!(view.stages.len(), STAGE_LEN * env.stages.len());
+        let mut bad = bytes.clone();
+        bad.push(0);
+        assert!(EnvelopeView::parse(&bad).is_err(), "half a stage stamp");
     }
 
     #[test]

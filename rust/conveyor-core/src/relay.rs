@@ -34,12 +34,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::envelope::{append_stage, Envelope, Stage};
+use crate::envelope::{append_stage, EnvelopeView, Stage};
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::kafka::{create_topic, KafkaConfig};
@@ -264,6 +264,11 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         namespace: config.namespace.clone(),
         partitions,
         held: HashMap::new(),
+        topics: config
+            .routes
+            .iter()
+            .map(|(t, _)| Arc::from(t.as_str()))
+            .collect(),
         controls: Controls::default(),
         buckets: HashMap::new(),
         paused_now: HashSet::new(),
@@ -446,7 +451,9 @@ struct Relay {
     /// Partition count per topic, to split a topic's rate between relays.
     partitions: HashMap<String, usize>,
     /// Jobs read but not yet released by their topic's rate, in order.
-    held: HashMap<String, VecDeque<OwnedMessage>>,
+    held: HashMap<String, VecDeque<Record>>,
+    /// The relayed topics' names, shared by every record read from them.
+    topics: Vec<Arc<str>>,
     controls: Controls,
     buckets: HashMap<String, Bucket>,
     /// Partitions this relay has paused (for a pause or for held jobs).
@@ -484,9 +491,23 @@ struct Writer {
     stop: Arc<AtomicBool>,
 }
 
+/// A record read from Kafka, kept until its batch is handed to the writer.
+struct Record {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    /// The broker's append time, µs since the epoch.
+    kafka_us: u64,
+    /// The record's value, with capacity for the two stage stamps.
+    value: Vec<u8>,
+}
+
+/// Bytes one stage stamp appends to an envelope (code + u64 time).
+const STAGE_STAMP_LEN: usize = 9;
+
 /// One partition's share of a batch.
 struct PartitionBatch {
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     /// `(offset, envelope with stage stamps)` in offset order.
     jobs: Vec<Admission>,
@@ -499,11 +520,14 @@ impl Relay {
         while !self.stop.load(Ordering::Relaxed) {
             self.refresh_controls();
             self.apply_pauses();
-            for message in self.collect() {
-                self.held
-                    .entry(message.topic().to_owned())
-                    .or_default()
-                    .push_back(message);
+            for record in self.collect() {
+                match self.held.get_mut(&*record.topic) {
+                    Some(queue) => queue.push_back(record),
+                    None => {
+                        let topic = record.topic.to_string();
+                        self.held.entry(topic).or_default().push_back(record);
+                    }
+                }
             }
             if self
                 .guard_read_at
@@ -675,7 +699,7 @@ impl Relay {
             let owned: HashSet<(&str, i32)> =
                 assignment.iter().map(|(t, p)| (t.as_str(), *p)).collect();
             for queue in self.held.values_mut() {
-                queue.retain(|m| owned.contains(&(m.topic(), m.partition())));
+                queue.retain(|r| owned.contains(&(&*r.topic, r.partition)));
             }
             self.last_assignment = assignment.clone();
         }
@@ -710,7 +734,7 @@ impl Relay {
     }
 
     /// Takes from the held jobs what each topic's rate allows now.
-    fn release(&mut self) -> Vec<OwnedMessage> {
+    fn release(&mut self) -> Vec<Record> {
         let now = Instant::now();
         let mut out = Vec::new();
         for (topic, queue) in &mut self.held {
@@ -761,7 +785,7 @@ impl Relay {
     }
 
     /// Waits up to 100 ms for a first record, then up to `batch_wait` more.
-    fn collect(&self) -> Vec<OwnedMessage> {
+    fn collect(&self) -> Vec<Record> {
         let mut messages = Vec::new();
         let mut deadline: Option<Instant> = None;
         while messages.len() < self.batch_max {
@@ -771,7 +795,7 @@ impl Relay {
             };
             match self.consumer.poll(wait) {
                 Some(Ok(message)) => {
-                    messages.push(message.detach());
+                    messages.push(self.record(&message));
                     deadline.get_or_insert_with(|| Instant::now() + self.batch_wait);
                 }
                 // Consumer errors are transient (a broker away); librdkafka retries.
@@ -785,14 +809,41 @@ impl Relay {
         messages
     }
 
-    fn relay(&mut self, messages: Vec<OwnedMessage>) {
+    /// Copies what relaying needs out of a message librdkafka owns: one
+    /// allocation per record (its value, with room for the two stage stamps),
+    /// no headers, the topic name shared.
+    fn record(&self, message: &BorrowedMessage<'_>) -> Record {
+        let name = message.topic();
+        let topic = self
+            .topics
+            .iter()
+            .find(|t| &***t == name)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(name));
+        let payload = message.payload().unwrap_or_default();
+        let mut value = Vec::with_capacity(payload.len() + 2 * STAGE_STAMP_LEN);
+        value.extend_from_slice(payload);
+        Record {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            kafka_us: message.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000,
+            value,
+        }
+    }
+
+    fn relay(&mut self, records: Vec<Record>) {
         let relayed_at = now_us();
         let mut batches: Vec<PartitionBatch> = Vec::new();
         let mut dead = Vec::new();
-        for message in messages {
-            let topic = message.topic().to_owned();
-            let partition = message.partition();
-            let offset = message.offset();
+        for record in records {
+            let Record {
+                topic,
+                partition,
+                offset,
+                kafka_us,
+                mut value,
+            } = record;
             let index = match batches
                 .iter()
                 .position(|b| b.partition == partition && b.topic == topic)
@@ -800,7 +851,7 @@ impl Relay {
                 Some(i) => i,
                 None => {
                     batches.push(PartitionBatch {
-                        topic: topic.clone(),
+                        topic: Arc::clone(&topic),
                         partition,
                         jobs: Vec::new(),
                         next_offset: offset,
@@ -810,25 +861,29 @@ impl Relay {
             };
             let batch = &mut batches[index];
             batch.next_offset = offset + 1;
-            let value = message.payload().unwrap_or_default();
-            match Envelope::decode(value) {
+            let fields = EnvelopeView::parse(&value).map(|e| {
+                (
+                    e.run_at_us.map_or(0, |us| us / 1000),
+                    e.dedup_key.map(str::to_owned),
+                )
+            });
+            match fields {
                 // Shadow mode: the job was written to Redis by the direct
                 // path too (double writes); count it and move the fence on.
-                Ok(_) if self.controls.shadow.contains(&topic) => {
+                Ok(_) if self.controls.shadow.contains(&*topic) => {
                     self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(decoded) => {
-                    let mut stamped = Vec::with_capacity(value.len() + 18);
-                    stamped.extend_from_slice(value);
-                    let kafka_us =
-                        message.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000;
-                    append_stage(&mut stamped, Stage::Kafka as u8, kafka_us);
-                    append_stage(&mut stamped, Stage::Relayed as u8, relayed_at);
-                    batch
-                        .jobs
-                        .push(Admission::from_decoded(offset, &decoded, stamped));
+                Ok((run_at_ms, dedup_key)) => {
+                    append_stage(&mut value, Stage::Kafka as u8, kafka_us);
+                    append_stage(&mut value, Stage::Relayed as u8, relayed_at);
+                    batch.jobs.push(Admission {
+                        offset,
+                        run_at_ms,
+                        dedup_key,
+                        envelope: value,
+                    });
                 }
-                Err(err) => dead.push((topic, value.to_vec(), err.to_string())),
+                Err(err) => dead.push((topic.to_string(), value, err.to_string())),
             }
         }
         // A record that cannot be relayed must not block its partition, nor be
@@ -893,7 +948,7 @@ impl Writer {
             if self.write(&batch) {
                 let offsets = batch
                     .iter()
-                    .map(|b| (b.topic.clone(), b.partition, b.next_offset))
+                    .map(|b| (b.topic.to_string(), b.partition, b.next_offset))
                     .collect();
                 // The relay drains this channel every loop and at its end.
                 let _ = written.send(offsets);
@@ -936,7 +991,7 @@ impl Writer {
     fn try_write(&mut self, batches: &[PartitionBatch]) -> Result<()> {
         let mut pipe = redis::pipe();
         for batch in batches {
-            let keys = &self.queues[&batch.topic];
+            let keys = &self.queues[&*batch.topic];
             let fence = format!("{}:{}", batch.topic, batch.partition);
             pipe.add_command(admit_command(keys, &fence, batch.next_offset, &batch.jobs));
         }
