@@ -122,7 +122,9 @@ def test_a_route_set_from_the_cli_takes_effect_in_running_producers(
     )
 
 
-def test_bad_run_time_routes_are_refused_or_skipped(app: conveyor.Conveyor) -> None:
+def test_bad_run_time_routes_are_refused_or_skipped(
+    app: conveyor.Conveyor, caplog: pytest.LogCaptureFixture
+) -> None:
     env = {
         "CONVEYOR_REDIS_URL": app.settings.redis_url,
         "CONVEYOR_NAMESPACE": app.settings.namespace,
@@ -143,6 +145,11 @@ def test_bad_run_time_routes_are_refused_or_skipped(app: conveyor.Conveyor) -> N
     }
     table.apply([("a.type", '{"kafka_percent": 500}')])
     assert table.current == {"a.type": conveyor.Route(kafka_percent=50)}
+    caplog.clear()
+    for _ in range(3):
+        table.apply([("a.type", "{broken")])
+    warnings = [r for r in caplog.records if "ignoring the run-time route" in r.message]
+    assert len(warnings) == 1, "a bad entry is reported once, not at every re-read"
 
 
 def test_enqueue_never_waits_for_an_unreachable_routes_table(app: conveyor.Conveyor) -> None:

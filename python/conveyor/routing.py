@@ -114,6 +114,8 @@ class RouteTable:
         self._lock = threading.Lock()
         #: Whether a watcher thread runs in this process (reset after a fork).
         self.watching = False
+        #: Bad run-time entries already logged.
+        self._reported: set[tuple[str, str]] = set()
 
     def configure(self, type_name: str, route: Route | None) -> None:
         """Set (or with None remove) a type's configured route."""
@@ -136,7 +138,10 @@ class RouteTable:
                     double_write=bool(raw.get("double_write", False)),
                 )
             except (ValueError, KeyError, TypeError, InvalidJobError) as err:
-                log.warning("ignoring the run-time route of %s (%r): %s", type_name, text, err)
+                # Said once per bad value, not at every re-read.
+                if (type_name, text) not in self._reported:
+                    self._reported.add((type_name, text))
+                    log.warning("ignoring the run-time route of %s (%r): %s", type_name, text, err)
         with self._lock:
             self._runtime = runtime
             self.current = {**self._configured, **runtime}
