@@ -35,7 +35,8 @@ const FLAG_TRACE_CONTEXT: u8 = 1 << 2;
 const KNOWN_FLAGS: u8 = FLAG_RUN_AT | FLAG_DEDUP_KEY | FLAG_TRACE_CONTEXT;
 /// magic, version, flags, id, enqueued_at, attempt, job type length.
 const FIXED_HEADER_LEN: usize = 2 + 1 + 1 + 16 + 8 + 4 + 1;
-const STAGE_LEN: usize = 1 + 8;
+/// Bytes one stage stamp takes at the end of an envelope (code + u64 time).
+pub const STAGE_LEN: usize = 1 + 8;
 
 /// A point in a job's life, recorded with a timestamp in the envelope.
 ///

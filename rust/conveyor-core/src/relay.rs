@@ -39,7 +39,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::envelope::{append_stage, EnvelopeView, Stage};
+use crate::envelope::{append_stage, EnvelopeView, Stage, STAGE_LEN};
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::kafka::{create_topic, KafkaConfig};
@@ -502,9 +502,6 @@ struct Record {
     value: Vec<u8>,
 }
 
-/// Bytes one stage stamp appends to an envelope (code + u64 time).
-const STAGE_STAMP_LEN: usize = 9;
-
 /// One partition's share of a batch.
 struct PartitionBatch {
     topic: Arc<str>,
@@ -821,7 +818,7 @@ impl Relay {
             .cloned()
             .unwrap_or_else(|| Arc::from(name));
         let payload = message.payload().unwrap_or_default();
-        let mut value = Vec::with_capacity(payload.len() + 2 * STAGE_STAMP_LEN);
+        let mut value = Vec::with_capacity(payload.len() + 2 * STAGE_LEN);
         value.extend_from_slice(payload);
         Record {
             topic,
