@@ -329,6 +329,16 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
     })
 }
 
+/// The connection in `slot`, opened first if there is none (a failed write
+/// empties the slot, so the next call reconnects).
+fn connected<'a>(slot: &'a mut Option<RedisStore>, url: &str) -> Result<&'a mut RedisStore> {
+    if slot.is_none() {
+        *slot = Some(RedisStore::connect(url, Duration::from_secs(5))?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| Error::Timeout("no Redis connection".to_owned()))
+}
+
 /// Where records that cannot be relayed go, with the reason in a header.
 pub fn dead_letter_topic(topic: &str) -> String {
     format!("{topic}.dead")
@@ -770,15 +780,7 @@ impl Relay {
     }
 
     fn store(&mut self) -> Result<&mut RedisStore> {
-        if self.store.is_none() {
-            self.store = Some(RedisStore::connect(
-                &self.redis_url,
-                Duration::from_secs(5),
-            )?);
-        }
-        self.store
-            .as_mut()
-            .ok_or_else(|| Error::Timeout("no Redis connection".to_owned()))
+        connected(&mut self.store, &self.redis_url)
     }
 
     /// Waits up to 100 ms for a first record, then up to `batch_wait` more.
@@ -954,15 +956,7 @@ impl Writer {
     }
 
     fn store(&mut self) -> Result<&mut RedisStore> {
-        if self.store.is_none() {
-            self.store = Some(RedisStore::connect(
-                &self.redis_url,
-                Duration::from_secs(5),
-            )?);
-        }
-        self.store
-            .as_mut()
-            .ok_or_else(|| Error::Timeout("no Redis connection".to_owned()))
+        connected(&mut self.store, &self.redis_url)
     }
 
     /// Writes every partition's jobs in one pipeline of script calls,
