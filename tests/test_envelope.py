@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,29 @@ def test_append_stage_keeps_every_byte_and_adds_a_stamp() -> None:
     assert conveyor.Envelope.decode(stamped).stages == [(conveyor.Stage.RELAYED, 123)]
     with pytest.raises(EnvelopeDecodeError):
         _core.append_stage(b"garbage", 1, 1)
+
+
+def test_a_forked_child_never_makes_its_parents_ids() -> None:
+    # The child inherits the parent's last id and its random generator. The
+    # first id of a new millisecond takes 80 fresh random bits (its last 16
+    # characters): the same bits in both processes would mean a generator
+    # that was copied, not reseeded.
+    _core.new_job_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.close(read_end)
+        time.sleep(0.002)
+        ids = [_core.new_job_id() for _ in range(20_000)]
+        with os.fdopen(write_end, "w") as out:
+            out.write("\n".join(ids))
+        os._exit(0)
+    os.close(write_end)
+    time.sleep(0.002)
+    parent = [_core.new_job_id() for _ in range(20_000)]
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read().split("\n")
+    os.waitpid(pid, 0)
+    assert len(set(child)) == 20_000
+    assert parent[0][-16:] != child[0][-16:]
+    assert not set(parent) & set(child)

@@ -190,7 +190,14 @@ class Conveyor:
                 run_at_us=run_at_us,
                 trace_context=trace_context,
             )
-        return self._get_producer().send_call(
+        producer = self._get_producer()
+        if dedup_key is None and run_at_us is None and trace_context is None:
+            # Each keyword argument costs the binding a lookup: the plain job
+            # (the common case) passes none it does not need.
+            return producer.send_call(
+                topic, type_name, args, kwargs, max_payload_bytes=self.settings.max_payload_bytes
+            )
+        return producer.send_call(
             topic,
             type_name,
             args,

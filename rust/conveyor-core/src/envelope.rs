@@ -131,11 +131,12 @@ impl Envelope {
         run_at_us: Option<u64>,
         trace_context: Option<String>,
     ) -> Envelope {
+        let now_us = crate::id::now_us();
         Envelope {
-            id: JobId::generate(),
+            id: JobId::generate_at(now_us / 1000),
             job_type,
             attempt: 0,
-            enqueued_at_us: crate::id::now_us(),
+            enqueued_at_us: now_us,
             run_at_us,
             dedup_key,
             trace_context,

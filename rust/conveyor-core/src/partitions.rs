@@ -48,6 +48,44 @@ struct Topic {
     state: HashMap<i32, State>,
 }
 
+impl Topic {
+    fn healthy(&self, partition: i32, now: Instant) -> bool {
+        self.state.get(&partition).is_none_or(|s| s.healthy(now))
+    }
+
+    fn choose(&self, now: Instant) -> Option<i32> {
+        let healthy = self.led.iter().filter(|&&p| self.healthy(p, now)).count();
+        if healthy == 0 {
+            return None;
+        }
+        let nth = rand::random::<u32>() as usize % healthy;
+        self.led
+            .iter()
+            .copied()
+            .filter(|&p| self.healthy(p, now))
+            .nth(nth)
+    }
+
+    fn sent(&mut self, partition: i32, count: u64, now: Instant) {
+        let s = self.state.entry(partition).or_default();
+        if s.in_flight == 0 {
+            s.progress_at = Some(now);
+        }
+        s.in_flight += count;
+    }
+}
+
+/// What [`PartitionHealth::pick`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    /// The topic's partitions were read (it exists).
+    pub known: bool,
+    /// The partition list is due for a refresh, which this caller should do.
+    pub stale: bool,
+    /// The partition chosen for the records that may go anywhere.
+    pub partition: Option<i32>,
+}
+
 /// Per-topic partition health, fed by sends and delivery reports.
 #[derive(Default)]
 pub struct PartitionHealth {
@@ -72,12 +110,31 @@ impl PartitionHealth {
         });
     }
 
-    /// Whether the partition list of `topic` is due for a refresh.
-    pub fn needs_refresh(&self, topic: &str) -> bool {
+    /// Everything one send needs to know about `topic`, under one lock: a
+    /// send of a single job is a few microseconds, so four lock and hash
+    /// rounds showed in its profile. When `count` records may go anywhere,
+    /// a healthy partition is chosen and counted as sent `count` records.
+    /// A stale partition list is reported once per [`REFRESH`]: the caller
+    /// that sees `stale` refreshes it, the others go on with the old one.
+    pub fn pick(&self, topic: &str, count: u64) -> Pick {
+        let now = Instant::now();
         self.with(|topics| {
-            topics
-                .get(topic)
-                .is_none_or(|t| t.refreshed.elapsed() > REFRESH)
+            let Some(t) = topics.get_mut(topic) else {
+                return Pick::default();
+            };
+            let stale = now.duration_since(t.refreshed) > REFRESH;
+            if stale {
+                t.refreshed = now;
+            }
+            let partition = if count > 0 { t.choose(now) } else { None };
+            if let Some(p) = partition {
+                t.sent(p, count, now);
+            }
+            Pick {
+                known: true,
+                stale,
+                partition,
+            }
         })
     }
 
@@ -85,19 +142,7 @@ impl PartitionHealth {
     /// topic is unknown or no partition looks healthy (librdkafka chooses).
     pub fn choose(&self, topic: &str) -> Option<i32> {
         let now = Instant::now();
-        self.with(|topics| {
-            let t = topics.get(topic)?;
-            let healthy: Vec<i32> = t
-                .led
-                .iter()
-                .copied()
-                .filter(|p| t.state.get(p).is_none_or(|s| s.healthy(now)))
-                .collect();
-            if healthy.is_empty() {
-                return None;
-            }
-            Some(healthy[rand::random::<u32>() as usize % healthy.len()])
-        })
+        self.with(|topics| topics.get(topic)?.choose(now))
     }
 
     /// `count` records were handed to librdkafka for `partition`.
@@ -105,11 +150,7 @@ impl PartitionHealth {
         let now = Instant::now();
         self.with(|topics| {
             if let Some(t) = topics.get_mut(topic) {
-                let s = t.state.entry(partition).or_default();
-                if s.in_flight == 0 {
-                    s.progress_at = Some(now);
-                }
-                s.in_flight += count;
+                t.sent(partition, count, now);
             }
         });
     }

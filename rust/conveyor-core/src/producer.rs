@@ -7,7 +7,6 @@
 //! `Pending` is dropped unobserved, the failure moves to the producer, and the
 //! next [`JobProducer::flush`] reports it.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -160,7 +159,6 @@ pub struct JobProducer {
     inner: Arc<ThreadedProducer<Context>>,
     options: ProducerOptions,
     shared: Arc<Shared>,
-    known_topics: Arc<Mutex<HashSet<String>>>,
     health: Arc<PartitionHealth>,
 }
 
@@ -208,7 +206,6 @@ impl JobProducer {
             inner: Arc::new(inner),
             options,
             shared,
-            known_topics: Arc::new(Mutex::new(HashSet::new())),
             health,
         })
     }
@@ -216,12 +213,18 @@ impl JobProducer {
     /// Fails fast with [`Error::UnknownTopic`] when `topic` does not exist,
     /// instead of letting every record time out. Checked once per topic.
     pub fn check_topic(&self, topic: &str) -> Result<()> {
-        if lock(&self.known_topics).contains(topic) {
-            if self.health.needs_refresh(topic) {
+        let pick = self.health.pick(topic, 0);
+        if pick.known {
+            if pick.stale {
                 self.refresh_partitions(topic);
             }
             return Ok(());
         }
+        self.read_topic(topic)
+    }
+
+    /// Reads `topic`'s partitions for the first time.
+    fn read_topic(&self, topic: &str) -> Result<()> {
         let metadata = self
             .inner
             .client()
@@ -231,7 +234,6 @@ impl JobProducer {
         match found {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                 self.health.set_led(topic, led_partitions(t));
-                lock(&self.known_topics).insert(topic.to_owned());
                 Ok(())
             }
             _ => Err(Error::UnknownTopic(topic.to_owned())),
@@ -260,26 +262,30 @@ impl JobProducer {
         envelopes: &[Envelope],
         partition: Option<i32>,
     ) -> Result<Pending> {
-        self.check_topic(topic)?;
         let encoded = envelopes
             .iter()
             .map(Envelope::encode)
             .collect::<Result<Vec<_>>>()?;
+        // Jobs without a dedup key or a pinned partition go to one healthy
+        // partition per call (as librdkafka's sticky partitioner would).
+        let free = match partition {
+            None => envelopes.iter().filter(|e| e.dedup_key.is_none()).count() as u64,
+            Some(_) => 0,
+        };
+        let mut pick = self.health.pick(topic, free);
+        if !pick.known {
+            self.read_topic(topic)?;
+            pick = self.health.pick(topic, free);
+        } else if pick.stale {
+            self.refresh_partitions(topic);
+        }
+        let chosen = pick.partition;
         let batch = Arc::new(Batch::new(envelopes.iter().map(|e| e.id).collect()));
         if !envelopes.is_empty() {
             *lock(&self.shared.in_flight) += 1;
         }
-        let deadline = Instant::now() + self.options.enqueue_timeout;
-        // Jobs without a dedup key or a pinned partition go to one healthy
-        // partition per call (as librdkafka's sticky partitioner would).
-        let chosen = match partition {
-            None => self.health.choose(topic),
-            Some(_) => None,
-        };
-        if let Some(p) = chosen {
-            let free = envelopes.iter().filter(|e| e.dedup_key.is_none()).count();
-            self.health.sent(topic, p, free as u64);
-        }
+        // Set at the first full local queue: most sends never need it.
+        let mut deadline = None;
         let mut id_text = String::with_capacity(26);
         for (index, (env, value)) in envelopes.iter().zip(&encoded).enumerate() {
             id_text.clear();
@@ -316,7 +322,7 @@ impl JobProducer {
             if let Some(p) = partition.or(chosen.filter(|_| tracked)) {
                 record = record.partition(p);
             }
-            if let Err((err, record)) = self.enqueue_record(record, deadline) {
+            if let Err((err, record)) = self.enqueue_record(record, &mut deadline) {
                 let slot = *record.delivery_opaque;
                 if slot.tracked {
                     if let Some(p) = chosen {
@@ -327,6 +333,7 @@ impl JobProducer {
                     .complete(slot.index, Err(err.to_string()), &self.shared);
             }
         }
+        self.inner.poll(Duration::ZERO);
         Ok(Pending {
             batch,
             shared: Arc::clone(&self.shared),
@@ -339,13 +346,16 @@ impl JobProducer {
     fn enqueue_record<'a>(
         &self,
         mut record: Record<'a>,
-        deadline: Instant,
+        deadline: &mut Option<Instant>,
     ) -> std::result::Result<(), (KafkaError, Record<'a>)> {
         loop {
             match self.inner.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < deadline =>
+                    if Instant::now()
+                        < *deadline.get_or_insert_with(|| {
+                            Instant::now() + self.options.enqueue_timeout
+                        }) =>
                 {
                     record = back;
                     // The polling thread serves delivery reports; give it a moment.
