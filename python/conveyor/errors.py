@@ -97,6 +97,7 @@ _BY_CODE: dict[str, type[ConveyorError]] = {
         DeliveryError,
         RedisError,
         ConveyorTimeout,
+        ConfigError,
     )
 }
 

@@ -11,9 +11,16 @@ from pathlib import Path
 
 from conveyor import settings
 from conveyor.devservers.kafka import KAFKA_VERSION, KafkaCluster, KafkaNode
-from conveyor.devservers.redis import RedisServer
+from conveyor.devservers.redis import RedisCluster, RedisServer
 
-__all__ = ["KAFKA_VERSION", "DevServers", "KafkaCluster", "KafkaNode", "RedisServer"]
+__all__ = [
+    "KAFKA_VERSION",
+    "DevServers",
+    "KafkaCluster",
+    "KafkaNode",
+    "RedisCluster",
+    "RedisServer",
+]
 
 
 @dataclass

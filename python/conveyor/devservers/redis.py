@@ -12,10 +12,13 @@ memory at the worst moment.
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from conveyor.devservers.process import ServerProcess, require_free_port, require_program
+from conveyor.errors import DevServerError
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class RedisServer:
     home: Path
     #: `maxmemory` in bytes; 0 means no limit. Tests of a full Redis set it.
     maxmemory: int = 0
+    #: Run as a node of a Redis Cluster (see `RedisCluster`).
+    cluster: bool = False
 
     @property
     def url(self) -> str:
@@ -54,6 +59,12 @@ class RedisServer:
             "maxmemory-policy noeviction",
             f"maxmemory {self.maxmemory}",
         ]
+        if self.cluster:
+            lines += [
+                "cluster-enabled yes",
+                f"cluster-config-file {self.home / 'data' / 'nodes.conf'}",
+                "cluster-node-timeout 5000",
+            ]
         return "\n".join(lines) + "\n"
 
     def up(self, timeout_s: float = 30.0) -> bool:
@@ -74,12 +85,17 @@ class RedisServer:
 
     def ping(self) -> bool:
         """True when the server answers PING with PONG."""
+        return self.ask(b"PING").startswith(b"+PONG")
+
+    def ask(self, command: bytes) -> bytes:
+        """The start of the server's reply to an inline `command`; b"" when
+        it cannot be reached."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                sock.sendall(command + b"\r\n")
+                return sock.recv(4096)
         except OSError:
-            return False
+            return b""
 
     def down(self) -> bool:
         """Stop the server; returns whether it was running."""
@@ -88,3 +104,64 @@ class RedisServer:
     def pid(self) -> int | None:
         """The server's pid, or None when not running."""
         return self._process().pid()
+
+
+@dataclass(frozen=True)
+class RedisCluster:
+    """A Redis Cluster of `len(ports)` primaries (no replicas) on loopback,
+    each node's files under `home/node-<port>`; slots are spread evenly."""
+
+    ports: tuple[int, ...]
+    home: Path
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        return [RedisServer(port=p, home=self.home / f"node-{p}", cluster=True) for p in self.ports]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def healthy(self) -> bool:
+        """Every node says the cluster is up (all slots served)."""
+        return all(b"cluster_state:ok" in node.ask(b"CLUSTER INFO") for node in self.nodes)
+
+    def up(self, timeout_s: float = 60.0) -> bool:
+        """Start the nodes unless they run, join them into one cluster the
+        first time, and wait until every slot is served. Returns whether
+        anything was started."""
+        started = [node.up(timeout_s) for node in self.nodes]
+        if not self.healthy() and all(
+            b"cluster_known_nodes:1\r" in node.ask(b"CLUSTER INFO") for node in self.nodes
+        ):
+            cli = require_program("redis-cli", "redis-tools", "to create the local Redis Cluster")
+            addresses = [f"127.0.0.1:{p}" for p in self.ports]
+            done = subprocess.run(
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *addresses,
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise DevServerError(
+                    f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}"
+                )
+        deadline = time.monotonic() + timeout_s
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise DevServerError(f"Redis Cluster on ports {self.ports} did not come up")
+            time.sleep(0.2)
+        return any(started)
+
+    def down(self) -> bool:
+        """Stop every node; returns whether any was running."""
+        return any([node.down() for node in self.nodes])

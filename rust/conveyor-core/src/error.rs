@@ -49,6 +49,9 @@ pub enum Error {
     /// An operation did not finish within its bound.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A setting (such as a Redis URL) has a value it cannot take.
+    #[error("bad setting: {0}")]
+    Config(String),
 }
 
 impl Error {
@@ -64,6 +67,7 @@ impl Error {
             Error::Delivery(_) => "delivery",
             Error::Redis(_) => "redis",
             Error::Timeout(_) => "timeout",
+            Error::Config(_) => "config",
         }
     }
 

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod partitions;
 pub mod producer;
 pub mod queue;
+pub mod redis_conn;
 pub mod redis_store;
 pub mod relay;
 pub mod runtime;

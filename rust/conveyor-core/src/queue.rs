@@ -17,6 +17,10 @@ use crate::redis_store::{scripts, RedisStore};
 /// Most jobs one fetch may lease (the scripts refuse more).
 pub const MAX_FETCH: usize = 1000;
 
+/// How long an idle worker of several queues waits on each in turn on a
+/// Redis Cluster (see [`RedisStore::wait_for_work`]).
+pub const CLUSTER_WAIT_SLICE: Duration = Duration::from_millis(100);
+
 /// A job on its way into a queue, with the envelope fields `admit` needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
@@ -397,15 +401,40 @@ impl RedisStore {
 
     /// Blocks until one of `queues` signals new jobs or `timeout` passes;
     /// true if woken. Idle workers wait here instead of polling.
+    ///
+    /// On a Redis Cluster one `BLPOP` cannot span the slots of several queues,
+    /// so the wait goes round the queues, [`CLUSTER_WAIT_SLICE`] on each: a
+    /// job queued meanwhile waits at most one round for an idle worker.
     pub fn wait_for_work(&mut self, queues: &[&QueueKeys], timeout: Duration) -> Result<bool> {
-        let mut cmd = Cmd::new();
-        cmd.arg("BLPOP");
-        for keys in queues {
-            cmd.arg(keys.wake());
+        let blpop = |keys: &[&QueueKeys], wait: Duration| {
+            let mut cmd = Cmd::new();
+            cmd.arg("BLPOP");
+            for k in keys {
+                cmd.arg(k.wake());
+            }
+            cmd.arg(wait.as_secs_f64());
+            cmd
+        };
+        if !self.is_cluster() || queues.len() < 2 {
+            let woken: Option<(String, String)> =
+                blpop(queues, timeout).query(self.connection())?;
+            return Ok(woken.is_some());
         }
-        cmd.arg(timeout.as_secs_f64());
-        let woken: Option<(String, String)> = cmd.query(self.connection())?;
-        Ok(woken.is_some())
+        let deadline = std::time::Instant::now() + timeout;
+        for keys in queues.iter().cycle() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // BLPOP's smallest timeout is 1 ms; 0 would mean forever.
+            let wait = left.min(CLUSTER_WAIT_SLICE).max(Duration::from_millis(1));
+            let woken: Option<(String, String)> =
+                blpop(std::slice::from_ref(keys), wait).query(self.connection())?;
+            if woken.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// How many jobs the queue holds in each state.

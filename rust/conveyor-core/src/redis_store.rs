@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
-use redis::{Client, Connection};
-
 use crate::error::Result;
 use crate::keys::{registry_key, relay_control_key, relay_status_key, routes_key, QueueKeys};
+use crate::redis_conn::RedisConn;
 
 /// The scripts, embedded at build time.
 pub mod scripts {
@@ -76,47 +75,62 @@ pub mod scripts {
         LazyLock::new(|| Script::new(include_str!("scripts/publish_registry-1.lua")));
 }
 
-/// A synchronous connection to one Redis server.
+/// A synchronous connection to one Redis server or one Redis Cluster.
 pub struct RedisStore {
-    conn: Connection,
+    conn: RedisConn,
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://[:password@]host:port/db`), bounding the
-    /// connect and every reply by `timeout`.
+    /// Connects to `url` (`redis://[:password@]host:port/db`, or
+    /// `redis+cluster://[:password@]host:port[,host:port…]` for a cluster),
+    /// bounding the connect and every reply by `timeout`.
     pub fn connect(url: &str, timeout: Duration) -> Result<Self> {
-        let client = Client::open(url)?;
-        let mut conn = client.get_connection_with_timeout(timeout)?;
-        conn.set_read_timeout(Some(timeout))?;
-        conn.set_write_timeout(Some(timeout))?;
+        let mut conn = RedisConn::open(url, timeout)?;
         // Pipelines and prepared commands send EVALSHA without retrying on
-        // NOSCRIPT: load every script with the connection.
+        // NOSCRIPT: load every script with the connection (on a cluster,
+        // SCRIPT LOAD goes to every primary).
         for script in scripts::ALL.iter() {
             script.load(&mut conn)?;
         }
         Ok(Self { conn })
     }
 
-    /// The server's `INFO server` fields as `(name, value)`: proof it answered.
+    /// Whether this store is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// The server's `INFO server` fields as `(name, value)`: proof it answered
+    /// (on a cluster, one primary's).
     pub fn server_info(&mut self) -> Result<Vec<(String, String)>> {
-        let text: String = redis::cmd("INFO").arg("server").query(&mut self.conn)?;
-        Ok(text
+        let texts = self.conn.info("server")?;
+        Ok(texts
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
             .lines()
             .filter_map(|line| line.split_once(':'))
             .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
             .collect())
     }
 
-    /// `(used_memory, maxmemory)` in bytes; `maxmemory` 0 means no limit.
+    /// `(used_memory, maxmemory)` in bytes; `maxmemory` 0 means no limit. On a
+    /// cluster, those of the primary nearest its limit (the fullest when none
+    /// has one): the guards then hold writes back before any node refuses.
     pub fn memory(&mut self) -> Result<(u64, u64)> {
-        let text: String = redis::cmd("INFO").arg("memory").query(&mut self.conn)?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("used_memory"), field("maxmemory")))
+        let texts = self.conn.info("memory")?;
+        let nodes = texts.iter().map(|text| {
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            (field("used_memory"), field("maxmemory"))
+        });
+        Ok(nodes
+            .max_by(|a, b| fullness(*a).total_cmp(&fullness(*b)).then(a.0.cmp(&b.0)))
+            .unwrap_or((0, 0)))
     }
 
     /// How many jobs a queue's ready list holds.
@@ -276,7 +290,17 @@ impl RedisStore {
     }
 
     /// The underlying connection, for the relay's pipelines.
-    pub(crate) fn connection(&mut self) -> &mut Connection {
+    pub(crate) fn connection(&mut self) -> &mut RedisConn {
         &mut self.conn
+    }
+}
+
+/// How full a node is: used/max, or 0 without a limit (so any node with a
+/// limit ranks above every node without one).
+fn fullness((used, max): (u64, u64)) -> f64 {
+    if max == 0 {
+        0.0
+    } else {
+        used as f64 / max as f64
     }
 }

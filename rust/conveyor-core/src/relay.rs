@@ -980,14 +980,18 @@ impl Writer {
     }
 
     fn try_write(&mut self, batches: &[PartitionBatch]) -> Result<()> {
-        let mut pipe = redis::pipe();
-        for batch in batches {
-            let keys = &self.queues[&*batch.topic];
-            let fence = format!("{}:{}", batch.topic, batch.partition);
-            pipe.add_command(admit_command(keys, &fence, batch.next_offset, &batch.jobs));
-        }
+        let commands = batches
+            .iter()
+            .map(|batch| {
+                let keys = &self.queues[&*batch.topic];
+                let fence = format!("{}:{}", batch.topic, batch.partition);
+                admit_command(keys, &fence, batch.next_offset, &batch.jobs)
+            })
+            .collect();
         let began = Instant::now();
-        let results: Vec<Admitted> = pipe.query(self.store()?.connection())?;
+        // On a cluster each queue's call goes to its node; a retry after a
+        // partial write is safe, as `admit` skips what its fence has seen.
+        let results: Vec<Admitted> = self.store()?.connection().pipeline(commands)?;
         self.stats.write_seconds.observe(began.elapsed());
         for admitted in results {
             self.stats
