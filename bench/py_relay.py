@@ -1,8 +1,9 @@
 """The relay as a good Python engineer would write it, for comparison.
 
 confluent-kafka (librdkafka underneath, like ours) consumes in batches;
-redis-py writes each batch with the same exactly-once Lua script the Rust
-relay uses, all partitions of a batch in one pipeline; offsets are stored
+redis-py writes each batch the way the Rust relay does: plain batches in one
+MULTI/EXEC under WATCH of the fence hash, the rest with the same exactly-once
+Lua script, all partitions of a batch in one round trip; offsets are stored
 after Redis holds the jobs. Every envelope is checked (decoded in pure
 Python) and stamped, as the Rust relay does. Run by bench/relay_bench.py:
 `python py_relay.py BOOTSTRAP REDIS_URL TOPIC NAMESPACE QUEUE GROUP`.
@@ -42,6 +43,42 @@ FETCH_TUNING = {
 }
 
 
+Batches = dict[int, list[tuple[int, int, str, bytes]]]
+
+
+def write_plain(r: redis.Redis, keys: list[str], topic: str, batches: Batches) -> bool:
+    """The Rust relay's Lua-free path: plain batches at or past their fence in
+    one MULTI/EXEC under WATCH of the fence hash; False when the script must
+    write them (unique or delayed jobs, a batch behind its fence, a fence moved
+    meanwhile)."""
+    ready, relayed, _, _, counts, wake = keys
+    if any(run_at or key for jobs in batches.values() for _, run_at, key, _ in jobs):
+        return False
+    fences = [f"{topic}:{p}" for p in batches]
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch(relayed)  # type: ignore[no-untyped-call]
+        stored = pipe.hmget(relayed, fences)
+        if any(
+            s is not None and jobs[0][0] < int(s)
+            for s, jobs in zip(stored, batches.values(), strict=True)
+        ):
+            return False
+        pipe.multi()
+        total = 0
+        for fence, jobs in zip(fences, batches.values(), strict=True):
+            pipe.rpush(ready, *[job for _, _, _, job in jobs])
+            pipe.hset(relayed, fence, jobs[-1][0] + 1)
+            total += len(jobs)
+        pipe.rpush(wake, 1)
+        pipe.ltrim(wake, -1, -1)
+        pipe.hincrby(counts, "admitted", total)
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            return False
+    return True
+
+
 def main() -> None:
     bootstrap, redis_url, topic, namespace, queue, group = sys.argv[1:7]
     base = f"cv:{namespace}:{{{queue}}}" if namespace else f"cv:{{{queue}}}"
@@ -72,7 +109,7 @@ def main() -> None:
         if not messages:
             continue
         now_us = time.time_ns() // 1000
-        batches: dict[int, list[tuple[int, int, str, bytes]]] = {}
+        batches: Batches = {}
         for m in messages:
             if m.error():
                 continue
@@ -83,13 +120,14 @@ def main() -> None:
             batches.setdefault(m.partition() or 0, []).append(
                 (m.offset() or 0, run_at_ms, env.dedup_key or "", value + stamps)
             )
-        pipe = r.pipeline(transaction=False)
-        for partition, jobs in batches.items():
-            args: list[bytes | str | int] = [f"{topic}:{partition}", jobs[-1][0] + 1]
-            for offset, run_at_ms, dedup_key, job in jobs:
-                args += [offset, run_at_ms, dedup_key, job]
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        pipe.execute()
+        if not write_plain(r, keys, topic, batches):
+            pipe = r.pipeline(transaction=False)
+            for partition, jobs in batches.items():
+                args: list[bytes | str | int] = [f"{topic}:{partition}", jobs[-1][0] + 1]
+                for offset, run_at_ms, dedup_key, job in jobs:
+                    args += [offset, run_at_ms, dedup_key, job]
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            pipe.execute()
         consumer.store_offsets(
             offsets=[TopicPartition(topic, p, jobs[-1][0] + 1) for p, jobs in batches.items()]
         )

@@ -72,7 +72,11 @@ def time_relay(
                 raise SystemExit(f"relay too slow: {held:,}/{jobs:,}")
             time.sleep(0.01)
         took = time.perf_counter() - start
-        return jobs / took, peak_rss_mb(proc.pid)
+        rss = peak_rss_mb(proc.pid)
+        time.sleep(0.2)
+        if (held := store.ready_len(namespace, "default")) != jobs:
+            raise SystemExit(f"relay wrote {held:,} jobs for {jobs:,} records")
+        return jobs / took, rss
     finally:
         proc.terminate()
         proc.wait(30)

@@ -210,6 +210,27 @@ mod tests {
     }
 
     #[test]
+    fn pick_reports_the_topic_counts_the_send_and_hands_out_one_refresh() {
+        let health = PartitionHealth::default();
+        assert_eq!(health.pick("t", 1), Pick::default(), "unknown topic");
+        health.set_led("t", vec![3]);
+        let pick = health.pick("t", 4);
+        assert_eq!(
+            (pick.known, pick.stale, pick.partition),
+            (true, false, Some(3))
+        );
+        assert_eq!(health.with(|t| t["t"].state[&3].in_flight), 4);
+        assert_eq!(
+            health.pick("t", 0).partition,
+            None,
+            "nothing may go anywhere"
+        );
+        health.with(|t| t.get_mut("t").unwrap().refreshed -= REFRESH + Duration::from_secs(1));
+        assert!(health.pick("t", 0).stale, "the first caller refreshes");
+        assert!(!health.pick("t", 0).stale, "the others go on meanwhile");
+    }
+
+    #[test]
     fn partitions_without_a_leader_are_never_chosen() {
         let health = PartitionHealth::default();
         health.set_led("t", vec![2]);

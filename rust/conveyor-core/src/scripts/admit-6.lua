@@ -29,6 +29,10 @@
   exactly-once and fences a relay that lost its partition: it can only add
   records nobody has written yet, in offset order.
 
+  The relay writes plain batches (no dedup key, no run-at, at or past the
+  fence) without this script, with the same keys and effect, in one
+  WATCH/MULTI/EXEC: see `RedisStore::relay_batches` and docs/redis.md.
+
   The `#!lua` line without `allow-oom` makes Redis refuse the whole script up
   front when it is over maxmemory: admitting jobs is exactly what must stop
   when Redis is full. The batch is written entirely or not at all; the caller
