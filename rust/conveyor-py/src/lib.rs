@@ -63,11 +63,3 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 fn after_fork_in_child() {
     conveyor_core::id::after_fork();
 }
-
-// The extension's own allocations go through mimalloc: a single enqueue makes
-// about ten small ones, and glibc's malloc made it ~10% slower (side by side,
-// docs/enqueue.md). mimalloc's v2 line, not v3: v3 held 35-60 MB more in the
-// relay (peak RSS 117-157 MB at a 5M backlog against 89-101 MB). Python and
-// librdkafka keep glibc's malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
