@@ -989,7 +989,20 @@ impl Writer {
 
     fn try_write(&mut self, batches: &[PartitionBatch]) -> Result<()> {
         let began = Instant::now();
-        let mut results: Vec<Admitted> = Vec::with_capacity(batches.len());
+        let stats = &self.stats;
+        // Counted as each write lands: after a failure part-way, the retry
+        // finds the written part behind its fence (and counts it skipped).
+        let count = |results: Vec<Admitted>| {
+            for admitted in results {
+                stats
+                    .relayed
+                    .fetch_add(admitted.queued + admitted.scheduled, Ordering::Relaxed);
+                stats.skipped.fetch_add(admitted.skipped, Ordering::Relaxed);
+                stats
+                    .duplicates
+                    .fetch_add(admitted.duplicates, Ordering::Relaxed);
+            }
+        };
         let store = connected(&mut self.store, &self.redis_url)?;
         if store.is_cluster() {
             // Each queue's call goes to its node; a retry after a partial
@@ -998,7 +1011,7 @@ impl Writer {
                 .iter()
                 .map(|b| admit_command(&self.queues[&*b.topic], &b.fence(), b.next_offset, &b.jobs))
                 .collect();
-            results = store.connection().pipeline(commands)?;
+            count(store.connection().pipeline(commands)?);
         } else {
             // One queue's partitions at a time (one topic is one queue): the
             // plain path watches one queue's fences.
@@ -1018,21 +1031,10 @@ impl Writer {
                         jobs: &b.jobs,
                     })
                     .collect();
-                results.extend(store.relay_batches(&self.queues[topic], &group)?);
+                count(store.relay_batches(&self.queues[topic], &group)?);
             }
         }
         self.stats.write_seconds.observe(began.elapsed());
-        for admitted in results {
-            self.stats
-                .relayed
-                .fetch_add(admitted.queued + admitted.scheduled, Ordering::Relaxed);
-            self.stats
-                .skipped
-                .fetch_add(admitted.skipped, Ordering::Relaxed);
-            self.stats
-                .duplicates
-                .fetch_add(admitted.duplicates, Ordering::Relaxed);
-        }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
