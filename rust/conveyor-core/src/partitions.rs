@@ -138,23 +138,6 @@ impl PartitionHealth {
         })
     }
 
-    /// A healthy partition of `topic`, chosen at random; `None` when the
-    /// topic is unknown or no partition looks healthy (librdkafka chooses).
-    pub fn choose(&self, topic: &str) -> Option<i32> {
-        let now = Instant::now();
-        self.with(|topics| topics.get(topic)?.choose(now))
-    }
-
-    /// `count` records were handed to librdkafka for `partition`.
-    pub fn sent(&self, topic: &str, partition: i32, count: u64) {
-        let now = Instant::now();
-        self.with(|topics| {
-            if let Some(t) = topics.get_mut(topic) {
-                t.sent(partition, count, now);
-            }
-        });
-    }
-
     /// A record sent to `partition` was acknowledged (`ok`) or failed.
     pub fn reported(&self, topic: &str, partition: i32, ok: bool) {
         let now = Instant::now();
@@ -174,6 +157,23 @@ impl PartitionHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parts of `pick` the tests look at one by one.
+    impl PartitionHealth {
+        fn choose(&self, topic: &str) -> Option<i32> {
+            let now = Instant::now();
+            self.with(|topics| topics.get(topic)?.choose(now))
+        }
+
+        fn sent(&self, topic: &str, partition: i32, count: u64) {
+            let now = Instant::now();
+            self.with(|topics| {
+                if let Some(t) = topics.get_mut(topic) {
+                    t.sent(partition, count, now);
+                }
+            });
+        }
+    }
 
     #[test]
     fn a_stalled_or_failing_partition_is_avoided_until_it_recovers() {
