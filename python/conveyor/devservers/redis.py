@@ -33,6 +33,13 @@ class RedisServer:
     cluster: bool = False
 
     @property
+    def bus_port(self) -> int:
+        """The cluster bus port. Redis's default, port + 10000, lands test
+        ports (27101 -> 37101) inside Linux's ephemeral range (32768-60999),
+        where any outgoing connection may already hold it; port + 1000 does not."""
+        return self.port + 1000
+
+    @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
@@ -64,6 +71,7 @@ class RedisServer:
                 "cluster-enabled yes",
                 f"cluster-config-file {self.home / 'data' / 'nodes.conf'}",
                 "cluster-node-timeout 5000",
+                f"cluster-port {self.bus_port}",
             ]
         return "\n".join(lines) + "\n"
 
@@ -75,6 +83,8 @@ class RedisServer:
             proc.wait_ready(self.ping, timeout_s)
             return False
         require_free_port(self.port, "Redis")
+        if self.cluster:
+            require_free_port(self.bus_port, "Redis's cluster bus")
         server = require_program("redis-server", "redis-server", "to run the local Redis")
         (self.home / "data").mkdir(parents=True, exist_ok=True)
         conf = self.home / "redis.conf"
