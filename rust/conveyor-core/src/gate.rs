@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::kafka::{cluster_info, KafkaConfig};
 use crate::metrics::{render_counter, Histogram};
-use crate::producer::{JobProducer, ProducerOptions};
+use crate::producer::{JobProducer, ProducerOptions, TrySend};
 use crate::redis_store::RedisStore;
 use crate::runtime;
 
@@ -416,13 +416,29 @@ impl Gate {
         }
         for ((topic, partition), group) in groups {
             let (indexes, envelopes): (Vec<usize>, Vec<Envelope>) = group.into_iter().unzip();
-            let producer = self.producer.clone();
-            // check_topic may do a metadata round trip the first time: off the runtime.
-            let sent =
-                tokio::task::spawn_blocking(move || producer.send(&topic, &envelopes, partition))
+            let sent = match self.producer.try_send(&topic, &envelopes, partition)? {
+                TrySend::Sent {
+                    pending,
+                    refresh_due,
+                } => {
+                    if refresh_due {
+                        let producer = self.producer.clone();
+                        tokio::task::spawn_blocking(move || producer.refresh_partitions(&topic));
+                    }
+                    pending
+                }
+                // The topic's first metadata round trip: off the runtime.
+                TrySend::NeedsMetadata => {
+                    let producer = self.producer.clone();
+                    tokio::task::spawn_blocking(move || {
+                        producer.send(&topic, &envelopes, partition)
+                    })
                     .await
-                    .map_err(|e| Refusal::from(Error::Timeout(format!("send task failed: {e}"))))?
-                    .map_err(Refusal::from)?;
+                    .map_err(|e| {
+                        Refusal::from(Error::Timeout(format!("send task failed: {e}")))
+                    })??
+                }
+            };
             order.push(indexes);
             pending.push(sent);
         }

@@ -154,6 +154,36 @@ impl ProducerContext for Context {
     }
 }
 
+/// What [`JobProducer::try_send`] did.
+pub enum TrySend {
+    /// Handed to librdkafka. `refresh_due`: the topic's partition list is
+    /// due for a re-read; call [`JobProducer::refresh_partitions`] where
+    /// blocking is fine (this caller is the only one told).
+    Sent {
+        /// The acknowledgements to wait for.
+        pending: Pending,
+        /// Whether to refresh the partition list.
+        refresh_due: bool,
+    },
+    /// Nothing was sent: the topic's partitions were never read. Call
+    /// [`JobProducer::send`] where blocking is fine.
+    NeedsMetadata,
+}
+
+fn encode_all(envelopes: &[Envelope]) -> Result<Vec<Vec<u8>>> {
+    envelopes.iter().map(Envelope::encode).collect()
+}
+
+/// How many of `envelopes` the producer places: jobs without a dedup key or
+/// a pinned partition go to one healthy partition per call (as librdkafka's
+/// sticky partitioner would).
+fn free_records(envelopes: &[Envelope], partition: Option<i32>) -> u64 {
+    match partition {
+        None => envelopes.iter().filter(|e| e.dedup_key.is_none()).count() as u64,
+        Some(_) => 0,
+    }
+}
+
 /// A producer of envelopes. Cheap to clone; clones share one librdkafka client.
 #[derive(Clone)]
 pub struct JobProducer {
@@ -241,9 +271,9 @@ impl JobProducer {
         }
     }
 
-    /// Re-reads which partitions of `topic` have a leader. A failed read
-    /// keeps the old list: sending goes on.
-    fn refresh_partitions(&self, topic: &str) {
+    /// Re-reads which partitions of `topic` have a leader (a metadata round
+    /// trip). A failed read keeps the old list: sending goes on.
+    pub fn refresh_partitions(&self, topic: &str) {
         let metadata = self
             .inner
             .client()
@@ -256,23 +286,18 @@ impl JobProducer {
     }
 
     /// Hands `envelopes` to librdkafka for `topic` and returns at once.
-    /// Encoding errors fail the call before anything is sent.
+    /// Encoding errors fail the call before anything is sent. May block: for
+    /// a metadata round trip the first time a topic is used and every
+    /// [`REFRESH`](crate::partitions::REFRESH), and for room in librdkafka's
+    /// queue while Kafka is down (up to the enqueue timeout).
     pub fn send(
         &self,
         topic: &str,
         envelopes: &[Envelope],
         partition: Option<i32>,
     ) -> Result<Pending> {
-        let encoded = envelopes
-            .iter()
-            .map(Envelope::encode)
-            .collect::<Result<Vec<_>>>()?;
-        // Jobs without a dedup key or a pinned partition go to one healthy
-        // partition per call (as librdkafka's sticky partitioner would).
-        let free = match partition {
-            None => envelopes.iter().filter(|e| e.dedup_key.is_none()).count() as u64,
-            Some(_) => 0,
-        };
+        let encoded = encode_all(envelopes)?;
+        let free = free_records(envelopes, partition);
         let mut pick = self.health.pick(topic, free);
         if !pick.known {
             self.read_topic(topic)?;
@@ -280,15 +305,60 @@ impl JobProducer {
         } else if pick.stale {
             self.refresh_partitions(topic);
         }
-        let chosen = pick.partition;
+        Ok(self.enqueue_all(topic, envelopes, &encoded, partition, pick.partition, None))
+    }
+
+    /// [`JobProducer::send`] for callers on an async runtime (the gate): it
+    /// never blocks. Handing a send to a blocking thread cost the gate half
+    /// its CPU in thread wakeups, so the round trips are left to the caller
+    /// (see [`TrySend`]), and a full local queue fails the records at once
+    /// (Kafka is down or far behind: the gate answers 503) instead of waiting
+    /// for room.
+    pub fn try_send(
+        &self,
+        topic: &str,
+        envelopes: &[Envelope],
+        partition: Option<i32>,
+    ) -> Result<TrySend> {
+        let encoded = encode_all(envelopes)?;
+        let pick = self.health.pick(topic, free_records(envelopes, partition));
+        if !pick.known {
+            return Ok(TrySend::NeedsMetadata);
+        }
+        // An elapsed deadline: no waiting for room.
+        let no_wait = Some(Instant::now());
+        let pending = self.enqueue_all(
+            topic,
+            envelopes,
+            &encoded,
+            partition,
+            pick.partition,
+            no_wait,
+        );
+        Ok(TrySend::Sent {
+            pending,
+            refresh_due: pick.stale,
+        })
+    }
+
+    /// Enqueues every record; a record librdkafka refuses (after waiting for
+    /// room until `deadline`, set at the first full queue when `None`)
+    /// completes with its error.
+    fn enqueue_all(
+        &self,
+        topic: &str,
+        envelopes: &[Envelope],
+        encoded: &[Vec<u8>],
+        partition: Option<i32>,
+        chosen: Option<i32>,
+        mut deadline: Option<Instant>,
+    ) -> Pending {
         let batch = Arc::new(Batch::new(envelopes.iter().map(|e| e.id).collect()));
         if !envelopes.is_empty() {
             *lock(&self.shared.in_flight) += 1;
         }
-        // Set at the first full local queue: most sends never need it.
-        let mut deadline = None;
         let mut id_text = String::with_capacity(26);
-        for (index, (env, value)) in envelopes.iter().zip(&encoded).enumerate() {
+        for (index, (env, value)) in envelopes.iter().zip(encoded).enumerate() {
             id_text.clear();
             let _ = write!(id_text, "{}", env.id);
             let mut headers = OwnedHeaders::new_with_capacity(3)
@@ -340,10 +410,10 @@ impl JobProducer {
         // single enqueue got ~20% faster; docs/enqueue.md). The polling
         // thread still serves producers nobody sends on.
         self.inner.poll(Duration::ZERO);
-        Ok(Pending {
+        Pending {
             batch,
             shared: Arc::clone(&self.shared),
-        })
+        }
     }
 
     /// Puts one record on librdkafka's local queue, waiting for room until
