@@ -1,6 +1,6 @@
 """Enqueue into the local Kafka: Conveyor's client against confluent-kafka.
 
-Run: `make bench` (or `.venv/bin/python bench/enqueue_bench.py [--jobs N]`).
+Run: `make bench` (or `.venv/bin/python bench/enqueue_bench.py [--jobs N] [--rounds R]`).
 Starts the `conveyor dev up` servers if needed. Each variant sends the same
 ~100-byte jobs to a fresh 3-partition topic and counts as done only when the
 broker acknowledged every job (leader acks, lz4, as Conveyor's defaults).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -106,7 +107,14 @@ def confluent_single(producer: Producer, topic: str, jobs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=200_000, help="jobs per variant (max 1M)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of every variant, interleaved; the table shows medians (max 20)",
+    )
     args = parser.parse_args()
+    rounds = max(1, min(args.rounds, 20))
     jobs = min(args.jobs, 1_000_000)
     servers = DevServers.default()
     servers.up()
@@ -139,18 +147,28 @@ def main() -> None:
         f"{jobs:,} jobs of ~100 bytes per variant into Kafka {bootstrap} "
         f"(1 broker, 3 partitions, leader acks, lz4) on {os.cpu_count()} cores"
     )
-    results = {}
-    for name, setup in variants.items():
-        run = setup()
-        start = time.perf_counter()
-        run()
-        results[name] = time.perf_counter() - start
-        print(f"  {name}: {jobs / results[name]:,.0f} jobs/s", flush=True)
-    base = next(iter(results.values()))
-    print("\n| variant | seconds | jobs/s | vs confluent-kafka |")
+    # This machine's speed drifts by tens of percent from minute to minute:
+    # variants take turns, round after round, and the table shows medians.
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        line = []
+        for name, setup in variants.items():
+            run = setup()
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+            line.append(f"{jobs / times[name][-1]:,.0f}")
+        print(f"  round {r + 1}/{rounds}, jobs/s: {' | '.join(line)}", flush=True)
+    results = {name: statistics.median(t) for name, t in times.items()}
+    base_name = next(iter(results))
+    base = results[base_name]
+    print(f"\nmedians of {rounds} interleaved rounds; range of the per-round ratio in brackets")
+    print("| variant | seconds | jobs/s | vs confluent-kafka |")
     print("|---|---:|---:|---:|")
     for name, seconds in results.items():
-        print(f"| {name} | {seconds:.2f} | {jobs / seconds:,.0f} | {base / seconds:.1f}x |")
+        ratios = [b / t for b, t in zip(times[base_name], times[name], strict=True)]
+        spread = f" [{min(ratios):.1f}-{max(ratios):.1f}]" if rounds > 1 else ""
+        print(f"| {name} | {seconds:.2f} | {jobs / seconds:,.0f} | {base / seconds:.1f}x{spread} |")
 
 
 if __name__ == "__main__":

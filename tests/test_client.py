@@ -166,6 +166,24 @@ def test_flush_delivers_everything_not_waited_for(app: conveyor.Conveyor) -> Non
     assert {conveyor.Envelope.decode(r.value).id for r in records} == set(ids)
 
 
+def test_acks_arrive_after_a_burst_of_single_sends_stops(app: conveyor.Conveyor) -> None:
+    # While single sends keep coming they serve delivery reports themselves
+    # and the polling thread steps aside; once they stop, nobody sends, so
+    # the thread must take over or these waits would time out.
+    handles = [app.enqueue("burst.job", [i]) for i in range(20_000)]
+    started = time.monotonic()
+    delivered = [h.wait(10) for h in reversed(handles)]
+    assert len(delivered) == 20_000
+    # The broker acked within milliseconds; a report left unserved would
+    # only have been found by the wait's own timeout.
+    assert time.monotonic() - started < 5
+    # And a lone send on a quiet producer is acked promptly as well.
+    time.sleep(0.2)
+    started = time.monotonic()
+    app.enqueue("lone.job", []).wait(10)
+    assert time.monotonic() - started < 2
+
+
 def test_delivery_failures_are_never_swallowed(servers: DevServers, topic: str) -> None:
     producer = _core.KafkaProducer(servers.kafka.bootstrap, delivery_timeout_s=5)
     # Partition 99 does not exist: Kafka cannot take these jobs.

@@ -43,6 +43,7 @@ use crate::kafka::{cluster_info, KafkaConfig};
 use crate::metrics::{render_counter, Histogram};
 use crate::producer::{JobProducer, ProducerOptions, TrySend};
 use crate::redis_store::RedisStore;
+use crate::report_polling::Reports;
 use crate::runtime;
 
 /// Everything the gate needs to run.
@@ -145,7 +146,13 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         validate_job_type(job_type)?;
         crate::keys::validate_name("queue", queue)?;
     }
-    let producer = JobProducer::new(&config.kafka, config.producer.clone())?;
+    // Every request waits for its ack, and a runtime thread with nothing
+    // to send would not serve it: the polling thread always serves reports.
+    let options = ProducerOptions {
+        reports: Reports::Thread,
+        ..config.producer.clone()
+    };
+    let producer = JobProducer::new(&config.kafka, options)?;
     let gate = Arc::new(Gate {
         registry: RwLock::new(config.routes.clone()),
         producer,

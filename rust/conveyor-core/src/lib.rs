@@ -15,6 +15,7 @@ pub mod queue;
 pub mod redis_conn;
 pub mod redis_store;
 pub mod relay;
+pub mod report_polling;
 pub mod runtime;
 pub mod worker;
 

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::envelope::Envelope;
@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::id::JobId;
 use crate::kafka::{KafkaConfig, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE};
 use crate::partitions::PartitionHealth;
+use crate::report_polling::{Activity, PolledProducer, Reports};
 
 /// How many failed job ids an error message lists before it only counts.
 const FAILURE_SAMPLES: usize = 10;
@@ -46,6 +47,8 @@ pub struct ProducerOptions {
     /// How long `send` may wait for room in the local queue before failing
     /// the records that do not fit (Kafka down or far too slow).
     pub enqueue_timeout: Duration,
+    /// Which threads serve delivery reports.
+    pub reports: Reports,
 }
 
 impl Default for ProducerOptions {
@@ -54,6 +57,7 @@ impl Default for ProducerOptions {
             acks: Acks::Leader,
             delivery_timeout: Duration::from_secs(30),
             enqueue_timeout: Duration::from_secs(5),
+            reports: Reports::SendersFirst,
         }
     }
 }
@@ -93,9 +97,16 @@ impl Unobserved {
     }
 }
 
+/// Batches awaiting reports, and the threads in `flush` waiting for none.
+#[derive(Default)]
+struct InFlight {
+    batches: usize,
+    flushers: usize,
+}
+
 struct Shared {
     unobserved: Mutex<Unobserved>,
-    in_flight: Mutex<usize>,
+    in_flight: Mutex<InFlight>,
     settled: Condvar,
 }
 
@@ -118,6 +129,7 @@ type Record<'a> = BaseRecord<'a, str, [u8], Slot>;
 struct Context {
     shared: Arc<Shared>,
     health: Arc<PartitionHealth>,
+    activity: Arc<Activity>,
 }
 
 impl ClientContext for Context {}
@@ -151,6 +163,7 @@ impl ProducerContext for Context {
             }
         };
         batch.complete(index, outcome, &self.shared);
+        self.activity.report_served();
     }
 }
 
@@ -187,7 +200,7 @@ fn free_records(envelopes: &[Envelope], partition: Option<i32>) -> u64 {
 /// A producer of envelopes. Cheap to clone; clones share one librdkafka client.
 #[derive(Clone)]
 pub struct JobProducer {
-    inner: Arc<ThreadedProducer<Context>>,
+    inner: Arc<PolledProducer<Context>>,
     options: ProducerOptions,
     shared: Arc<Shared>,
     health: Arc<PartitionHealth>,
@@ -222,19 +235,21 @@ impl JobProducer {
         }
         let shared = Arc::new(Shared {
             unobserved: Mutex::new(Unobserved::default()),
-            in_flight: Mutex::new(0),
+            in_flight: Mutex::new(InFlight::default()),
             settled: Condvar::new(),
         });
         let health = Arc::new(PartitionHealth::default());
+        let activity = Arc::new(Activity::default());
         let context = Context {
             shared: Arc::clone(&shared),
             health: Arc::clone(&health),
+            activity: Arc::clone(&activity),
         };
-        let inner = client
+        let base: BaseProducer<Context> = client
             .create_with_context(context)
             .map_err(Error::kafka("create producer"))?;
         Ok(Self {
-            inner: Arc::new(inner),
+            inner: Arc::new(PolledProducer::start(base, activity, options.reports)?),
             options,
             shared,
             health,
@@ -355,7 +370,7 @@ impl JobProducer {
     ) -> Pending {
         let batch = Arc::new(Batch::new(envelopes.iter().map(|e| e.id).collect()));
         if !envelopes.is_empty() {
-            *lock(&self.shared.in_flight) += 1;
+            lock(&self.shared.in_flight).batches += 1;
         }
         let mut id_text = String::with_capacity(26);
         for (index, (env, value)) in envelopes.iter().zip(encoded).enumerate() {
@@ -406,10 +421,9 @@ impl JobProducer {
         }
         // Serve the delivery reports already waiting, here: librdkafka then
         // frees its records on the thread that allocated them, which glibc's
-        // malloc handles far better than frees from the polling thread (a
-        // single enqueue got ~20% faster; docs/enqueue.md). The polling
-        // thread still serves producers nobody sends on.
-        self.inner.poll(Duration::ZERO);
+        // malloc handles far better than frees from another thread
+        // (docs/enqueue.md, report_polling.rs).
+        self.inner.serve_waiting(envelopes.len() <= 1);
         Pending {
             batch,
             shared: Arc::clone(&self.shared),
@@ -434,8 +448,8 @@ impl JobProducer {
                         }) =>
                 {
                     record = back;
-                    // The polling thread serves delivery reports; give it a moment.
-                    std::thread::sleep(Duration::from_micros(200));
+                    // Room comes from served delivery reports: serve them.
+                    self.inner.poll(Duration::from_micros(200));
                 }
                 Err(failed) => return Err(failed),
             }
@@ -447,12 +461,14 @@ impl JobProducer {
         let deadline = Instant::now() + timeout;
         self.inner.flush(timeout).map_err(Error::kafka("flush"))?;
         let mut in_flight = lock(&self.shared.in_flight);
-        while *in_flight > 0 {
+        in_flight.flushers += 1;
+        while in_flight.batches > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                in_flight.flushers -= 1;
                 return Err(Error::Timeout(format!(
                     "{} batches still awaiting delivery reports",
-                    *in_flight
+                    in_flight.batches
                 )));
             }
             in_flight = self
@@ -462,6 +478,7 @@ impl JobProducer {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        in_flight.flushers -= 1;
         drop(in_flight);
         let unobserved = std::mem::take(&mut *lock(&self.shared.unobserved));
         if unobserved.count > 0 {
@@ -515,6 +532,10 @@ struct BatchInner {
     remaining: usize,
     observed: bool,
     abandoned: bool,
+    /// Threads blocked in [`Pending::wait`]: a settling batch signals its
+    /// condvar only when there are some (a signal is a system call, and
+    /// most single sends are never waited on one by one).
+    waiters: u32,
 }
 
 /// One `send` call's jobs and their delivery outcomes as they arrive.
@@ -536,6 +557,7 @@ impl Batch {
                 remaining: n,
                 observed: false,
                 abandoned: false,
+                waiters: 0,
             }),
             ready: Condvar::new(),
             settled: tokio::sync::Notify::new(),
@@ -555,11 +577,19 @@ impl Batch {
             let results = outcomes(&inner.results);
             lock(&shared.unobserved).record(failures(&self.ids, &results));
         }
+        let waited = inner.waiters > 0;
         drop(inner);
-        self.ready.notify_all();
+        if waited {
+            self.ready.notify_all();
+        }
         self.settled.notify_one();
-        *lock(&shared.in_flight) -= 1;
-        shared.settled.notify_all();
+        let mut in_flight = lock(&shared.in_flight);
+        in_flight.batches -= 1;
+        let flushing = in_flight.flushers > 0;
+        drop(in_flight);
+        if flushing {
+            shared.settled.notify_all();
+        }
     }
 }
 
@@ -596,6 +626,7 @@ impl Pending {
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Vec<Delivered>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut inner = lock(&self.batch.inner);
+        inner.waiters += 1;
         while inner.remaining > 0 {
             inner = match deadline {
                 None => self
@@ -606,6 +637,7 @@ impl Pending {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        inner.waiters -= 1;
                         return Err(Error::Timeout(format!(
                             "{} of {} job(s) still awaiting Kafka's acknowledgement",
                             inner.remaining,
@@ -620,6 +652,7 @@ impl Pending {
                 }
             };
         }
+        inner.waiters -= 1;
         inner.observed = true;
         let results = outcomes(&inner.results);
         let failed: Vec<Failure> = failures(&self.batch.ids, &results).collect();

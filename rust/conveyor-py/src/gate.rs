@@ -65,6 +65,7 @@ impl Gate {
                 },
                 delivery_timeout: secs(delivery_timeout_s)?,
                 enqueue_timeout: secs(request_timeout_s)?,
+                ..ProducerOptions::default()
             },
             topic_prefix: topic_prefix.to_owned(),
             namespace: namespace.to_owned(),

@@ -173,6 +173,7 @@ impl KafkaProducer {
             acks,
             delivery_timeout: secs(delivery_timeout_s)?,
             enqueue_timeout: secs(enqueue_timeout_s)?,
+            ..ProducerOptions::default()
         };
         let cfg = config(bootstrap, properties);
         let inner = py.detach(|| JobProducer::new(&cfg, options)).py()?;
