@@ -24,6 +24,7 @@ from confluent_kafka import Producer
 import conveyor
 import conveyor.payload
 import pure_envelope
+from bench_topics import delete_new_topics_at_exit
 from conveyor import _core
 from conveyor.devservers import DevServers
 
@@ -118,6 +119,7 @@ def main() -> None:
     jobs = min(args.jobs, 1_000_000)
     servers = DevServers.default()
     servers.up()
+    delete_new_topics_at_exit(servers.kafka.bootstrap)
     bootstrap = servers.kafka.bootstrap
 
     def fresh_app() -> conveyor.Conveyor:

@@ -23,6 +23,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from bench_topics import delete_new_topics_at_exit
 from conveyor import _core
 from conveyor.devservers import DevServers
 
@@ -118,6 +119,7 @@ def main() -> None:
             raise SystemExit(f"{tool} is needed: apt-get install wrk / cargo install oha")
     servers = DevServers.default()
     servers.up()
+    delete_new_topics_at_exit(servers.kafka.bootstrap)
     bootstrap = servers.kafka.bootstrap
     topic = f"conveyor.bench-gate-{uuid.uuid4().hex[:6]}"
     _core.kafka_create_topic(bootstrap, topic, 3)

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import redis
 
 import conveyor
+from bench_topics import delete_new_topics_at_exit
 from conveyor import _core
 from conveyor.devservers import DevServers
 
@@ -759,6 +760,7 @@ def main() -> None:
     args = parser.parse_args()
     servers = DevServers.default()
     servers.up()
+    delete_new_topics_at_exit(servers.kafka.bootstrap)
     client = redis.Redis.from_url(servers.redis.url)
     rows = []
     template = Env(servers.kafka.bootstrap, servers.redis.url, "", 0)

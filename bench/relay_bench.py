@@ -24,6 +24,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 import conveyor
+from bench_topics import delete_new_topics_at_exit
 from conveyor import _core
 from conveyor.devservers import DevServers
 from py_relay import FETCH_TUNING
@@ -137,6 +138,7 @@ def main() -> None:
     jobs = min(args.jobs, 10_000_000)
     servers = DevServers.default()
     servers.up()
+    delete_new_topics_at_exit(servers.kafka.bootstrap)
     ns = f"rb{uuid.uuid4().hex[:6]}"
     settings = conveyor.Settings(
         kafka_bootstrap=servers.kafka.bootstrap, redis_url=servers.redis.url, namespace=ns

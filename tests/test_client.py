@@ -249,3 +249,16 @@ def test_topics_cli_creates_and_lists(servers: DevServers, namespace: str) -> No
     bad = conveyor_cli("topics", "create", "bad:name", env=env)
     assert bad.returncode == 2
     assert "queue name" in bad.stderr
+
+
+def test_delete_topics_removes_them_and_ignores_missing(
+    servers: DevServers, namespace: str
+) -> None:
+    bootstrap = servers.kafka.bootstrap
+    name = f"{namespace}.to-delete"
+    assert _core.kafka_create_topic(bootstrap, name, 1)
+    assert _core.kafka_delete_topics(bootstrap, [name, f"{namespace}.never-made"]) == 1
+    deadline = time.monotonic() + 10
+    while name in _core.kafka_cluster_info(bootstrap)[2] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert name not in _core.kafka_cluster_info(bootstrap)[2]

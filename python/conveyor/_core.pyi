@@ -24,6 +24,7 @@ __all__ = [
     "encode_many",
     "kafka_cluster_info",
     "kafka_create_topic",
+    "kafka_delete_topics",
     "kafka_end_offsets",
     "kafka_read_partition",
     "new_job_id",
@@ -96,6 +97,12 @@ def kafka_create_topic(
     timeout_s: float = 10.0,
     properties: list[tuple[str, str]] | None = None,
 ) -> bool: ...
+def kafka_delete_topics(
+    bootstrap: str,
+    names: list[str],
+    timeout_s: float = 30.0,
+    properties: list[tuple[str, str]] | None = None,
+) -> int: ...
 def kafka_read_partition(
     bootstrap: str,
     topic: str,

@@ -160,6 +160,36 @@ pub fn create_topic(
     }
 }
 
+/// Deletes `names` (benchmarks clean up after themselves: every partition a
+/// broker keeps costs it CPU, which skews the next measurement). A topic
+/// already gone is not an error. Returns how many were deleted.
+pub fn delete_topics(config: &KafkaConfig, names: &[&str], timeout: Duration) -> Result<usize> {
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(Error::kafka("connect"))?;
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results =
+        block_on(admin.delete_topics(names, &options)).map_err(Error::kafka("delete topics"))?;
+    let mut deleted = 0;
+    for result in results {
+        match result {
+            Ok(_) => deleted += 1,
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((_, code)) => {
+                return Err(Error::Kafka {
+                    op: "delete topics",
+                    source: rdkafka::error::KafkaError::AdminOp(code),
+                })
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 /// The end offset (the offset the next record will get) of each partition of `topic`.
 pub fn end_offsets(
     config: &KafkaConfig,

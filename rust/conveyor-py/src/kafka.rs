@@ -64,6 +64,24 @@ fn kafka_create_topic(
     .py()
 }
 
+/// Deletes topics; returns how many were deleted (gone already: not counted).
+#[pyfunction]
+#[pyo3(signature = (bootstrap, names, timeout_s=30.0, properties=None))]
+fn kafka_delete_topics(
+    py: Python<'_>,
+    bootstrap: &str,
+    names: Vec<String>,
+    timeout_s: f64,
+    properties: Option<Vec<(String, String)>>,
+) -> PyResult<usize> {
+    let cfg = config(bootstrap, properties);
+    py.detach(|| {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        core_kafka::delete_topics(&cfg, &names, Duration::from_secs_f64(timeout_s))
+    })
+    .py()
+}
+
 /// `(partition, end offset)` of each partition of `topic`.
 #[pyfunction]
 #[pyo3(signature = (bootstrap, topic, timeout_s=5.0, properties=None))]
@@ -404,6 +422,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KafkaRecord>()?;
     m.add_function(wrap_pyfunction!(kafka_cluster_info, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_create_topic, m)?)?;
+    m.add_function(wrap_pyfunction!(kafka_delete_topics, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_read_partition, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_end_offsets, m)?)?;
     Ok(())
