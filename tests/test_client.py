@@ -15,11 +15,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import conveyor
-from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.errors import DeliveryError, InvalidJobError, UnknownTopicError
-from kafka_reader import read_all
+from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.kafka_reader import read_all
 
 pytestmark = pytest.mark.servers
 

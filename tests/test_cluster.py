@@ -11,7 +11,7 @@ import pytest
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.errors import DeliveryError
-from kafka_reader import read_all
+from tests.helpers.kafka_reader import read_all
 
 pytestmark = pytest.mark.servers
 

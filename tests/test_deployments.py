@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 import conveyor
-from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from conveyor.relays import merged_metrics, start_relays
-from test_relay import wait_until
+from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.relay import wait_until
 
 pytestmark = pytest.mark.servers
 

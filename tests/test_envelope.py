@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import conveyor
+import pure_envelope  # bench/pure_envelope.py, on the path by pytest's configuration
 from conveyor import _core
 from conveyor.errors import EnvelopeDecodeError, InvalidJobError, UnsupportedEnvelopeVersion
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import pure_envelope
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 job_types = st.from_regex(r"[A-Za-z][A-Za-z0-9_.:\-]{0,199}", fullmatch=True)

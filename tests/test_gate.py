@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
-from kafka_reader import read_all
+from tests.helpers.kafka_reader import read_all
 
 pytestmark = pytest.mark.servers
 

@@ -13,11 +13,11 @@ import pytest
 import redis
 
 import conveyor
-from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisCluster
 from conveyor.relays import start_relays
-from test_relay import wait_until
+from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.relay import wait_until
 
 pytestmark = pytest.mark.servers
 

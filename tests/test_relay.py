@@ -9,38 +9,19 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 import conveyor
-from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
-from kafka_reader import read_all
+from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.kafka_reader import read_all
+from tests.helpers.relay import start_relay, wait_until
 
 pytestmark = pytest.mark.servers
-
-
-def start_relay(app: conveyor.Conveyor, group: str = "relay") -> _core.Relay:
-    s = app.settings
-    return _core.Relay(
-        s.kafka_bootstrap,
-        s.redis_url,
-        [(s.topic_for("default"), "default")],
-        namespace=s.namespace,
-        group_id=f"{group}-{s.namespace}",
-    )
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def in_redis(app: conveyor.Conveyor) -> list[conveyor.Envelope]:

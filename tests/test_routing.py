@@ -11,10 +11,10 @@ import time
 import pytest
 
 import conveyor
-from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.routing import RouteTable
-from test_relay import start_relay, wait_until
+from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.relay import start_relay, wait_until
 
 pytestmark = pytest.mark.servers
 

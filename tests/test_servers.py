@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 import conveyor
-from cli_runner import conveyor as conveyor_cli
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.devservers.kafka import KAFKA_VERSION, require_java
 from conveyor.errors import DevServerError, RedisError, UnknownTopicError
+from tests.helpers.cli import conveyor as conveyor_cli
 
 pytestmark = pytest.mark.servers
 

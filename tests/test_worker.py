@@ -26,7 +26,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.retry import JITTER_FLOOR, nominal_delay, retry_delay
 from conveyor.schedules import Cron, Schedule
-from test_relay import start_relay
+from tests.helpers.relay import start_relay
 
 pytestmark = pytest.mark.servers
 
@@ -283,8 +283,16 @@ def test_backoff_is_exponential_capped_and_jittered(
 
 def _spawn_worker(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "worker", "worker_app:app", "--no-setup", *extra],
-        cwd=TESTS,
+        [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "worker",
+            "tests.helpers.worker_app:app",
+            "--no-setup",
+            *extra,
+        ],
+        cwd=TESTS.parent,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

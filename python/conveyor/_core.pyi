@@ -5,6 +5,7 @@ from typing import Any, final
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "ERROR_CODES",
     "MAX_PAYLOAD_LEN",
     "STAGES",
     "DeliveryHandle",
@@ -19,6 +20,7 @@ __all__ = [
     "append_stage",
     "check_job_type",
     "check_queue_name",
+    "dead_letter_topic",
     "decode_many",
     "encode_call",
     "encode_many",
@@ -28,9 +30,12 @@ __all__ = [
     "kafka_end_offsets",
     "kafka_read_partition",
     "new_job_id",
+    "queue_topic",
+    "relay_group",
 ]
 
 ENVELOPE_VERSION: int
+ERROR_CODES: list[str]
 MAX_PAYLOAD_LEN: int
 STAGES: list[tuple[int, str]]
 
@@ -86,6 +91,9 @@ def encode_call(
     max_payload_bytes: int = ...,
 ) -> bytes: ...
 def check_queue_name(name: str) -> None: ...
+def queue_topic(prefix: str, namespace: str, queue: str) -> str: ...
+def dead_letter_topic(topic: str) -> str: ...
+def relay_group(namespace: str) -> str: ...
 def kafka_cluster_info(
     bootstrap: str, timeout_s: float = 5.0, properties: list[tuple[str, str]] | None = None
 ) -> tuple[str | None, list[tuple[int, str, int]], list[str]]: ...

@@ -80,6 +80,13 @@ class ConfigError(ConveyorError, ValueError):
     code = "config"
 
 
+class InternalError(ConveyorError):
+    """Conveyor itself failed (a thread could not start, or panicked): a bug or an
+    exhausted machine, never the caller's input."""
+
+    code = "internal"
+
+
 class DevServerError(ConveyorError):
     """A local development server (Kafka or Redis) could not be set up or started."""
 
@@ -98,6 +105,7 @@ _BY_CODE: dict[str, type[ConveyorError]] = {
         RedisError,
         ConveyorTimeout,
         ConfigError,
+        InternalError,
     )
 }
 

@@ -18,7 +18,7 @@ from conveyor.settings import Settings
 
 def group_id(settings: Settings) -> str:
     """The consumer group every relay of a namespace joins."""
-    return "conveyor-relay" + (f".{settings.namespace}" if settings.namespace else "")
+    return _core.relay_group(settings.namespace)
 
 
 def start_relays(

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor import _core
 from conveyor.errors import ConfigError
 from conveyor.routing import Route
 
@@ -118,8 +119,7 @@ class Settings:
 
     def topic_for(self, queue: str) -> str:
         """The Kafka topic that carries `queue`."""
-        middle = f"{self.namespace}." if self.namespace else ""
-        return f"{self.topic_prefix}{middle}{queue}"
+        return _core.queue_topic(self.topic_prefix, self.namespace, queue)
 
     def __repr__(self) -> str:
         # Never print secrets: a password may sit in the Redis URL or SASL settings.

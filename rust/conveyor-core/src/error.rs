@@ -52,6 +52,10 @@ pub enum Error {
     /// A setting (such as a Redis URL) has a value it cannot take.
     #[error("bad setting: {0}")]
     Config(String),
+    /// Conveyor itself failed (a thread could not start or panicked): a bug
+    /// or an exhausted machine, never the caller's input.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -68,6 +72,7 @@ impl Error {
             Error::Redis(_) => "redis",
             Error::Timeout(_) => "timeout",
             Error::Config(_) => "config",
+            Error::Internal(_) => "internal",
         }
     }
 
@@ -75,6 +80,21 @@ impl Error {
         move |source| Error::Kafka { op, source }
     }
 }
+
+/// Every code [`Error::code`] can return, for the conformance test that holds
+/// Python's exception classes to them.
+pub const CODES: [&str; 10] = [
+    "invalid_job",
+    "decode",
+    "unsupported_version",
+    "kafka",
+    "unknown_topic",
+    "delivery",
+    "redis",
+    "timeout",
+    "config",
+    "internal",
+];
 
 /// The core's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

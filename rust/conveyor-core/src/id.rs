@@ -121,6 +121,17 @@ impl fmt::Debug for JobId {
     }
 }
 
+/// A fresh name for this process, `<host>-<pid>-<random>`: workers and
+/// relays publish status under it.
+pub fn new_process_id() -> String {
+    use rand::Rng;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    let suffix: u32 = rand::rng().random();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     now_us() / 1000

@@ -194,7 +194,7 @@ fn check_job_type(name: &str) -> PyResult<()> {
 /// Raises `InvalidJobError` unless `name` is a valid queue (or namespace) name.
 #[pyfunction]
 fn check_queue_name(name: &str) -> PyResult<()> {
-    conveyor_core::keys::validate_name("queue", name).py()
+    conveyor_core::store::keys::validate_name("queue", name).py()
 }
 
 /// A fresh job id.

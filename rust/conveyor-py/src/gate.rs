@@ -2,20 +2,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
+use conveyor_core::config::duration;
 use conveyor_core::gate::{self, GateConfig, GateHandle};
+use conveyor_core::kafka::producer::ProducerOptions;
 use conveyor_core::kafka::KafkaConfig;
-use conveyor_core::producer::{Acks, ProducerOptions};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::IntoPyResult;
-
-fn secs(s: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| PyValueError::new_err(format!("not a duration: {s}")))
-}
 
 /// A running gate. Python only configures and starts it; requests never touch Python.
 #[pyclass(frozen, module = "conveyor._core")]
@@ -46,33 +40,23 @@ impl Gate {
         properties: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
         let config = GateConfig {
-            bind: bind.parse().map_err(|e| {
-                PyValueError::new_err(format!("bind {bind:?} is not HOST:PORT: {e}"))
-            })?,
+            bind: gate::parse_bind(bind).py()?,
             kafka: KafkaConfig {
                 bootstrap_servers: bootstrap.to_owned(),
                 properties: properties.unwrap_or_default(),
             },
             producer: ProducerOptions {
-                acks: match acks {
-                    "leader" => Acks::Leader,
-                    "all" => Acks::All,
-                    other => {
-                        return Err(PyValueError::new_err(format!(
-                            "acks must be 'leader' or 'all', not {other:?}"
-                        )))
-                    }
-                },
-                delivery_timeout: secs(delivery_timeout_s)?,
-                enqueue_timeout: secs(request_timeout_s)?,
+                acks: acks.parse().py()?,
+                delivery_timeout: duration("delivery_timeout_s", delivery_timeout_s).py()?,
+                enqueue_timeout: duration("request_timeout_s", request_timeout_s).py()?,
                 ..ProducerOptions::default()
             },
             topic_prefix: topic_prefix.to_owned(),
             namespace: namespace.to_owned(),
             routes: routes.unwrap_or_default(),
             registry_url,
-            registry_refresh: secs(registry_refresh_s)?,
-            request_timeout: secs(request_timeout_s)?,
+            registry_refresh: duration("registry_refresh_s", registry_refresh_s).py()?,
+            request_timeout: duration("request_timeout_s", request_timeout_s).py()?,
             max_payload_bytes,
             max_batch,
             token,
@@ -104,7 +88,7 @@ impl Gate {
     /// Stops accepting, finishes requests in flight, flushes the producer.
     #[pyo3(signature = (timeout_s=30.0))]
     fn stop(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {
-        let timeout = secs(timeout_s)?;
+        let timeout = duration("timeout_s", timeout_s).py()?;
         py.detach(|| {
             self.handle
                 .lock()

@@ -1,9 +1,8 @@
 //! Kafka functions and the producer, GIL released around every network call.
 
-use std::time::Duration;
-
+use conveyor_core::config::duration;
+use conveyor_core::kafka::producer::{JobProducer, Pending, ProducerOptions};
 use conveyor_core::kafka::{self as core_kafka, KafkaConfig};
-use conveyor_core::producer::{Acks, JobProducer, Pending, ProducerOptions};
 use conveyor_core::Envelope;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -33,9 +32,8 @@ fn kafka_cluster_info(
     properties: Option<Vec<(String, String)>>,
 ) -> PyResult<ClusterInfoTuple> {
     let cfg = config(bootstrap, properties);
-    let info = py
-        .detach(|| core_kafka::cluster_info(&cfg, Duration::from_secs_f64(timeout_s)))
-        .py()?;
+    let timeout = duration("timeout_s", timeout_s).py()?;
+    let info = py.detach(|| core_kafka::cluster_info(&cfg, timeout)).py()?;
     Ok((info.cluster_id, info.brokers, info.topics))
 }
 
@@ -52,16 +50,9 @@ fn kafka_create_topic(
     properties: Option<Vec<(String, String)>>,
 ) -> PyResult<bool> {
     let cfg = config(bootstrap, properties);
-    py.detach(|| {
-        core_kafka::create_topic(
-            &cfg,
-            name,
-            partitions,
-            replication,
-            Duration::from_secs_f64(timeout_s),
-        )
-    })
-    .py()
+    let timeout = duration("timeout_s", timeout_s).py()?;
+    py.detach(|| core_kafka::create_topic(&cfg, name, partitions, replication, timeout))
+        .py()
 }
 
 /// Deletes topics; returns how many were deleted (gone already: not counted).
@@ -75,9 +66,10 @@ fn kafka_delete_topics(
     properties: Option<Vec<(String, String)>>,
 ) -> PyResult<usize> {
     let cfg = config(bootstrap, properties);
+    let timeout = duration("timeout_s", timeout_s).py()?;
     py.detach(|| {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        core_kafka::delete_topics(&cfg, &names, Duration::from_secs_f64(timeout_s))
+        core_kafka::delete_topics(&cfg, &names, timeout)
     })
     .py()
 }
@@ -93,7 +85,7 @@ fn kafka_end_offsets(
     properties: Option<Vec<(String, String)>>,
 ) -> PyResult<Vec<(i32, i64)>> {
     let cfg = config(bootstrap, properties);
-    let timeout = secs(timeout_s)?;
+    let timeout = duration("timeout_s", timeout_s).py()?;
     py.detach(|| core_kafka::end_offsets(&cfg, topic, timeout))
         .py()
 }
@@ -124,17 +116,9 @@ fn kafka_read_partition(
     properties: Option<Vec<(String, String)>>,
 ) -> PyResult<Vec<KafkaRecord>> {
     let cfg = config(bootstrap, properties);
+    let timeout = duration("timeout_s", timeout_s).py()?;
     let records = py
-        .detach(|| {
-            core_kafka::read_partition(
-                &cfg,
-                topic,
-                partition,
-                from_offset,
-                max,
-                Duration::from_secs_f64(timeout_s),
-            )
-        })
+        .detach(|| core_kafka::read_partition(&cfg, topic, partition, from_offset, max, timeout))
         .py()?;
     let bytes = |b: &[u8]| PyBytes::new(py, b).unbind();
     Ok(records
@@ -152,11 +136,6 @@ fn kafka_read_partition(
                 .collect(),
         })
         .collect())
-}
-
-fn secs(s: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("not a duration: {s}")))
 }
 
 /// A Kafka producer of envelopes: librdkafka inside, batching and compression
@@ -178,19 +157,10 @@ impl KafkaProducer {
         enqueue_timeout_s: f64,
         properties: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
-        let acks = match acks {
-            "leader" => Acks::Leader,
-            "all" => Acks::All,
-            other => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "acks must be 'leader' or 'all', not {other:?}"
-                )))
-            }
-        };
         let options = ProducerOptions {
-            acks,
-            delivery_timeout: secs(delivery_timeout_s)?,
-            enqueue_timeout: secs(enqueue_timeout_s)?,
+            acks: acks.parse().py()?,
+            delivery_timeout: duration("delivery_timeout_s", delivery_timeout_s).py()?,
+            enqueue_timeout: duration("enqueue_timeout_s", enqueue_timeout_s).py()?,
             ..ProducerOptions::default()
         };
         let cfg = config(bootstrap, properties);
@@ -322,7 +292,7 @@ impl KafkaProducer {
     /// no handle reported.
     #[pyo3(signature = (timeout_s=30.0))]
     fn flush(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {
-        let timeout = secs(timeout_s)?;
+        let timeout = duration("timeout_s", timeout_s).py()?;
         py.detach(|| self.inner.flush(timeout)).py()
     }
 }
@@ -406,7 +376,10 @@ impl DeliveryHandle {
     /// or raises `DeliveryError` naming the jobs that were not written.
     #[pyo3(signature = (timeout_s=None))]
     fn wait(&self, py: Python<'_>, timeout_s: Option<f64>) -> PyResult<Vec<(i32, i64)>> {
-        let timeout = timeout_s.map(secs).transpose()?;
+        let timeout = timeout_s
+            .map(|s| duration("timeout_s", s))
+            .transpose()
+            .py()?;
         let delivered = py.detach(|| self.inner.wait(timeout)).py()?;
         Ok(delivered.iter().map(|d| (d.partition, d.offset)).collect())
     }

@@ -3,7 +3,8 @@
 //! A thin layer over `conveyor-core`: it converts arguments into owned Rust
 //! values, releases the GIL (`Python::detach`) around every network call and
 //! every batch, and turns core errors into the exceptions that
-//! `conveyor.errors` defines. No logic lives here that Rust tests could not see.
+//! `conveyor.errors` defines (`errors.rs`, the one conversion). Rules,
+//! validation and parsing live in the core, where `cargo test` sees them.
 
 mod envelope;
 mod errors;
@@ -31,11 +32,30 @@ fn encode_call<'py>(
     Ok(pyo3::types::PyBytes::new(py, &out))
 }
 
+/// The Kafka topic that carries `queue` (the one rule, shared with the gate).
+#[pyfunction]
+fn queue_topic(prefix: &str, namespace: &str, queue: &str) -> String {
+    conveyor_core::kafka::names::queue_topic(prefix, namespace, queue)
+}
+
+/// Where records of `topic` that can never be relayed go.
+#[pyfunction]
+fn dead_letter_topic(topic: &str) -> String {
+    conveyor_core::kafka::names::dead_letter_topic(topic)
+}
+
+/// The consumer group every relay of a namespace joins.
+#[pyfunction]
+fn relay_group(namespace: &str) -> String {
+    conveyor_core::kafka::names::relay_group(namespace)
+}
+
 /// The native module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ENVELOPE_VERSION", conveyor_core::envelope::VERSION)?;
     m.add("MAX_PAYLOAD_LEN", conveyor_core::envelope::MAX_PAYLOAD_LEN)?;
+    m.add("ERROR_CODES", conveyor_core::error::CODES.to_vec())?;
     let stages: Vec<(u8, &str)> = conveyor_core::Stage::ALL
         .iter()
         .map(|s| (*s as u8, s.name()))
@@ -48,6 +68,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     relay::register(m)?;
     worker::register(m)?;
     m.add_function(wrap_pyfunction!(encode_call, m)?)?;
+    m.add_function(wrap_pyfunction!(queue_topic, m)?)?;
+    m.add_function(wrap_pyfunction!(dead_letter_topic, m)?)?;
+    m.add_function(wrap_pyfunction!(relay_group, m)?)?;
     // Registered by the module itself, so no import order can skip it.
     let hook = wrap_pyfunction!(after_fork_in_child, m)?;
     let kwargs = pyo3::types::PyDict::new(m.py());

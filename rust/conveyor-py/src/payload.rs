@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 
+use conveyor_core::payload::{write_call, NO_KWARGS};
 use conveyor_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -27,27 +28,25 @@ pub fn encode_call(
     limit: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    out.clear();
-    out.extend_from_slice(b"{\"args\":");
-    if args.is_instance_of::<PyList>() || args.is_instance_of::<PyTuple>() {
-        value(args, 0, out)?;
-    } else {
-        return Err(invalid("args must be a list or tuple".to_owned()));
-    }
-    out.extend_from_slice(b",\"kwargs\":");
-    match kwargs {
-        Some(kw) if kw.is_instance_of::<PyDict>() => value(kw, 0, out)?,
-        Some(_) => return Err(invalid("kwargs must be a dict".to_owned())),
-        None => out.extend_from_slice(b"{}"),
-    }
-    out.push(b'}');
-    if out.len() > limit {
-        return Err(Error::InvalidJob(format!(
-            "job payload is {} bytes, over the limit of {limit}",
-            out.len()
-        )));
-    }
-    Ok(())
+    write_call(
+        out,
+        limit,
+        |out| {
+            if args.is_instance_of::<PyList>() || args.is_instance_of::<PyTuple>() {
+                value(args, 0, out)
+            } else {
+                Err(invalid("args must be a list or tuple".to_owned()))
+            }
+        },
+        |out| match kwargs {
+            Some(kw) if kw.is_instance_of::<PyDict>() => value(kw, 0, out),
+            Some(_) => Err(invalid("kwargs must be a dict".to_owned())),
+            None => {
+                out.extend_from_slice(NO_KWARGS);
+                Ok(())
+            }
+        },
+    )
 }
 
 fn value(obj: &Bound<'_, PyAny>, depth: usize, out: &mut Vec<u8>) -> Result<(), Error> {

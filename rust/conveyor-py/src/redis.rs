@@ -1,15 +1,14 @@
 //! `RedisStore`: a Redis connection running Conveyor's scripts.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
-
-use conveyor_core::keys::QueueKeys;
-use conveyor_core::queue::Admission;
-use conveyor_core::redis_store::RedisStore as CoreStore;
+use conveyor_core::config::duration;
+use conveyor_core::store::admission::Admission;
+use conveyor_core::store::keys::QueueKeys;
+use conveyor_core::store::RedisStore as CoreStore;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::errors::IntoPyResult;
 
@@ -41,9 +40,8 @@ impl RedisStore {
     #[new]
     #[pyo3(signature = (url, *, timeout_s=5.0))]
     fn new(py: Python<'_>, url: &str, timeout_s: f64) -> PyResult<Self> {
-        let store = py
-            .detach(|| CoreStore::connect(url, Duration::from_secs_f64(timeout_s)))
-            .py()?;
+        let timeout = duration("timeout_s", timeout_s).py()?;
+        let store = py.detach(|| CoreStore::connect(url, timeout)).py()?;
         Ok(Self {
             inner: Mutex::new(store),
         })

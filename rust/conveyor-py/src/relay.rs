@@ -1,13 +1,11 @@
 //! `Relay`: Kafka to Redis on a Rust thread; Python only starts and stops it.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::Duration;
 
+use conveyor_core::config::duration;
 use conveyor_core::kafka::KafkaConfig;
 use conveyor_core::relay::{self, RelayConfig, RelayHandle};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::IntoPyResult;
@@ -45,16 +43,6 @@ impl Relay {
         depth_low: u64,
         properties: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
-        if !(0.0 < memory_low && memory_low <= memory_high && memory_high <= 1.0) {
-            return Err(PyValueError::new_err(
-                "water marks must satisfy 0 < memory_low <= memory_high <= 1",
-            ));
-        }
-        if depth_high.is_some_and(|high| depth_low > high) {
-            return Err(PyValueError::new_err(
-                "depth_low must not exceed depth_high",
-            ));
-        }
         let config = RelayConfig {
             kafka: KafkaConfig {
                 bootstrap_servers: bootstrap.to_owned(),
@@ -65,8 +53,7 @@ impl Relay {
             namespace: namespace.to_owned(),
             routes,
             batch_max,
-            batch_wait: Duration::try_from_secs_f64(batch_wait_s)
-                .map_err(|_| PyValueError::new_err("batch_wait_s must be a duration"))?,
+            batch_wait: duration("batch_wait_s", batch_wait_s).py()?,
             memory_high,
             memory_low,
             depth_high,
@@ -83,43 +70,22 @@ impl Relay {
     /// memory_guarded (1 while Redis is over its high-water mark) and
     /// depth_guarded (queues over their depth high-water mark).
     fn stats(&self) -> HashMap<&'static str, u64> {
-        let handle = self.handle();
-        let s = handle.stats();
-        HashMap::from([
-            ("relayed", s.relayed.load(Ordering::Relaxed)),
-            ("skipped", s.skipped.load(Ordering::Relaxed)),
-            ("duplicates", s.duplicates.load(Ordering::Relaxed)),
-            ("shadowed", s.shadowed.load(Ordering::Relaxed)),
-            ("dead_lettered", s.dead_lettered.load(Ordering::Relaxed)),
-            ("batches", s.batches.load(Ordering::Relaxed)),
-            ("redis_errors", s.redis_errors.load(Ordering::Relaxed)),
-            ("held", s.held.load(Ordering::Relaxed)),
-            ("memory_guarded", s.memory_guarded.load(Ordering::Relaxed)),
-            ("depth_guarded", s.depth_guarded.load(Ordering::Relaxed)),
-            ("guard_engaged", s.guard_engaged.load(Ordering::Relaxed)),
-        ])
+        HashMap::from(self.handle().stats().counters())
     }
 
     /// The `(topic, partition)`s this relay owns now.
     fn assignment(&self) -> Vec<(String, i32)> {
-        self.handle()
-            .stats()
-            .assignment
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.handle().stats().assignment()
     }
 
     /// Lag per owned partition as `(topic, partition, high watermark,
-    /// relayed to, lag)`, from librdkafka's statistics (refreshed each second).
+    /// relayed to, lag)`, measured once a second against the fences in Redis.
     fn lag(&self) -> Vec<(String, i32, i64, i64, i64)> {
         self.handle()
             .stats()
-            .partitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|p| (p.topic.clone(), p.partition, p.high, p.relayed_to, p.lag))
+            .lag()
+            .into_iter()
+            .map(|p| (p.topic, p.partition, p.high, p.relayed_to, p.lag))
             .collect()
     }
 

@@ -3,12 +3,13 @@
 //! one list of ready jobs per batch and hands back one list of outcomes.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use conveyor_core::keys::QueueKeys;
-use conveyor_core::worker::{self, Batch, Outcome, WeightedQueue};
-use pyo3::exceptions::PyValueError;
+use conveyor_core::config::{duration, positive_duration};
+use conveyor_core::id::new_process_id;
+use conveyor_core::store::keys::QueueKeys;
+use conveyor_core::worker::outcomes::{outcomes, Failure};
+use conveyor_core::worker::{self, Batch, WeightedQueue};
+use conveyor_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
@@ -57,20 +58,21 @@ impl LeasedBatch {
     /// The decoded envelope of job `index` (its timestamps and stage stamps),
     /// built only when asked for.
     fn envelope(&self, index: usize) -> PyResult<crate::envelope::Envelope> {
-        let job = self.batch.jobs.get(index).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "no job {index} in a batch of {}",
-                self.batch.jobs.len()
-            ))
-        })?;
+        let job = self
+            .batch
+            .jobs
+            .get(index)
+            .ok_or_else(|| {
+                Error::InvalidJob(format!(
+                    "no job {index} in a batch of {}",
+                    self.batch.jobs.len()
+                ))
+            })
+            .py()?;
         Ok(crate::envelope::Envelope {
             inner: job.envelope.clone(),
         })
     }
-}
-
-fn to_us(seconds: f64) -> u64 {
-    (seconds * 1e6).max(0.0) as u64
 }
 
 #[pymethods]
@@ -86,9 +88,7 @@ impl WorkQueues {
         worker_id: Option<String>,
         lease_s: f64,
     ) -> PyResult<Self> {
-        if !(lease_s.is_finite() && lease_s > 0.0) {
-            return Err(PyValueError::new_err("lease_s must be a positive number"));
-        }
+        let lease = positive_duration("lease_s", lease_s).py()?;
         let queues = queues
             .into_iter()
             .map(|(name, weight)| {
@@ -100,8 +100,7 @@ impl WorkQueues {
             })
             .collect::<conveyor_core::Result<Vec<_>>>()
             .py()?;
-        let id = worker_id.unwrap_or_else(worker::new_worker_id);
-        let lease = Duration::from_secs_f64(lease_s);
+        let id = worker_id.unwrap_or_else(new_process_id);
         let inner = py
             .detach(|| worker::WorkQueues::new(redis_url, queues, strict, &id, lease))
             .py()?;
@@ -152,37 +151,11 @@ impl WorkQueues {
         py: Python<'_>,
         batch: &LeasedBatch,
         ends: Vec<f64>,
-        failures: HashMap<usize, (String, Option<f64>)>,
+        failures: HashMap<usize, Failure>,
         starts: Option<Vec<f64>>,
     ) -> PyResult<(u64, u64, u64, u64)> {
         let batch = &batch.batch;
-        if ends.len() > batch.jobs.len() || starts.as_ref().is_some_and(|s| s.len() < ends.len()) {
-            return Err(PyValueError::new_err(format!(
-                "settle got {} ends (and {:?} starts) for {} jobs",
-                ends.len(),
-                starts.as_ref().map(Vec::len),
-                batch.jobs.len()
-            )));
-        }
-        let mut outcomes = Vec::with_capacity(ends.len());
-        let mut previous = batch.fetched_at_us;
-        for (i, &end) in ends.iter().enumerate() {
-            let ended_us = to_us(end);
-            let started_us = starts.as_ref().map_or(previous, |s| to_us(s[i]));
-            previous = ended_us;
-            outcomes.push(match failures.get(&i) {
-                None => Outcome::Done {
-                    started_us,
-                    ended_us,
-                },
-                Some((error, retry_in)) => Outcome::Failed {
-                    started_us,
-                    ended_us,
-                    error: error.clone(),
-                    retry_in: retry_in.map(|s| Duration::from_secs_f64(s.max(0.0))),
-                },
-            });
-        }
+        let outcomes = outcomes(batch, &ends, &failures, starts.as_deref()).py()?;
         let s = py.detach(|| self.inner.settle(batch, &outcomes)).py()?;
         Ok((s.done, s.retried, s.dead, s.stale))
     }
@@ -202,7 +175,7 @@ impl WorkQueues {
     /// Blocks (GIL released) until jobs are signalled on a queue or
     /// `timeout_s` (10 ms to 2 s) passes; True if woken.
     fn wait_for_work(&self, py: Python<'_>, timeout_s: f64) -> PyResult<bool> {
-        let timeout = Duration::from_secs_f64(timeout_s.clamp(0.0, 2.0));
+        let timeout = duration("timeout_s", timeout_s).py()?;
         py.detach(|| self.inner.wait_for_work(timeout)).py()
     }
 
@@ -213,50 +186,12 @@ impl WorkQueues {
 
     /// Counters of this process: fetched, done, retried, dead, stale, released.
     fn stats(&self) -> HashMap<&'static str, u64> {
-        let s = self.inner.stats();
-        HashMap::from([
-            ("fetched", s.fetched.load(Ordering::Relaxed)),
-            ("done", s.done.load(Ordering::Relaxed)),
-            ("retried", s.retried.load(Ordering::Relaxed)),
-            ("dead", s.dead.load(Ordering::Relaxed)),
-            ("stale", s.stale.load(Ordering::Relaxed)),
-            ("released", s.released.load(Ordering::Relaxed)),
-        ])
+        HashMap::from(self.inner.stats().counters())
     }
 
     /// Prometheus text for this process's worker metrics.
     fn metrics(&self) -> String {
-        let s = self.inner.stats();
-        let mut out = String::new();
-        conveyor_core::metrics::render_counter(
-            &mut out,
-            "conveyor_worker_jobs_total",
-            "Jobs by outcome in this worker process.",
-            &[
-                ("outcome=\"fetched\"", s.fetched.load(Ordering::Relaxed)),
-                ("outcome=\"done\"", s.done.load(Ordering::Relaxed)),
-                ("outcome=\"retried\"", s.retried.load(Ordering::Relaxed)),
-                ("outcome=\"dead\"", s.dead.load(Ordering::Relaxed)),
-                ("outcome=\"stale\"", s.stale.load(Ordering::Relaxed)),
-                ("outcome=\"released\"", s.released.load(Ordering::Relaxed)),
-            ],
-        );
-        s.wait.render(
-            &mut out,
-            "conveyor_worker_wait_seconds",
-            "Enqueue to the start of a job's first attempt.",
-        );
-        s.run.render(
-            &mut out,
-            "conveyor_worker_run_seconds",
-            "Duration of an attempt.",
-        );
-        s.total.render(
-            &mut out,
-            "conveyor_worker_total_seconds",
-            "Enqueue to the end of the attempt that succeeded.",
-        );
-        out
+        self.inner.stats().render()
     }
 }
 

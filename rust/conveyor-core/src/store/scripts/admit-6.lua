@@ -39,6 +39,8 @@
   backs off and retries, so nothing is lost or doubled, and the backlog stays
   in Kafka.
 ]]
+-- The envelope's job id, bytes ID_FIRST..ID_LAST (1-based; envelope::ID_OFFSET, ID_LEN).
+local ID_FIRST, ID_LAST = 5, 20
 local fence = ARGV[1]
 local stored = -1
 if fence ~= '' then
@@ -63,7 +65,7 @@ for i = 3, #ARGV, 4 do
     local key = ARGV[i + 2]
     if key ~= '' then
       -- Bytes 5..20 of an envelope are its 16-byte id (docs/envelope.md).
-      fresh = redis.call('HSETNX', KEYS[4], key, string.sub(envelope, 5, 20)) == 1
+      fresh = redis.call('HSETNX', KEYS[4], key, string.sub(envelope, ID_FIRST, ID_LAST)) == 1
     end
     if not fresh then
       duplicates = duplicates + 1

@@ -3,6 +3,9 @@
 //! with the leases held tracked for heartbeats. Handlers run in Python; this
 //! side does everything per batch so Python only loops over ready jobs.
 
+mod metrics;
+pub mod outcomes;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -13,10 +16,10 @@ use rand::Rng;
 use crate::envelope::{append_stage, set_attempt, Envelope, Stage};
 use crate::error::{Error, Result};
 use crate::id::now_us;
-use crate::keys::QueueKeys;
 use crate::metrics::Histogram;
-use crate::queue::{Settled, Settlement};
-use crate::redis_store::RedisStore;
+use crate::store::keys::QueueKeys;
+use crate::store::queue::{Settled, Settlement};
+use crate::store::RedisStore;
 
 /// One queue a worker takes jobs from, with its weight.
 #[derive(Debug, Clone)]
@@ -131,17 +134,13 @@ impl WorkQueues {
         lease: Duration,
     ) -> Result<WorkQueues> {
         if queues.is_empty() {
-            return Err(Error::InvalidJob(
-                "a worker needs at least one queue".into(),
-            ));
+            return Err(Error::Config("a worker needs at least one queue".into()));
         }
         if queues.iter().any(|q| q.weight == 0) {
-            return Err(Error::InvalidJob("queue weights must be at least 1".into()));
+            return Err(Error::Config("queue weights must be at least 1".into()));
         }
         if lease < Duration::from_millis(100) {
-            return Err(Error::InvalidJob(
-                "a lease must last at least 100 ms".into(),
-            ));
+            return Err(Error::Config("a lease must last at least 100 ms".into()));
         }
         let first = RedisStore::connect(redis_url, Duration::from_secs(5))?;
         Ok(WorkQueues {
@@ -278,7 +277,7 @@ impl WorkQueues {
         }
         for (slot, raw, reason) in &batch.malformed {
             let mut id = [0u8; 16];
-            if let Some(bytes) = raw.get(4..20) {
+            if let Some(bytes) = crate::envelope::id_bytes(raw) {
                 id.copy_from_slice(bytes);
             }
             records.push(Settlement::Dead {
@@ -425,14 +424,4 @@ impl WorkQueues {
 /// The error record kept with a failed job, as JSON text.
 pub fn error_json(kind: &str, message: &str) -> String {
     serde_json::json!({ "type": kind, "message": message }).to_string()
-}
-
-/// A worker id unique enough to tell processes apart in lease tokens:
-/// the host, the pid and a random suffix (pids are reused).
-pub fn new_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".to_owned());
-    let suffix: u32 = rand::rng().random();
-    format!("{host}-{}-{suffix:08x}", std::process::id())
 }

@@ -13,6 +13,9 @@
 
   `allow-oom`: moves jobs, adds none.
 ]]
+-- The envelope's attempt count, a big-endian u32 from ATTEMPT_FIRST (1-based;
+-- envelope::ATTEMPT_OFFSET).
+local ATTEMPT_FIRST = 29
 local max = tonumber(ARGV[1])
 if not max or max < 1 or max > 1000 then
   return redis.error_reply('CVARGS replay takes 1 to 1000 jobs, not ' .. tostring(ARGV[1]))
@@ -22,7 +25,8 @@ if #jobs > 0 then
   redis.call('ZREM', KEYS[1], unpack(jobs))
   local fresh = {}
   for i, envelope in ipairs(jobs) do
-    fresh[i] = string.sub(envelope, 1, 28) .. struct.pack('>I4', 0) .. string.sub(envelope, 33)
+    fresh[i] = string.sub(envelope, 1, ATTEMPT_FIRST - 1) .. struct.pack('>I4', 0)
+      .. string.sub(envelope, ATTEMPT_FIRST + 4)
   end
   redis.call('RPUSH', KEYS[2], unpack(fresh))
 end

@@ -11,8 +11,12 @@
 //! Stage stamps sit at the very end, so a stage can be recorded by appending
 //! nine bytes ([`append_stage`]) without decoding or re-encoding the rest.
 
+mod view;
+
 use crate::error::{Error, Result};
 use crate::id::JobId;
+
+pub use view::EnvelopeView;
 
 /// The first two bytes of every envelope.
 pub const MAGIC: [u8; 2] = *b"CV";
@@ -264,118 +268,8 @@ impl Envelope {
     }
 }
 
-/// An encoded envelope checked in full but not copied: what the relay needs
-/// to route a record (its run-at time, its dedup key) without allocating.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvelopeView<'a> {
-    /// See [`Envelope::id`].
-    pub id: JobId,
-    /// See [`Envelope::job_type`].
-    pub job_type: &'a str,
-    /// See [`Envelope::attempt`].
-    pub attempt: u32,
-    /// See [`Envelope::enqueued_at_us`].
-    pub enqueued_at_us: u64,
-    /// See [`Envelope::run_at_us`].
-    pub run_at_us: Option<u64>,
-    /// See [`Envelope::dedup_key`].
-    pub dedup_key: Option<&'a str>,
-    /// See [`Envelope::trace_context`].
-    pub trace_context: Option<&'a str>,
-    /// See [`Envelope::payload`].
-    pub payload: &'a [u8],
-    /// The stage stamps, still encoded (a whole number of them).
-    pub stages: &'a [u8],
-}
-
-impl<'a> EnvelopeView<'a> {
-    /// Checks `bytes` as [`Envelope::decode`] does (same errors), borrowing
-    /// instead of copying.
-    pub fn parse(bytes: &'a [u8]) -> Result<EnvelopeView<'a>> {
-        let mut r = Reader { bytes, pos: 0 };
-        if r.take(2, "magic")? != MAGIC {
-            return Err(Error::Decode(
-                "not a Conveyor envelope (bad magic bytes)".to_owned(),
-            ));
-        }
-        let version = r.u8("version")?;
-        if version > VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: version,
-                supported: VERSION,
-            });
-        }
-        if version == 0 {
-            return Err(Error::Decode("version 0 does not exist".to_owned()));
-        }
-        let flags = r.u8("flags")?;
-        if flags & !KNOWN_FLAGS != 0 {
-            return Err(Error::Decode(format!(
-                "unknown flag bits {:#04x}",
-                flags & !KNOWN_FLAGS
-            )));
-        }
-        let id = JobId(r.array("id")?);
-        let enqueued_at_us = u64::from_be_bytes(r.array("enqueued_at")?);
-        let attempt = u32::from_be_bytes(r.array("attempt")?);
-        let type_len = r.u8("job type length")? as usize;
-        let job_type = r.text(type_len, "job type")?;
-        let run_at_us = if flags & FLAG_RUN_AT != 0 {
-            Some(u64::from_be_bytes(r.array("run_at")?))
-        } else {
-            None
-        };
-        let dedup_key = if flags & FLAG_DEDUP_KEY != 0 {
-            Some(r.short_text("dedup key")?)
-        } else {
-            None
-        };
-        let trace_context = if flags & FLAG_TRACE_CONTEXT != 0 {
-            Some(r.short_text("trace context")?)
-        } else {
-            None
-        };
-        let payload_len = u32::from_be_bytes(r.array("payload length")?) as usize;
-        if payload_len > MAX_PAYLOAD_LEN {
-            return Err(Error::Decode(format!(
-                "payload length {payload_len} is over the format's limit"
-            )));
-        }
-        let payload = r.take(payload_len, "payload")?;
-        let rest = r.remaining();
-        if !rest.len().is_multiple_of(STAGE_LEN) {
-            return Err(Error::Decode(format!(
-                "{} bytes after the payload are not a whole number of stage stamps",
-                rest.len()
-            )));
-        }
-        check_fields(
-            job_type,
-            dedup_key,
-            trace_context,
-            payload.len(),
-            rest.len() / STAGE_LEN,
-        )
-        .map_err(|e| match e {
-            Error::InvalidJob(reason) => Error::Decode(reason),
-            other => other,
-        })?;
-        Ok(EnvelopeView {
-            id,
-            job_type,
-            attempt,
-            enqueued_at_us,
-            run_at_us,
-            dedup_key,
-            trace_context,
-            payload,
-            stages: rest,
-        })
-    }
-}
-
 /// The checks [`Envelope::validate`] makes, on the fields alone.
-fn check_fields(
+pub(super) fn check_fields(
     job_type: &str,
     dedup_key: Option<&str>,
     trace_context: Option<&str>,
@@ -418,14 +312,27 @@ pub fn append_stage(encoded: &mut Vec<u8>, code: u8, at_us: u64) {
     encoded.extend_from_slice(&at_us.to_be_bytes());
 }
 
-/// Byte offset of the attempt count (u32, big-endian) in every envelope.
+/// Byte offset of the job id (16 bytes) in every envelope. The Lua scripts
+/// name it too (`ID_FIRST`, 1-based); a test holds the two together.
+pub const ID_OFFSET: usize = 4;
+/// Length of the job id.
+pub const ID_LEN: usize = 16;
+/// Byte offset of the attempt count (u32, big-endian) in every envelope;
+/// `ATTEMPT_FIRST` (1-based) in the Lua scripts.
 pub const ATTEMPT_OFFSET: usize = 28;
+/// Length of the attempt count.
+pub const ATTEMPT_LEN: usize = 4;
+
+/// The job id bytes of an encoded envelope, if it is long enough.
+pub fn id_bytes(encoded: &[u8]) -> Option<&[u8]> {
+    encoded.get(ID_OFFSET..ID_OFFSET + ID_LEN)
+}
 
 /// Overwrites the attempt count of an encoded envelope in place.
 ///
 /// The caller vouches that `encoded` is a valid envelope, as for [`append_stage`].
 pub fn set_attempt(encoded: &mut [u8], attempt: u32) {
-    encoded[ATTEMPT_OFFSET..ATTEMPT_OFFSET + 4].copy_from_slice(&attempt.to_be_bytes());
+    encoded[ATTEMPT_OFFSET..ATTEMPT_OFFSET + ATTEMPT_LEN].copy_from_slice(&attempt.to_be_bytes());
 }
 
 /// Checks a job type name: 1 to 200 bytes, a letter first, then letters,
@@ -456,7 +363,7 @@ fn check_len(what: &str, len: usize, max: usize) -> Result<()> {
 
 /// A bounds-checked cursor: every read names what it was reading, so a
 /// truncated envelope says where it ends.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
@@ -504,116 +411,4 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn sample() -> Envelope {
-        Envelope {
-            id: JobId::generate(),
-            job_type: "billing.charge".to_owned(),
-            attempt: 2,
-            enqueued_at_us: 1_700_000_000_000_000,
-            run_at_us: Some(1_700_000_060_000_000),
-            dedup_key: Some("invoice-42".to_owned()),
-            trace_context: Some(
-                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
-            ),
-            payload: br#"{"amount": 12}"#.to_vec(),
-            stages: vec![StageStamp {
-                code: Stage::Kafka as u8,
-                at_us: 1_700_000_000_001_000,
-            }],
-        }
-    }
-
-    #[test]
-    fn round_trips_byte_for_byte() {
-        let env = sample();
-        let bytes = env.encode().unwrap();
-        assert_eq!(bytes.len(), env.encoded_len());
-        let back = Envelope::decode(&bytes).unwrap();
-        assert_eq!(back, env);
-        assert_eq!(back.encode().unwrap(), bytes);
-    }
-
-    #[test]
-    fn a_view_borrows_the_same_fields() {
-        let env = sample();
-        let bytes = env.encode().unwrap();
-        let view = EnvelopeView::parse(&bytes).unwrap();
-        assert_eq!(view.job_type, env.job_type);
-        assert_eq!(view.run_at_us, env.run_at_us);
-        assert_eq!(view.dedup_key, env.dedup_key.as_deref());
-        assert_eq!(view.trace_context, env.trace_context.as_deref());
-        assert_eq!(view.payload, env.payload.as_slice());
-        assert_eq!(view.stages.len(), STAGE_LEN * env.stages.len());
-        let mut bad = bytes.clone();
-        bad.push(0);
-        assert!(EnvelopeView::parse(&bad).is_err(), "half a stage stamp");
-    }
-
-    #[test]
-    fn appended_stage_decodes() {
-        let env = sample();
-        let mut bytes = env.encode().unwrap();
-        append_stage(&mut bytes, Stage::Relayed as u8, 99);
-        let back = Envelope::decode(&bytes).unwrap();
-        assert_eq!(back.stages.last(), Some(&StageStamp { code: 2, at_us: 99 }));
-    }
-
-    #[test]
-    fn attempt_is_rewritten_in_place() {
-        let env = sample();
-        let mut bytes = env.encode().unwrap();
-        set_attempt(&mut bytes, 7);
-        let back = Envelope::decode(&bytes).unwrap();
-        assert_eq!(back.attempt, 7);
-        assert_eq!(back.payload, env.payload);
-    }
-
-    #[test]
-    fn newer_version_is_refused_clearly() {
-        let mut bytes = sample().encode().unwrap();
-        bytes[2] = VERSION + 1;
-        let err = Envelope::decode(&bytes).unwrap_err();
-        assert_eq!(err.code(), "unsupported_version");
-        assert!(err.to_string().contains("upgrade"));
-    }
-
-    #[test]
-    fn every_truncation_is_an_error() {
-        let bytes = sample().encode().unwrap();
-        // Cutting whole stage stamps off the end leaves a valid envelope.
-        let stage_start = bytes.len() - STAGE_LEN;
-        for cut in 0..stage_start {
-            assert!(Envelope::decode(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn bad_job_types_are_refused() {
-        for bad in ["", "9lives", "has space", "ünï", &"x".repeat(201)] {
-            let mut env = sample();
-            env.job_type = bad.to_owned();
-            assert_eq!(env.encode().unwrap_err().code(), "invalid_job", "{bad:?}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = Envelope::decode(&bytes);
-        }
-
-        #[test]
-        fn decode_never_panics_on_mutated_envelopes(pos in 0usize..120, byte in any::<u8>()) {
-            let mut bytes = sample().encode().unwrap();
-            let at = pos % bytes.len();
-            bytes[at] = byte;
-            if let Ok(env) = Envelope::decode(&bytes) {
-                prop_assert_eq!(env.encode().unwrap(), bytes);
-            }
-        }
-    }
-}
+mod tests;

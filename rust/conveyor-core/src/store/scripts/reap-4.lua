@@ -20,6 +20,9 @@
 
   `allow-oom`: moves jobs, adds none.
 ]]
+-- The envelope's attempt count, a big-endian u32 from ATTEMPT_FIRST (1-based;
+-- envelope::ATTEMPT_OFFSET).
+local ATTEMPT_FIRST = 29
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local leases, jobs = 0, 0
@@ -35,9 +38,9 @@ for i, token in ipairs(ARGV) do
     local back = {}
     for _, entry in ipairs(by_slot) do
       local envelope = entry[2]
-      local attempt = struct.unpack('>I4', envelope, 29)
-      back[#back + 1] = string.sub(envelope, 1, 28) .. struct.pack('>I4', attempt + 1)
-        .. string.sub(envelope, 33)
+      local attempt = struct.unpack('>I4', envelope, ATTEMPT_FIRST)
+      back[#back + 1] = string.sub(envelope, 1, ATTEMPT_FIRST - 1)
+        .. struct.pack('>I4', attempt + 1) .. string.sub(envelope, ATTEMPT_FIRST + 4)
     end
     if #back > 0 then
       redis.call('LPUSH', KEYS[2], unpack(back))

@@ -1,4 +1,4 @@
-"""An application for worker tests run as `conveyor worker worker_app:app`.
+"""An application for worker tests run as `conveyor worker tests.helpers.worker_app:app`.
 
 Settings come from the environment (CONVEYOR_REDIS_URL, CONVEYOR_NAMESPACE),
 as for any deployed worker. Handlers record each execution in Redis, so a

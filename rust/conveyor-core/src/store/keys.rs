@@ -140,6 +140,11 @@ fn namespaced(namespace: &str, suffix: &str) -> Result<String> {
     }
 }
 
+/// The field of a partition in its queue's fence hash ([`QueueKeys::relayed`]).
+pub fn fence_field(topic: &str, partition: i32) -> String {
+    format!("{topic}:{partition}")
+}
+
 /// Checks a queue or namespace name: a letter, then letters, digits and `_ . -`, at
 /// most 100 bytes, so that they are valid in Kafka topic names too.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {

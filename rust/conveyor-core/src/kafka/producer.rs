@@ -8,7 +8,7 @@
 //! swallowed: when its `Pending` is dropped unobserved, the failure moves to
 //! the producer, and the next [`JobProducer::flush`] reports it.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use std::fmt::Write as _;
@@ -18,15 +18,14 @@ use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::ClientContext;
 
+use super::client::{KafkaConfig, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE};
+use super::partitions::PartitionHealth;
+use super::report_polling::{Activity, PolledProducer, Reports};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::id::JobId;
-use crate::kafka::{KafkaConfig, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE};
-use crate::partitions::PartitionHealth;
-use crate::report_polling::{Activity, PolledProducer, Reports};
 
-/// How many failed job ids an error message lists before it only counts.
-const FAILURE_SAMPLES: usize = 10;
+use super::delivery::{delivery_error, lock, Batch, InFlight, Shared, Unobserved};
+pub use super::delivery::{Delivered, Failure, Pending};
 
 /// Which acknowledgement a send waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +34,21 @@ pub enum Acks {
     Leader,
     /// Every in-sync replica wrote it.
     All,
+}
+
+impl std::str::FromStr for Acks {
+    type Err = Error;
+
+    /// `"leader"` or `"all"`, as the settings spell them.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "leader" => Ok(Acks::Leader),
+            "all" => Ok(Acks::All),
+            other => Err(Error::Config(format!(
+                "acks must be 'leader' or 'all', not {other:?}"
+            ))),
+        }
+    }
 }
 
 /// Producer settings.
@@ -60,58 +74,6 @@ impl Default for ProducerOptions {
             reports: Reports::SendersFirst,
         }
     }
-}
-
-/// Where a record landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    /// Partition the broker wrote it to.
-    pub partition: i32,
-    /// Its offset in that partition.
-    pub offset: i64,
-}
-
-/// A delivery failure: which job, and why.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// The job that was not written.
-    pub id: JobId,
-    /// What Kafka (or the local queue) said.
-    pub reason: String,
-}
-
-#[derive(Default)]
-struct Unobserved {
-    count: u64,
-    samples: Vec<Failure>,
-}
-
-impl Unobserved {
-    fn record(&mut self, failures: impl IntoIterator<Item = Failure>) {
-        for failure in failures {
-            self.count += 1;
-            if self.samples.len() < FAILURE_SAMPLES {
-                self.samples.push(failure);
-            }
-        }
-    }
-}
-
-/// Batches awaiting reports, and the threads in `flush` waiting for none.
-#[derive(Default)]
-struct InFlight {
-    batches: usize,
-    flushers: usize,
-}
-
-struct Shared {
-    unobserved: Mutex<Unobserved>,
-    in_flight: Mutex<InFlight>,
-    settled: Condvar,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Which batch, and which slot in it, a record reports to; `tracked` when
@@ -303,7 +265,7 @@ impl JobProducer {
     /// Hands `envelopes` to librdkafka for `topic` and returns at once.
     /// Encoding errors fail the call before anything is sent. May block: for
     /// a metadata round trip the first time a topic is used and every
-    /// [`REFRESH`](crate::partitions::REFRESH), and for room in librdkafka's
+    /// [`REFRESH`](super::partitions::REFRESH), and for room in librdkafka's
     /// queue while Kafka is down (up to the enqueue timeout).
     pub fn send(
         &self,
@@ -495,204 +457,4 @@ fn led_partitions(topic: &rdkafka::metadata::MetadataTopic) -> Vec<i32> {
         .filter(|p| p.leader() >= 0 && p.error().is_none())
         .map(|p| p.id())
         .collect()
-}
-
-fn failures<'a>(
-    ids: &'a [JobId],
-    results: &'a [std::result::Result<Delivered, String>],
-) -> impl Iterator<Item = Failure> + 'a {
-    ids.iter().zip(results).filter_map(|(id, r)| {
-        r.as_ref().err().map(|reason| Failure {
-            id: *id,
-            reason: reason.clone(),
-        })
-    })
-}
-
-fn delivery_error(count: u64, samples: &[Failure]) -> Error {
-    let listed: Vec<String> = samples
-        .iter()
-        .map(|f| format!("{} ({})", f.id, f.reason))
-        .collect();
-    Error::Delivery(format!(
-        "{count} job(s) were not written to Kafka: {}{}",
-        listed.join(", "),
-        if count as usize > samples.len() {
-            ", …"
-        } else {
-            ""
-        }
-    ))
-}
-
-type Outcome = std::result::Result<Delivered, String>;
-
-struct BatchInner {
-    results: Vec<Option<Outcome>>,
-    remaining: usize,
-    observed: bool,
-    abandoned: bool,
-    /// Threads blocked in [`Pending::wait`]: a settling batch signals its
-    /// condvar only when there are some (a signal is a system call, and
-    /// most single sends are never waited on one by one).
-    waiters: u32,
-}
-
-/// One `send` call's jobs and their delivery outcomes as they arrive.
-struct Batch {
-    ids: Vec<JobId>,
-    inner: Mutex<BatchInner>,
-    ready: Condvar,
-    /// Wakes an async waiter; holds a permit if the batch settles first.
-    settled: tokio::sync::Notify,
-}
-
-impl Batch {
-    fn new(ids: Vec<JobId>) -> Self {
-        let n = ids.len();
-        Self {
-            ids,
-            inner: Mutex::new(BatchInner {
-                results: vec![None; n],
-                remaining: n,
-                observed: false,
-                abandoned: false,
-                waiters: 0,
-            }),
-            ready: Condvar::new(),
-            settled: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn complete(&self, index: usize, outcome: Outcome, shared: &Shared) {
-        let mut inner = lock(&self.inner);
-        if inner.results[index].replace(outcome).is_some() {
-            return; // a second report for one record: keep the count honest
-        }
-        inner.remaining -= 1;
-        if inner.remaining > 0 {
-            return;
-        }
-        if inner.abandoned {
-            let results = outcomes(&inner.results);
-            lock(&shared.unobserved).record(failures(&self.ids, &results));
-        }
-        let waited = inner.waiters > 0;
-        drop(inner);
-        if waited {
-            self.ready.notify_all();
-        }
-        self.settled.notify_one();
-        let mut in_flight = lock(&shared.in_flight);
-        in_flight.batches -= 1;
-        let flushing = in_flight.flushers > 0;
-        drop(in_flight);
-        if flushing {
-            shared.settled.notify_all();
-        }
-    }
-}
-
-fn outcomes(slots: &[Option<Outcome>]) -> Vec<Outcome> {
-    slots
-        .iter()
-        .map(|s| {
-            s.clone()
-                .unwrap_or_else(|| Err("no delivery report".to_owned()))
-        })
-        .collect()
-}
-
-/// A batch handed to the producer, awaiting its broker acknowledgements.
-pub struct Pending {
-    batch: Arc<Batch>,
-    shared: Arc<Shared>,
-}
-
-impl Pending {
-    /// The ids of the batch's jobs, in send order.
-    pub fn ids(&self) -> &[JobId] {
-        &self.batch.ids
-    }
-
-    /// Whether every record has been acknowledged or has failed.
-    pub fn is_done(&self) -> bool {
-        lock(&self.batch.inner).remaining == 0
-    }
-
-    /// Waits for every acknowledgement (`None`: as long as it takes, which the
-    /// delivery timeout bounds). Returns where each job landed, or
-    /// [`Error::Delivery`] naming the jobs that were not written.
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<Vec<Delivered>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut inner = lock(&self.batch.inner);
-        inner.waiters += 1;
-        while inner.remaining > 0 {
-            inner = match deadline {
-                None => self
-                    .batch
-                    .ready
-                    .wait(inner)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        inner.waiters -= 1;
-                        return Err(Error::Timeout(format!(
-                            "{} of {} job(s) still awaiting Kafka's acknowledgement",
-                            inner.remaining,
-                            self.batch.ids.len()
-                        )));
-                    }
-                    self.batch
-                        .ready
-                        .wait_timeout(inner, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
-        inner.waiters -= 1;
-        inner.observed = true;
-        let results = outcomes(&inner.results);
-        let failed: Vec<Failure> = failures(&self.batch.ids, &results).collect();
-        if failed.is_empty() {
-            Ok(results.into_iter().filter_map(|r| r.ok()).collect())
-        } else {
-            let samples = &failed[..failed.len().min(FAILURE_SAMPLES)];
-            Err(delivery_error(failed.len() as u64, samples))
-        }
-    }
-}
-
-impl Pending {
-    /// [`Pending::wait`] for async callers (the gate): the same outcome,
-    /// without blocking a runtime thread.
-    pub async fn wait_async(&self, timeout: Duration) -> Result<Vec<Delivered>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.is_done() {
-            if tokio::time::timeout_at(deadline, self.batch.settled.notified())
-                .await
-                .is_err()
-            {
-                return Err(Error::Timeout(format!(
-                    "{} job(s) not acknowledged by Kafka within {timeout:?}",
-                    self.batch.ids.len()
-                )));
-            }
-        }
-        self.wait(Some(Duration::ZERO))
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        let mut inner = lock(&self.batch.inner);
-        if inner.remaining > 0 {
-            inner.abandoned = true;
-        } else if !inner.observed {
-            let results = outcomes(&inner.results);
-            lock(&self.shared.unobserved).record(failures(&self.batch.ids, &results));
-        }
-    }
 }

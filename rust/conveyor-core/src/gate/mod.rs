@@ -1,0 +1,243 @@
+//! The gate: a stateless HTTP service that writes jobs to Kafka.
+//!
+//! No Python runs per request: JSON is parsed here, envelopes are built and
+//! produced here, and the response goes out after the broker acknowledged the
+//! write. The gate knows which job types exist from its configured routes and
+//! from the registry applications publish in Redis, refreshed in the
+//! background; Redis being slow, full or down never stops an enqueue, since the
+//! last known registry stays in use.
+//!
+//! | request | answers |
+//! |---|---|
+//! | `POST /v1/jobs` | 200 `{"id", "partition", "offset"}` |
+//! | `POST /v1/jobs/batch` | 200 `{"jobs": [{"id", "partition", "offset"}…]}` |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when Kafka answers a metadata request, else 503 |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Errors are JSON `{"error": reason, "code": code}` (and `"index"` of the bad
+//! job in a batch): 400 malformed or invalid, 401 bad token, 413 too large,
+//! 422 unknown job type, 503 (with `Retry-After`) when Kafka did not take the
+//! job in time. A 2xx always means every job in it was written.
+//!
+//! Rooms: this file wires the gate (configuration, start, stop, the
+//! registry refresh); [`requests`] reads and refuses what clients send;
+//! [`handlers`] serves the routes and sends to Kafka.
+
+mod handlers;
+mod requests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+
+use handlers::{enqueue_batch, enqueue_one, metrics, readyz};
+
+use crate::envelope::validate_job_type;
+use crate::error::{Error, Result};
+use crate::kafka::names::queue_topic;
+use crate::kafka::producer::{JobProducer, ProducerOptions};
+use crate::kafka::report_polling::Reports;
+use crate::kafka::KafkaConfig;
+use crate::metrics::Histogram;
+use crate::runtime;
+use crate::store::RedisStore;
+
+/// Everything the gate needs to run.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Address to listen on (port 0 picks a free one).
+    pub bind: SocketAddr,
+    /// Kafka to write to.
+    pub kafka: KafkaConfig,
+    /// Producer settings (acks, timeouts).
+    pub producer: ProducerOptions,
+    /// Topic of queue `q` is `<topic_prefix>[<namespace>.]<q>`.
+    pub topic_prefix: String,
+    /// Namespace of topics and of the registry.
+    pub namespace: String,
+    /// Job type -> queue, known without Redis.
+    pub routes: HashMap<String, String>,
+    /// Redis holding the published registry, if any.
+    pub registry_url: Option<String>,
+    /// How often the registry is re-read.
+    pub registry_refresh: Duration,
+    /// Longest request the gate waits for Kafka before answering 503.
+    pub request_timeout: Duration,
+    /// Largest payload (encoded args and kwargs) of one job.
+    pub max_payload_bytes: usize,
+    /// Most jobs in one batch request.
+    pub max_batch: usize,
+    /// Required bearer token, if set.
+    pub token: Option<String>,
+}
+
+impl GateConfig {
+    fn topic_for(&self, queue: &str) -> String {
+        queue_topic(&self.topic_prefix, &self.namespace, queue)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests_ok: AtomicU64,
+    requests_client_error: AtomicU64,
+    requests_unavailable: AtomicU64,
+    jobs_accepted: AtomicU64,
+    registry_refresh_errors: AtomicU64,
+    produce_latency: Histogram,
+}
+
+struct Gate {
+    config: GateConfig,
+    producer: JobProducer,
+    /// Job type -> queue: configured routes plus the last registry read.
+    registry: RwLock<HashMap<String, String>>,
+    counters: Counters,
+    stopping: AtomicBool,
+}
+
+/// A running gate. Dropping it does not stop it; call [`GateHandle::stop`].
+pub struct GateHandle {
+    address: SocketAddr,
+    gate: Arc<Gate>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl GateHandle {
+    /// The address the gate listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops accepting, finishes requests in flight, flushes the producer.
+    pub fn stop(&mut self, timeout: Duration) -> Result<()> {
+        self.gate.stopping.store(true, Ordering::Relaxed);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.done
+            .recv_timeout(timeout)
+            .map_err(|_| Error::Timeout("gate did not stop in time".to_owned()))?;
+        self.gate.producer.flush(timeout)
+    }
+
+    /// The job types the gate currently accepts, with their queues.
+    pub fn routes(&self) -> HashMap<String, String> {
+        read(&self.gate.registry).clone()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads a `HOST:PORT` to bind (an IP address; names are refused).
+pub fn parse_bind(bind: &str) -> Result<SocketAddr> {
+    bind.parse()
+        .map_err(|e| Error::Config(format!("bind {bind:?} is not IP:PORT: {e}")))
+}
+
+/// Binds, starts serving in the background, and returns once listening.
+pub fn start(config: GateConfig) -> Result<GateHandle> {
+    for (job_type, queue) in &config.routes {
+        validate_job_type(job_type)?;
+        crate::store::keys::validate_name("queue", queue)?;
+    }
+    // Every request waits for its ack, and a runtime thread with nothing
+    // to send would not serve it: the polling thread always serves reports.
+    let options = ProducerOptions {
+        reports: Reports::Thread,
+        ..config.producer.clone()
+    };
+    let producer = JobProducer::new(&config.kafka, options)?;
+    let gate = Arc::new(Gate {
+        registry: RwLock::new(config.routes.clone()),
+        producer,
+        counters: Counters::default(),
+        stopping: AtomicBool::new(false),
+        config,
+    });
+    if gate.config.registry_url.is_some() {
+        refresh_registry(&gate);
+        let background = Arc::clone(&gate);
+        std::thread::Builder::new()
+            .name("conveyor-gate-registry".to_owned())
+            .spawn(move || {
+                while !background.stopping.load(Ordering::Relaxed) {
+                    std::thread::sleep(background.config.registry_refresh);
+                    refresh_registry(&background);
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start registry thread: {e}")))?;
+    }
+    let body_limit = gate.config.max_batch * (gate.config.max_payload_bytes + 1024);
+    let app = Router::new()
+        .route("/v1/jobs", post(enqueue_one))
+        .route("/v1/jobs/batch", post(enqueue_batch))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(Arc::clone(&gate));
+    let listener = runtime::block_on(tokio::net::TcpListener::bind(gate.config.bind))
+        .map_err(|e| Error::InvalidJob(format!("cannot listen on {}: {e}", gate.config.bind)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::InvalidJob(format!("no local address: {e}")))?;
+    let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    runtime::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = on_shutdown.await;
+            })
+            .await;
+        if let Err(err) = served {
+            eprintln!("conveyor gate: server stopped: {err}");
+        }
+        let _ = done_tx.send(());
+    });
+    Ok(GateHandle {
+        address,
+        gate,
+        shutdown: Some(shutdown),
+        done,
+    })
+}
+
+fn refresh_registry(gate: &Gate) {
+    let Some(url) = &gate.config.registry_url else {
+        return;
+    };
+    let fetched = RedisStore::connect(url, Duration::from_secs(2))
+        .and_then(|mut store| store.read_registry(&gate.config.namespace));
+    match fetched {
+        Ok(entries) => {
+            let mut routes = gate.config.routes.clone();
+            for (name, options) in entries {
+                let queue = serde_json::from_str::<Value>(&options)
+                    .ok()
+                    .and_then(|v| v.get("queue").and_then(Value::as_str).map(str::to_owned));
+                if let Some(queue) = queue {
+                    routes.entry(name).or_insert(queue);
+                }
+            }
+            *gate.registry.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        }
+        // Keep serving with what we knew: Redis trouble must not stop enqueues.
+        Err(_) => {
+            gate.counters
+                .registry_refresh_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

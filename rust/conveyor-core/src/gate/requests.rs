@@ -1,0 +1,215 @@
+//! What a client sends and how the gate refuses it: the request shapes,
+//! the refusal (status, stable code, reason), the bearer token check, and
+//! turning one posted job into an envelope and its topic.
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::{read, Gate};
+use crate::envelope::{validate_job_type, Envelope};
+use crate::error::Error;
+use crate::id::now_us;
+use crate::payload::{check_size, write_call, NO_ARGS, NO_KWARGS};
+
+/// One job as a client posts it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JobRequest<'a> {
+    #[serde(rename = "type")]
+    job_type: String,
+    #[serde(default, borrow)]
+    args: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    kwargs: Option<&'a RawValue>,
+    dedup_key: Option<String>,
+    /// Seconds from now.
+    delay: Option<f64>,
+    /// Seconds since the epoch.
+    run_at: Option<f64>,
+    trace_context: Option<String>,
+    pub(super) partition: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BatchRequest<'a> {
+    #[serde(borrow)]
+    pub(super) jobs: Vec<JobRequest<'a>>,
+}
+
+/// A refusal: status, stable code, reason, and the job's index in a batch.
+pub(super) struct Refusal {
+    pub(super) status: StatusCode,
+    code: &'static str,
+    reason: String,
+    pub(super) index: Option<usize>,
+}
+
+impl Refusal {
+    pub(super) fn bad(reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_job",
+            reason: reason.into(),
+            index: None,
+        }
+    }
+
+    pub(super) fn at(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
+    }
+}
+
+impl From<Error> for Refusal {
+    fn from(err: Error) -> Self {
+        let status = match &err {
+            Error::InvalidJob(_) | Error::Decode(_) | Error::UnsupportedVersion { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self {
+            status,
+            code: err.code(),
+            reason: err.to_string(),
+            index: None,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.reason, "code": self.code});
+        if let Some(index) = self.index {
+            body["index"] = json!(index);
+        }
+        let mut response = (self.status, json_body(&body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+pub(super) fn json_body(value: &Value) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+}
+
+impl Gate {
+    pub(super) fn authorize(&self, headers: &HeaderMap) -> std::result::Result<(), Refusal> {
+        let Some(token) = &self.config.token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            Ok(())
+        } else {
+            Err(Refusal {
+                status: StatusCode::UNAUTHORIZED,
+                code: "unauthorized",
+                reason: "missing or wrong bearer token".to_owned(),
+                index: None,
+            })
+        }
+    }
+
+    /// Turns a request into an envelope and the topic it goes to.
+    pub(super) fn envelope(
+        &self,
+        job: JobRequest<'_>,
+    ) -> std::result::Result<(String, Envelope), Refusal> {
+        validate_job_type(&job.job_type).map_err(Refusal::from)?;
+        let queue = read(&self.registry)
+            .get(&job.job_type)
+            .cloned()
+            .ok_or_else(|| Refusal {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "unknown_type",
+                reason: format!(
+                    "unknown job type {:?}: no worker or route registered it",
+                    job.job_type
+                ),
+                index: None,
+            })?;
+        let args = raw_or(job.args, NO_ARGS, '[', "args must be a JSON array")?;
+        let kwargs = raw_or(job.kwargs, NO_KWARGS, '{', "kwargs must be a JSON object")?;
+        // The caller's JSON bytes go through as they are: never re-encoded.
+        let mut payload = Vec::with_capacity(args.len() + kwargs.len() + 20);
+        write_call(
+            &mut payload,
+            usize::MAX,
+            |out| {
+                out.extend_from_slice(args.as_bytes());
+                Ok(())
+            },
+            |out| {
+                out.extend_from_slice(kwargs.as_bytes());
+                Ok(())
+            },
+        )
+        .map_err(Refusal::from)?;
+        check_size(payload.len(), self.config.max_payload_bytes).map_err(|e| Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            reason: e.to_string(),
+            index: None,
+        })?;
+        let run_at_us = match (job.delay, job.run_at) {
+            (Some(_), Some(_)) => return Err(Refusal::bad("give delay or run_at, not both")),
+            (Some(d), None) if d.is_finite() && d >= 0.0 => Some(now_us() + (d * 1e6) as u64),
+            (None, Some(t)) if t.is_finite() && t >= 0.0 => Some((t * 1e6) as u64),
+            (None, None) => None,
+            _ => {
+                return Err(Refusal::bad(
+                    "delay and run_at must be non-negative numbers",
+                ))
+            }
+        };
+        if job.partition.is_some_and(|p| p < 0) {
+            return Err(Refusal::bad("partition must not be negative"));
+        }
+        let envelope = Envelope::new_job(
+            job.job_type,
+            payload,
+            job.dedup_key,
+            run_at_us,
+            job.trace_context,
+        );
+        envelope.validate().map_err(Refusal::from)?;
+        Ok((self.config.topic_for(&queue), envelope))
+    }
+}
+
+fn raw_or<'a>(
+    raw: Option<&'a RawValue>,
+    default: &'static [u8],
+    opener: char,
+    message: &str,
+) -> std::result::Result<&'a str, Refusal> {
+    match raw {
+        // The defaults are ASCII JSON.
+        None => Ok(std::str::from_utf8(default).unwrap_or_default()),
+        Some(raw) if raw.get().trim_start().starts_with(opener) => Ok(raw.get()),
+        Some(_) => Err(Refusal::bad(message)),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(super) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> std::result::Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| Refusal::bad(format!("malformed request: {e}")))
+}

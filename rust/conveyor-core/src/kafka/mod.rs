@@ -1,0 +1,15 @@
+//! Kafka's side: the client (configuration, metadata, topics, a bounded
+//! partition reader), the job producer with its partition health and report
+//! polling, and the names of topics and groups.
+
+mod client;
+mod delivery;
+pub mod names;
+pub mod partitions;
+pub mod producer;
+pub mod report_polling;
+
+pub use client::{
+    cluster_info, create_topic, delete_topics, end_offsets, read_partition, ClusterInfo,
+    KafkaConfig, Record, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE, TOPIC_CONFIGS,
+};

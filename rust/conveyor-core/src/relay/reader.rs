@@ -1,0 +1,354 @@
+//! The consume loop: read records from Kafka, let flow control decide what
+//! may go now, check and stamp each job, and hand one batch at a time to the
+//! writer; store the offsets of what Redis holds, for the next commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::TopicPartitionList;
+
+use super::batch::{PartitionBatch, Record, Written};
+use super::connected;
+use super::dead_letters::{Dead, DeadLetters};
+use super::flow::{Controls, Flow, CONTROL_REFRESH, GUARD_REFRESH};
+use super::rebalance::RelayContext;
+use super::stats::{lock, RelayStats};
+use crate::envelope::{append_stage, EnvelopeView, Stage, STAGE_LEN};
+use crate::error::{Error, Result};
+use crate::id::now_us;
+use crate::store::admission::Admission;
+use crate::store::keys::QueueKeys;
+use crate::store::RedisStore;
+
+/// The relay's consume loop, on its own thread.
+pub(super) struct Reader {
+    pub namespace: String,
+    /// The relayed topics' names, shared by every record read from them.
+    pub topics: Vec<Arc<str>>,
+    pub flow: Flow,
+    pub controls_read_at: Option<Instant>,
+    pub guard_read_at: Option<Instant>,
+    pub consumer: BaseConsumer<RelayContext>,
+    pub dead_letters: DeadLetters,
+    pub queues: HashMap<String, QueueKeys>,
+    pub store: Option<RedisStore>,
+    pub redis_url: String,
+    pub stats: Arc<RelayStats>,
+    pub stop: Arc<AtomicBool>,
+    pub batch_max: usize,
+    pub batch_wait: Duration,
+    /// Batches to the writer thread (a rendezvous: one being written while
+    /// the next is read and decoded, never more).
+    pub to_writer: Option<SyncSender<Vec<PartitionBatch>>>,
+    /// What the writer has put into Redis.
+    pub written: Receiver<Vec<Written>>,
+    pub writer: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Runs until the relay is stopped, then commits and leaves the group.
+    pub fn run(mut self) -> Result<()> {
+        while !self.stop.load(Ordering::Relaxed) {
+            self.refresh_controls();
+            self.apply_pauses();
+            let records = self.collect();
+            self.flow.hold(records);
+            if self
+                .guard_read_at
+                .is_none_or(|at| at.elapsed() >= GUARD_REFRESH)
+            {
+                self.guard_read_at = Some(Instant::now());
+                self.check_guard();
+            }
+            let ready = self.flow.release(Instant::now());
+            self.stats
+                .held
+                .store(self.flow.held() as u64, Ordering::Relaxed);
+            if !ready.is_empty() {
+                self.relay(ready);
+            }
+            self.store_written();
+        }
+        // Let the writer finish the batch it holds, then store its offsets.
+        self.to_writer = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        self.store_written();
+        // Commit what was stored, then leave the group so partitions move now.
+        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        self.dead_letters.flush(Duration::from_secs(10));
+        Ok(())
+    }
+
+    fn store(&mut self) -> Result<&mut RedisStore> {
+        connected(&mut self.store, &self.redis_url)
+    }
+
+    /// Re-reads the controls from Redis twice a second; keeps the last ones
+    /// read while Redis does not answer.
+    fn refresh_controls(&mut self) {
+        if self
+            .controls_read_at
+            .is_some_and(|at| at.elapsed() < CONTROL_REFRESH)
+        {
+            return;
+        }
+        self.controls_read_at = Some(Instant::now());
+        let namespace = self.namespace.clone();
+        let Ok(store) = self.store() else {
+            return;
+        };
+        let Ok(fields) = store.relay_controls(&namespace) else {
+            self.store = None;
+            return;
+        };
+        self.flow.set_controls(Controls::parse(fields));
+        *lock(&self.stats.controls) = self.flow.controls.state();
+    }
+
+    /// Reads Redis memory and queue depths for the guard.
+    fn check_guard(&mut self) {
+        let queues: Vec<(String, QueueKeys)> = self
+            .queues
+            .iter()
+            .map(|(t, k)| (t.clone(), k.clone()))
+            .collect();
+        let guard_depth = self.flow.guard.depth_high.is_some();
+        let Ok(store) = self.store() else {
+            return;
+        };
+        let Ok((used, max)) = store.memory() else {
+            self.store = None;
+            return;
+        };
+        let mut depths = Vec::new();
+        if guard_depth {
+            for (topic, keys) in &queues {
+                if let Ok(depth) = store.ready_len(keys) {
+                    depths.push((topic.clone(), depth));
+                }
+            }
+        }
+        let engaged = self.flow.guard.update(used, max, &depths);
+        if engaged > 0 {
+            self.stats
+                .guard_engaged
+                .fetch_add(engaged, Ordering::Relaxed);
+        }
+        let guard = &self.flow.guard;
+        self.stats
+            .memory_guarded
+            .store(u64::from(guard.memory_on), Ordering::Relaxed);
+        self.stats
+            .depth_guarded
+            .store(guard.deep.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Applies flow control's pauses and resumes to the consumer.
+    fn apply_pauses(&mut self) {
+        let assignment = lock(&self.stats.assignment).clone();
+        let change = self.flow.pauses(&assignment);
+        for (list, pause) in [(change.pause, true), (change.resume, false)] {
+            if list.is_empty() {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition) in &list {
+                tpl.add_partition(topic, *partition);
+            }
+            let _ = if pause {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            };
+        }
+    }
+
+    /// Waits up to 100 ms for a first record, then up to `batch_wait` more.
+    fn collect(&self) -> Vec<Record> {
+        let mut messages = Vec::new();
+        match self.consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => messages.push(self.record(&message)),
+            // Consumer errors are transient (a broker away); librdkafka retries.
+            Some(Err(_)) | None => return messages,
+        }
+        let deadline = Instant::now() + self.batch_wait;
+        while messages.len() < self.batch_max {
+            // What librdkafka holds already is taken without a timeout: a
+            // poll with one reads the clock, and the clock reads per record
+            // were a tenth of the relay's CPU. Only an empty queue waits.
+            let polled = match self.consumer.poll(Duration::ZERO) {
+                Some(Ok(message)) => Some(Ok(message)),
+                Some(Err(_)) | None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    self.consumer.poll(left)
+                }
+            };
+            if let Some(Ok(message)) = polled {
+                messages.push(self.record(&message));
+            }
+        }
+        messages
+    }
+
+    /// Copies what relaying needs out of a message librdkafka owns: one
+    /// allocation per record (its value, with room for the two stage stamps),
+    /// no headers, the topic name shared.
+    fn record(&self, message: &BorrowedMessage<'_>) -> Record {
+        let name = message.topic();
+        let topic = self
+            .topics
+            .iter()
+            .find(|t| &***t == name)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(name));
+        let payload = message.payload().unwrap_or_default();
+        let mut value = Vec::with_capacity(payload.len() + 2 * STAGE_LEN);
+        value.extend_from_slice(payload);
+        Record {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            kafka_us: message.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000,
+            value,
+        }
+    }
+
+    /// Checks and stamps each record, groups them by partition, dead-letters
+    /// what can never be relayed, and hands the batch to the writer.
+    fn relay(&mut self, records: Vec<Record>) {
+        let relayed_at = now_us();
+        let mut batches: Vec<PartitionBatch> = Vec::new();
+        let mut dead: Vec<Dead> = Vec::new();
+        for record in records {
+            let Record {
+                topic,
+                partition,
+                offset,
+                kafka_us,
+                mut value,
+            } = record;
+            let index = match batches
+                .iter()
+                .position(|b| b.partition == partition && b.topic == topic)
+            {
+                Some(i) => i,
+                None => {
+                    batches.push(PartitionBatch {
+                        topic: Arc::clone(&topic),
+                        partition,
+                        jobs: Vec::new(),
+                        next_offset: offset,
+                    });
+                    batches.len() - 1
+                }
+            };
+            let batch = &mut batches[index];
+            batch.next_offset = offset + 1;
+            let fields = EnvelopeView::parse(&value).map(|e| {
+                (
+                    e.run_at_us.map_or(0, |us| us / 1000),
+                    e.dedup_key.map(str::to_owned),
+                )
+            });
+            match fields {
+                // Shadow mode: the job was written to Redis by the direct
+                // path too (double writes); count it and move the fence on.
+                Ok(_) if self.flow.shadowed(&topic) => {
+                    self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((run_at_ms, dedup_key)) => {
+                    append_stage(&mut value, Stage::Kafka as u8, kafka_us);
+                    append_stage(&mut value, Stage::Relayed as u8, relayed_at);
+                    batch.jobs.push(Admission {
+                        offset,
+                        run_at_ms,
+                        dedup_key,
+                        envelope: value,
+                    });
+                }
+                Err(err) => dead.push((topic.to_string(), value, err.to_string())),
+            }
+        }
+        // A record that cannot be relayed must not block its partition, nor be
+        // lost: it goes to the dead-letter topic before its offset moves on.
+        if !dead.is_empty() {
+            self.dead_letters.send(&dead);
+        }
+        if let Some(writer) = &self.to_writer {
+            // Fails only when the writer is gone (stopping): nothing of this
+            // batch was acknowledged, so its records are read again later.
+            let _ = writer.send(batches);
+        }
+    }
+
+    /// Stores the offsets of what the writer has put into Redis, for the
+    /// next commit. Storing fails only for a partition this relay no longer
+    /// owns: its new owner starts from what Redis holds.
+    fn store_written(&mut self) {
+        while let Ok(partitions) = self.written.try_recv() {
+            for (topic, partition, next_offset) in partitions {
+                let _ = self
+                    .consumer
+                    .store_offset(&topic, partition, next_offset - 1);
+            }
+        }
+    }
+}
+
+/// The relay's consumer, subscribed to its topics.
+pub(super) fn subscribe(
+    config: &super::RelayConfig,
+    context: RelayContext,
+) -> Result<BaseConsumer<RelayContext>> {
+    let mut client = config.kafka.client_config();
+    client
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by hand, only after Redis holds the jobs.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A dead relay's partitions move within seconds.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("enable.partition.eof", "false")
+        // Relay memory must not grow with the backlog. librdkafka bounds its
+        // prefetch in *compressed* bytes (queued.max.messages.kbytes, all
+        // partitions together) and in messages per partition; each message
+        // costs a few hundred bytes once decompressed, so well-compressing
+        // jobs took 300-400 MB with large fetches. Small fetches are as fast
+        // provided the next fetch is not postponed a whole second
+        // (fetch.queue.backoff.ms, default 1000) whenever the queue is full:
+        // measured with bench/relay_bench.py, 2M jobs of 100 bytes, 3
+        // partitions: 87 MB peak RSS and 300k jobs/s, against 360 MB and
+        // 230k jobs/s with 16 MB fetches and the default backoff.
+        .set("queued.max.messages.kbytes", "2048")
+        .set("queued.min.messages", "20000")
+        .set("fetch.queue.backoff.ms", "2")
+        .set("max.partition.fetch.bytes", "524288")
+        .set("fetch.max.bytes", "2097152");
+    // User properties win over our defaults.
+    for (key, value) in &config.kafka.properties {
+        client.set(key, value);
+    }
+    let consumer: BaseConsumer<RelayContext> = client
+        .create_with_context(context)
+        .map_err(Error::kafka("create relay consumer"))?;
+    let topics: Vec<&str> = config.routes.iter().map(|(t, _)| t.as_str()).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(Error::kafka("subscribe"))?;
+    Ok(consumer)
+}

@@ -1,0 +1,136 @@
+//! Redis: the store and its rooms.
+//!
+//! [`RedisStore`] is one synchronous connection to a Redis server or cluster
+//! ([`conn`]). Its methods live by role: connecting and reading the server
+//! here, the queue state machine in [`queue`] (admission in [`admission`]),
+//! the control plane (registry, routes, relay controls and statuses) in
+//! [`control`]. Key names are in [`keys`]. Every state change is one script
+//! from `scripts/` ([`scripts`]); reads that change nothing are plain commands.
+
+pub mod admission;
+pub mod conn;
+mod control;
+pub mod keys;
+pub mod queue;
+pub mod scripts;
+
+use std::time::Duration;
+
+use crate::error::Result;
+use conn::RedisConn;
+use keys::QueueKeys;
+
+/// A synchronous connection to one Redis server or one Redis Cluster.
+pub struct RedisStore {
+    conn: RedisConn,
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://[:password@]host:port/db`, or
+    /// `redis+cluster://[:password@]host:port[,host:port…]` for a cluster),
+    /// bounding the connect and every reply by `timeout`.
+    pub fn connect(url: &str, timeout: Duration) -> Result<Self> {
+        let mut conn = RedisConn::open(url, timeout)?;
+        // Pipelines and prepared commands send EVALSHA without retrying on
+        // NOSCRIPT: load every script with the connection (on a cluster,
+        // SCRIPT LOAD goes to every primary).
+        for script in scripts::ALL.iter() {
+            script.load(&mut conn)?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// Whether this store is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// The server's `INFO server` fields as `(name, value)`: proof it answered
+    /// (on a cluster, one primary's).
+    pub fn server_info(&mut self) -> Result<Vec<(String, String)>> {
+        let texts = self.conn.info("server")?;
+        Ok(texts
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+
+    /// `(used_memory, maxmemory)` in bytes; `maxmemory` 0 means no limit. On a
+    /// cluster, those of the primary nearest its limit (the fullest when none
+    /// has one): the guards then hold writes back before any node refuses.
+    pub fn memory(&mut self) -> Result<(u64, u64)> {
+        let texts = self.conn.info("memory")?;
+        let nodes = texts.iter().map(|text| {
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            (field("used_memory"), field("maxmemory"))
+        });
+        Ok(nodes
+            .max_by(|a, b| fullness(*a).total_cmp(&fullness(*b)).then(a.0.cmp(&b.0)))
+            .unwrap_or((0, 0)))
+    }
+
+    /// How many jobs a queue's ready list holds.
+    pub fn ready_len(&mut self, keys: &QueueKeys) -> Result<u64> {
+        Ok(redis::cmd("LLEN").arg(keys.ready()).query(&mut self.conn)?)
+    }
+
+    /// Reads up to `count` envelopes from the head of a ready list without
+    /// taking them.
+    pub fn peek_ready(&mut self, keys: &QueueKeys, count: usize) -> Result<Vec<Vec<u8>>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(redis::cmd("LRANGE")
+            .arg(keys.ready())
+            .arg(0)
+            .arg(count as i64 - 1)
+            .query(&mut self.conn)?)
+    }
+
+    /// Deletes every key of a queue, leases included (tests and `dev` resets).
+    pub fn purge(&mut self, keys: &QueueKeys) -> Result<()> {
+        let tokens: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys.leases())
+            .arg(0)
+            .arg(-1)
+            .query(&mut self.conn)?;
+        let mut del = redis::cmd("DEL");
+        del.arg(&keys.all()[..]);
+        for token in tokens {
+            del.arg(keys.lease(&token));
+        }
+        del.exec(&mut self.conn)?;
+        Ok(())
+    }
+
+    /// The next offset to relay per `<topic>:<partition>` of a queue.
+    pub fn relayed_offsets(&mut self, keys: &QueueKeys) -> Result<Vec<(String, i64)>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(keys.relayed())
+            .query(&mut self.conn)?)
+    }
+
+    /// The underlying connection, for the relay's pipelines.
+    pub(crate) fn connection(&mut self) -> &mut RedisConn {
+        &mut self.conn
+    }
+}
+
+/// How full a node is: used/max, or 0 without a limit (so any node with a
+/// limit ranks above every node without one).
+fn fullness((used, max): (u64, u64)) -> f64 {
+    if max == 0 {
+        0.0
+    } else {
+        used as f64 / max as f64
+    }
+}

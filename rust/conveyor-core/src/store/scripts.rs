@@ -1,0 +1,129 @@
+//! The Lua scripts, embedded at build time: one per queue state change,
+//! named `<what>-<key count>.lua`, each opening with a header of its KEYS,
+//! ARGV and return codes (see docs/redis.md for the table).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($name:ident, $file:literal, $doc:literal) => {
+        #[doc = concat!($doc, " See `scripts/", $file, "`.")]
+        pub static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(include_str!(concat!("scripts/", $file))));
+    };
+}
+
+script!(
+    ADMIT,
+    "admit-6.lua",
+    "Admits new jobs into a queue (relay and direct path)."
+);
+script!(FETCH, "fetch-5.lua", "Leases a batch of jobs to a worker.");
+script!(SETTLE, "settle-7.lua", "Records how leased jobs ended.");
+script!(HEARTBEAT, "heartbeat-1.lua", "Extends a worker's leases.");
+script!(
+    RELEASE,
+    "release-4.lua",
+    "Gives unstarted leased jobs back."
+);
+script!(REAP, "reap-4.lua", "Returns the jobs of expired leases.");
+script!(
+    REPLAY_DEAD,
+    "replay_dead-2.lua",
+    "Moves dead letters back to ready."
+);
+script!(
+    PERIODIC,
+    "periodic-3.lua",
+    "Enqueues one occurrence of a periodic job once."
+);
+
+/// Every script, to load them all when a connection opens.
+pub(crate) static ALL: LazyLock<[&'static Script; 10]> = LazyLock::new(|| {
+    [
+        &ADMIT,
+        &FETCH,
+        &SETTLE,
+        &HEARTBEAT,
+        &RELEASE,
+        &REAP,
+        &REPLAY_DEAD,
+        &PERIODIC,
+        &CONTROL,
+        &PUBLISH_REGISTRY,
+    ]
+});
+
+/// Sets or clears a relay control or a job type's route. See
+/// `scripts/control-1.lua`.
+pub static CONTROL: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/control-1.lua")));
+
+/// Records job types in the registry. See `scripts/publish_registry-1.lua`.
+pub static PUBLISH_REGISTRY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/publish_registry-1.lua")));
+
+#[cfg(test)]
+mod tests {
+    use crate::envelope::{ATTEMPT_OFFSET, ID_LEN, ID_OFFSET};
+
+    /// Every script's source, by file name.
+    const SOURCES: [(&str, &str); 10] = [
+        ("admit-6.lua", include_str!("scripts/admit-6.lua")),
+        ("fetch-5.lua", include_str!("scripts/fetch-5.lua")),
+        ("settle-7.lua", include_str!("scripts/settle-7.lua")),
+        ("heartbeat-1.lua", include_str!("scripts/heartbeat-1.lua")),
+        ("release-4.lua", include_str!("scripts/release-4.lua")),
+        ("reap-4.lua", include_str!("scripts/reap-4.lua")),
+        (
+            "replay_dead-2.lua",
+            include_str!("scripts/replay_dead-2.lua"),
+        ),
+        ("periodic-3.lua", include_str!("scripts/periodic-3.lua")),
+        ("control-1.lua", include_str!("scripts/control-1.lua")),
+        (
+            "publish_registry-1.lua",
+            include_str!("scripts/publish_registry-1.lua"),
+        ),
+    ];
+
+    /// The numbers after `local <names> = ` in a script, if it sets them.
+    fn local_numbers(source: &str, names: &str) -> Option<Vec<usize>> {
+        let prefix = format!("local {names} = ");
+        let line = source.lines().find_map(|l| l.strip_prefix(&prefix))?;
+        Some(
+            line.split(',')
+                .map(|n| n.trim().parse().expect("a number"))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn scripts_name_the_envelope_offsets_the_codec_uses() {
+        let mut checked = 0;
+        for (name, source) in SOURCES {
+            if let Some(id) = local_numbers(source, "ID_FIRST, ID_LAST") {
+                assert_eq!(id, [ID_OFFSET + 1, ID_OFFSET + ID_LEN], "{name}");
+                checked += 1;
+            }
+            if let Some(attempt) = local_numbers(source, "ATTEMPT_FIRST") {
+                assert_eq!(attempt, [ATTEMPT_OFFSET + 1], "{name}");
+                checked += 1;
+            }
+            // An envelope is only ever cut at a named offset (or its start).
+            for (at, _) in source.match_indices("(envelope, ") {
+                let next = &source[at + "(envelope, ".len()..];
+                assert!(
+                    next.starts_with("1,") || next.starts_with(|c: char| c.is_ascii_uppercase()),
+                    "{name}: envelope cut at a bare number: {}",
+                    &next[..next.len().min(20)]
+                );
+            }
+        }
+        assert_eq!(
+            checked, 3,
+            "admit names the id; reap and replay_dead the attempt"
+        );
+    }
+}

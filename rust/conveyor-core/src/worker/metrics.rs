@@ -1,0 +1,55 @@
+//! A worker process's counters and latency histograms, for Python's stats
+//! and for Prometheus.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::WorkerStats;
+use crate::metrics::render_counter;
+
+impl WorkerStats {
+    /// The outcome counters by name.
+    pub fn counters(&self) -> [(&'static str, u64); 6] {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("fetched", load(&self.fetched)),
+            ("done", load(&self.done)),
+            ("retried", load(&self.retried)),
+            ("dead", load(&self.dead)),
+            ("stale", load(&self.stale)),
+            ("released", load(&self.released)),
+        ]
+    }
+
+    /// The worker's metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let labels: Vec<(String, u64)> = self
+            .counters()
+            .iter()
+            .map(|(name, value)| (format!("outcome=\"{name}\""), *value))
+            .collect();
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        render_counter(
+            &mut out,
+            "conveyor_worker_jobs_total",
+            "Jobs by outcome in this worker process.",
+            &series,
+        );
+        self.wait.render(
+            &mut out,
+            "conveyor_worker_wait_seconds",
+            "Enqueue to the start of a job's first attempt.",
+        );
+        self.run.render(
+            &mut out,
+            "conveyor_worker_run_seconds",
+            "Duration of an attempt.",
+        );
+        self.total.render(
+            &mut out,
+            "conveyor_worker_total_seconds",
+            "Enqueue to the end of the attempt that succeeded.",
+        );
+        out
+    }
+}

@@ -1,0 +1,137 @@
+//! How a batch ended, from the times Python reports: the outcomes that
+//! settling records. Python hands over end times (and, for concurrent
+//! handlers, start times); a job without its own start time started when
+//! the job before it ended, the first one when the fetch returned.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{Batch, Outcome};
+use crate::error::{Error, Result};
+
+/// Longest delay before a retry: a delay Python computed beyond this (or an
+/// infinite one) is cut to it rather than overflowing a deadline.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A failed job: its error record (JSON text) and the delay before the next
+/// attempt in seconds (`None`: dead-letter it).
+pub type Failure = (String, Option<f64>);
+
+/// The outcomes of the first `ends.len()` jobs of `batch`; jobs after them
+/// never started and go back to the queue at settle. `ends[i]` (and
+/// `starts[i]`, if given) are seconds since the epoch.
+pub fn outcomes(
+    batch: &Batch,
+    ends: &[f64],
+    failures: &HashMap<usize, Failure>,
+    starts: Option<&[f64]>,
+) -> Result<Vec<Outcome>> {
+    if ends.len() > batch.jobs.len() || starts.is_some_and(|s| s.len() < ends.len()) {
+        return Err(Error::InvalidJob(format!(
+            "settle got {} ends (and {:?} starts) for {} jobs",
+            ends.len(),
+            starts.map(<[f64]>::len),
+            batch.jobs.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(ends.len());
+    let mut previous = batch.fetched_at_us;
+    for (i, &end) in ends.iter().enumerate() {
+        let ended_us = to_us(end);
+        let started_us = starts.map_or(previous, |s| to_us(s[i]));
+        previous = ended_us;
+        out.push(match failures.get(&i) {
+            None => Outcome::Done {
+                started_us,
+                ended_us,
+            },
+            Some((error, retry_in)) => Outcome::Failed {
+                started_us,
+                ended_us,
+                error: error.clone(),
+                retry_in: retry_in.map(retry_delay),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Seconds since the epoch in µs; clocks before the epoch read as 0.
+fn to_us(seconds: f64) -> u64 {
+    (seconds * 1e6).max(0.0) as u64
+}
+
+fn retry_delay(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds.max(0.0))
+        .map_or(MAX_RETRY_DELAY, |d| d.min(MAX_RETRY_DELAY))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(jobs: usize) -> Batch {
+        let envelope = crate::Envelope::new_job("t.x".to_owned(), b"{}".to_vec(), None, None, None);
+        Batch {
+            queue: 0,
+            token: "tok".to_owned(),
+            fetched_at_us: 1_000_000,
+            jobs: (0..jobs)
+                .map(|slot| super::super::ReadyJob {
+                    slot: slot as u32,
+                    envelope: envelope.clone(),
+                    raw: Vec::new(),
+                })
+                .collect(),
+            malformed: Vec::new(),
+        }
+    }
+
+    fn times(o: &Outcome) -> (u64, u64) {
+        match o {
+            Outcome::Done {
+                started_us,
+                ended_us,
+            }
+            | Outcome::Failed {
+                started_us,
+                ended_us,
+                ..
+            } => (*started_us, *ended_us),
+            Outcome::Released => (0, 0),
+        }
+    }
+
+    #[test]
+    fn each_job_starts_when_the_one_before_ended_unless_told() {
+        let b = batch(3);
+        let got = outcomes(&b, &[2.0, 3.0], &HashMap::new(), None).unwrap();
+        assert_eq!(
+            got.iter().map(times).collect::<Vec<_>>(),
+            [(1_000_000, 2_000_000), (2_000_000, 3_000_000)]
+        );
+        let got = outcomes(&b, &[2.0, 3.0], &HashMap::new(), Some(&[1.5, 2.5])).unwrap();
+        assert_eq!(times(&got[1]), (2_500_000, 3_000_000));
+    }
+
+    #[test]
+    fn failures_carry_their_error_and_a_bounded_delay() {
+        let b = batch(2);
+        let failures = HashMap::from([
+            (0, ("{}".to_owned(), Some(f64::INFINITY))),
+            (1, ("{}".to_owned(), None)),
+        ]);
+        let got = outcomes(&b, &[2.0, 3.0], &failures, None).unwrap();
+        assert!(
+            matches!(got[0], Outcome::Failed { retry_in: Some(d), .. } if d == MAX_RETRY_DELAY)
+        );
+        assert!(matches!(got[1], Outcome::Failed { retry_in: None, .. }));
+    }
+
+    #[test]
+    fn more_times_than_jobs_is_refused() {
+        let b = batch(1);
+        assert!(outcomes(&b, &[1.0, 2.0], &HashMap::new(), None).is_err());
+        assert!(outcomes(&b, &[1.0], &HashMap::new(), Some(&[])).is_err());
+    }
+}
