@@ -28,13 +28,16 @@ venv: $(BIN)/.installed ## Create the virtualenv with the pinned dev tools
 build: deps venv ## Build the Rust extension into the virtualenv (release)
 	$(BIN)/maturin develop --release -q
 
-.PHONY: lint
-lint: build ## Every linter and type check, warnings as errors
+.PHONY: check
+check: venv ## Fast: formatting, clippy, ruff and mypy, no extension build (pre-commit runs this)
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
 	$(BIN)/mypy
+
+.PHONY: lint
+lint: build check ## Every linter and type check, warnings as errors; the stub checked against the build
 	$(BIN)/python -m mypy.stubtest conveyor._core
 
 .PHONY: fmt

@@ -27,10 +27,12 @@ from conveyor.errors import (
     UnknownTopicError,
     UnsupportedEnvelopeVersion,
 )
+from conveyor.job_context import JobInfo, current_job
 from conveyor.jobs import JobOptions, JobType
+from conveyor.middleware import Middleware
 from conveyor.routing import Route
 from conveyor.settings import Settings
-from conveyor.worker import JobInfo, Middleware, Worker, current_job
+from conveyor.worker import Worker
 
 try:
     __version__ = version("conveyor")

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -16,11 +15,19 @@ from typing import Any
 from conveyor import _core
 from conveyor.enqueue import Enqueued
 from conveyor.errors import ConveyorError, InvalidJobError
-from conveyor.jobs import Call, JobOptions, JobType, P, R
-from conveyor.payload import encode_call
-from conveyor.routing import Route, RoutedHandle, RouteTable
+from conveyor.jobs import JobOptions, JobType, P, R
+from conveyor.payload import Call, encode_call
+from conveyor.routing import Route, RouteTable
 from conveyor.schedules import Cron, Schedule
 from conveyor.settings import Settings
+from conveyor.transports import (
+    PLAIN,
+    KafkaTransport,
+    RoutedTransport,
+    SendOptions,
+    Target,
+    Transport,
+)
 
 # Producers inherited across fork(): librdkafka's threads do not survive it, and
 # destroying such a client in the child can hang, so they are kept, never used.
@@ -48,11 +55,12 @@ class Conveyor:
         for queue in self.settings.queues:
             _core.check_queue_name(queue)
         self._queues = frozenset(self.settings.queues)
-        # (job type, queue asked for) -> topic, once the names were checked.
-        self._topics: dict[tuple[str, str | None], str] = {}
+        # (job type, queue asked for) -> where its jobs go, once the names were checked.
+        self._targets: dict[tuple[str, str | None], Target] = {}
         self._schedules: dict[str, Schedule] = {}
+        self._kafka = KafkaTransport(self)
         #: Set by `conveyor.testing.capture`: enqueues go here instead of Kafka.
-        self._sink: Callable[..., Any] | None = None
+        self._capture: Transport | None = None
         _LIVE_APPS.add(self)
 
     # Registry
@@ -90,7 +98,7 @@ class Conveyor:
             job_type = JobType(self, name, fn, options)
             self._jobs[name] = job_type
             self._queues = self._queues | {queue}
-            self._topics.clear()
+            self._targets.clear()
             return job_type
 
         return register
@@ -168,45 +176,11 @@ class Conveyor:
         The queue is the registered type's, else `queue`, else "default".
         Returns at once; `wait()` on the result blocks for the broker's ack.
         """
-        topic, run_at_us = self._route(type_name, queue, delay, run_at)
-        if not isinstance(args, (list, tuple)):
-            args = list(args)
-        if kwargs is not None and not isinstance(kwargs, dict):
-            kwargs = dict(kwargs)
-        if self._sink is not None:
-            sent: Enqueued = self._sink(type_name, [(args, kwargs or {})], [dedup_key], run_at_us)
-            return sent
-        if not self._routes.watching and self.settings.route_refresh_s:
-            self._watch_routes()
-        route = self._routes.current.get(type_name)
-        if route is not None:
-            return self._send_routed(
-                route,
-                type_name,
-                [(args, kwargs or {})],
-                queue=queue,
-                topic=topic,
-                dedup_keys=[dedup_key],
-                run_at_us=run_at_us,
-                trace_context=trace_context,
-            )
-        producer = self._get_producer()
-        if dedup_key is None and run_at_us is None and trace_context is None:
-            # Each keyword argument costs the binding a lookup: the plain job
-            # (the common case) passes none it does not need.
-            return producer.send_call(
-                topic, type_name, args, kwargs, max_payload_bytes=self.settings.max_payload_bytes
-            )
-        return producer.send_call(
-            topic,
-            type_name,
-            args,
-            kwargs,
-            max_payload_bytes=self.settings.max_payload_bytes,
-            dedup_key=dedup_key,
-            run_at_us=run_at_us,
-            trace_context=trace_context,
-        )
+        if dedup_key is None and delay is None and run_at is None and trace_context is None:
+            options = PLAIN
+        else:
+            options = SendOptions.of([dedup_key], delay, run_at, trace_context, 1)
+        return self.send_one(type_name, queue, args, kwargs, options)
 
     def enqueue_many(
         self,
@@ -221,70 +195,58 @@ class Conveyor:
     ) -> Enqueued:
         """Send a batch of jobs of one type in one call."""
         calls = calls if isinstance(calls, list) else list(calls)
-        if dedup_keys is not None and len(dedup_keys) != len(calls):
-            raise InvalidJobError(f"{len(dedup_keys)} dedup keys for {len(calls)} jobs")
-        topic, run_at_us = self._route(type_name, queue, delay, run_at)
-        if self._sink is not None:
-            pairs = [
-                (list(c), {}) if isinstance(c, (list, tuple)) else ([], dict(c)) for c in calls
-            ]
-            keys = list(dedup_keys) if dedup_keys is not None else [None] * len(pairs)
-            sent_many: Enqueued = self._sink(type_name, pairs, keys, run_at_us)
-            return sent_many
+        options = SendOptions.of(dedup_keys, delay, run_at, trace_context, len(calls))
+        return self.send_many(type_name, queue, calls, options)
+
+    def send_one(
+        self,
+        type_name: str,
+        queue: str | None,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+    ) -> Enqueued:
+        """`enqueue` with its options as one value (what `JobType` calls)."""
+        target = self._targets.get((type_name, queue)) or self._target(type_name, queue)
+        positional = args if isinstance(args, (list, tuple)) else list(args)
+        if kwargs is not None and not isinstance(kwargs, dict):
+            kwargs = dict(kwargs)
+        return self._transport(type_name).send_one(type_name, target, positional, kwargs, options)
+
+    def send_many(
+        self, type_name: str, queue: str | None, calls: list[Call], options: SendOptions
+    ) -> Enqueued:
+        """`enqueue_many` with its options as one value (what `JobType` calls)."""
+        target = self._targets.get((type_name, queue)) or self._target(type_name, queue)
+        return self._transport(type_name).send_many(type_name, target, calls, options)
+
+    def _target(self, type_name: str, queue: str | None) -> Target:
+        """Where `type_name`'s jobs go (checking the names), remembered."""
+        registered = self._jobs.get(type_name)
+        if registered is None:
+            _core.check_job_type(type_name)
+        resolved = registered.options.queue if registered else (queue or "default")
+        if resolved not in self._queues:
+            raise InvalidJobError(
+                f"unknown queue {resolved!r}: known queues are {sorted(self._queues)}; "
+                "add it to Settings.queues or register a job type on it"
+            )
+        target = Target(resolved, self.settings.topic_for(resolved))
+        if len(self._targets) < _ROUTE_CACHE_SIZE:
+            self._targets[(type_name, queue)] = target
+        return target
+
+    def _transport(self, type_name: str) -> Transport:
+        """The one choice of where jobs go: captured by `conveyor.testing`,
+        routed by a run-time route, or (by default) to Kafka."""
+        if self._capture is not None:
+            return self._capture
         if not self._routes.watching and self.settings.route_refresh_s:
             self._watch_routes()
         route = self._routes.current.get(type_name)
         if route is not None:
-            pairs = [
-                (list(c), {}) if isinstance(c, (list, tuple)) else ([], dict(c)) for c in calls
-            ]
-            keys = list(dedup_keys) if dedup_keys is not None else [None] * len(pairs)
-            return self._send_routed(
-                route,
-                type_name,
-                pairs,
-                queue=queue,
-                topic=topic,
-                dedup_keys=keys,
-                run_at_us=run_at_us,
-                trace_context=trace_context,
-            )
-        return self._get_producer().send_calls(
-            topic,
-            type_name,
-            calls,
-            max_payload_bytes=self.settings.max_payload_bytes,
-            dedup_keys=None if dedup_keys is None else list(dedup_keys),
-            run_at_us=run_at_us,
-            trace_context=trace_context,
-        )
-
-    def _route(
-        self,
-        type_name: str,
-        queue: str | None,
-        delay: float | timedelta | None,
-        run_at: datetime | float | None,
-    ) -> tuple[str, int | None]:
-        """The topic for a job type (checking the names) and its run-at time."""
-        at = None if delay is None and run_at is None else _run_at_us(delay, run_at)
-        topic = self._topics.get((type_name, queue))
-        if topic is not None:
-            return topic, at
-        registered = self._jobs.get(type_name)
-        if registered is None:
-            _core.check_job_type(type_name)
-        queue_arg = queue
-        queue = registered.options.queue if registered else (queue or "default")
-        if queue not in self._queues:
-            raise InvalidJobError(
-                f"unknown queue {queue!r}: known queues are {sorted(self._queues)}; "
-                "add it to Settings.queues or register a job type on it"
-            )
-        topic = self.settings.topic_for(queue)
-        if len(self._topics) < _ROUTE_CACHE_SIZE:
-            self._topics[(type_name, queue_arg)] = topic
-        return topic, at
+            return RoutedTransport(self, route)
+        return self._kafka
 
     def set_route(self, type_name: str, route: Route | None) -> None:
         """Send `type_name`'s jobs by `route` from now on (None: Kafka only);
@@ -309,47 +271,8 @@ class Conveyor:
 
         self._routes.watch(read, float(self.settings.route_refresh_s or 1.0))
 
-    def _send_routed(
-        self,
-        route: Route,
-        type_name: str,
-        calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
-        *,
-        queue: str | None,
-        topic: str,
-        dedup_keys: Sequence[str | None],
-        run_at_us: int | None,
-        trace_context: str | None,
-    ) -> Enqueued:
-        """Jobs split between Kafka and the direct path (or written both ways)."""
-        limit = self.settings.max_payload_bytes
-        envelopes = [
-            _core.Envelope(
-                type_name,
-                encode_call(args, kwargs, limit),
-                dedup_key=key,
-                run_at_us=run_at_us,
-                trace_context=trace_context,
-            )
-            for (args, kwargs), key in zip(calls, dedup_keys, strict=True)
-        ]
-        via_kafka = [True] * len(envelopes) if route.double_write else route.split(len(envelopes))
-        direct = [
-            e.encode()
-            for e, kafka in zip(envelopes, via_kafka, strict=True)
-            if route.double_write or not kafka
-        ]
-        if direct:
-            # Written before anything goes to Kafka: with double writes, the
-            # job is in Redis before its shadow copy exists.
-            registered = self._jobs.get(type_name)
-            name = registered.options.queue if registered else (queue or "default")
-            self._get_store(name).admit(self.settings.namespace, name, direct)
-        to_kafka = [e for e, kafka in zip(envelopes, via_kafka, strict=True) if kafka]
-        handle = self._get_producer().send_envelopes(topic, to_kafka) if to_kafka else None
-        return RoutedHandle([e.id for e in envelopes], handle, via_kafka)
-
-    def _get_store(self, queue: str) -> _core.RedisStore:
+    def store(self, queue: str) -> _core.RedisStore:
+        """The direct path's Redis connection for `queue`'s deployment."""
         url = self.settings.redis_url_for(queue)
         store = self._stores.get(url)
         if store is None:
@@ -359,7 +282,8 @@ class Conveyor:
                     store = self._stores[url] = _core.RedisStore(url)
         return store
 
-    def _get_producer(self) -> _core.KafkaProducer:
+    def producer(self) -> _core.KafkaProducer:
+        """The Kafka producer, made on first use (and again after a fork)."""
         producer = self._producer
         if producer is not None:
             return producer
@@ -443,25 +367,6 @@ class Conveyor:
             ):
                 created.append(topic)
         return created
-
-
-def _run_at_us(delay: float | timedelta | None, run_at: datetime | float | None) -> int | None:
-    if delay is not None and run_at is not None:
-        raise InvalidJobError("give a delay or a run_at time, not both")
-    if delay is not None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise InvalidJobError(f"delay must not be negative, got {seconds}s")
-        return int((time.time() + seconds) * 1_000_000)
-    if run_at is not None:
-        if isinstance(run_at, datetime):
-            if run_at.tzinfo is None:
-                raise InvalidJobError(
-                    "run_at must be timezone-aware (naive datetimes are ambiguous)"
-                )
-            return int(run_at.timestamp() * 1_000_000)
-        return int(float(run_at) * 1_000_000)
-    return None
 
 
 def _after_fork_in_child() -> None:

@@ -21,7 +21,7 @@ import redis
 from conveyor.app import Conveyor
 from conveyor.envelope import Stage
 from conveyor.errors import PermanentError
-from conveyor.worker import current_job
+from conveyor.job_context import current_job
 
 app = Conveyor()
 TRACE_KEY = f"demo:{app.settings.namespace}:trace"

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.errors import InvalidJobError
+from conveyor.payload import Call, split_call
+from conveyor.transports import PLAIN, SendOptions
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -16,9 +18,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: One call of a handler in `enqueue_many`: positional args, or keyword args.
-Call = Sequence[Any] | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class JobType(Generic[P, R]):
         shape = self._shape
         if shape is None or not shape.accepts_call(args, kwargs):
             self.check_args(args, kwargs)
-        return self.app.enqueue(self.name, args, kwargs, queue=self.options.queue)
+        return self.app.send_one(self.name, self.options.queue, args, kwargs, PLAIN)
 
     def enqueue_with(
         self,
@@ -90,16 +89,8 @@ class JobType(Generic[P, R]):
         (a datetime, or seconds since the epoch), a W3C trace context."""
         kwargs = kwargs or {}
         self.check_args(args, kwargs)
-        return self.app.enqueue(
-            self.name,
-            args,
-            kwargs,
-            queue=self.options.queue,
-            dedup_key=dedup_key,
-            delay=delay,
-            run_at=run_at,
-            trace_context=trace_context,
-        )
+        options = SendOptions.of([dedup_key], delay, run_at, trace_context, 1)
+        return self.app.send_one(self.name, self.options.queue, args, kwargs, options)
 
     def enqueue_many(
         self,
@@ -118,26 +109,8 @@ class JobType(Generic[P, R]):
             if shape is None or not shape.accepts(call):
                 args, kwargs = split_call(call)
                 self.check_args(args, kwargs)
-        return self.app.enqueue_many(
-            self.name,
-            materialised,
-            queue=self.options.queue,
-            dedup_keys=dedup_keys,
-            delay=delay,
-            run_at=run_at,
-            trace_context=trace_context,
-        )
-
-
-def split_call(call: Call) -> tuple[Sequence[Any], Mapping[str, Any]]:
-    """`(args, kwargs)` of one `enqueue_many` item."""
-    if isinstance(call, Mapping):
-        return (), call
-    if isinstance(call, (str, bytes)) or not isinstance(call, Sequence):
-        raise InvalidJobError(
-            f"each call must be a tuple of arguments or a dict of keyword arguments, not {call!r}"
-        )
-    return call, {}
+        options = SendOptions.of(dedup_keys, delay, run_at, trace_context, len(materialised))
+        return self.app.send_many(self.name, self.options.queue, materialised, options)
 
 
 @dataclass(frozen=True)

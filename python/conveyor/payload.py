@@ -1,7 +1,10 @@
 """Handler arguments as job payloads: JSON, so any language can enqueue and read them.
 
 A payload is the UTF-8 JSON object `{"args": [...], "kwargs": {...}}`. No pickle
-or any other format that runs code when read.
+or any other format that runs code when read. This module is the payload's one
+home on the Python side: the encoder is Rust's (`_core.encode_call`, which the
+gate's framing shares: `rust/conveyor-core/src/payload.rs`), the decoder is
+here, and `tests/test_payload_conformance.py` holds them to the same bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from typing import Any
 
 from conveyor import _core
 from conveyor.errors import InvalidJobError
+
+#: One call of a handler in `enqueue_many`: positional args, or keyword args.
+Call = Sequence[Any] | Mapping[str, Any]
 
 
 def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> bytes:
@@ -39,3 +45,14 @@ def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise InvalidJobError("job payload must hold a list of args and an object of kwargs")
     return args, kwargs
+
+
+def split_call(call: Call) -> tuple[Sequence[Any], Mapping[str, Any]]:
+    """`(args, kwargs)` of one `enqueue_many` item."""
+    if isinstance(call, Mapping):
+        return (), call
+    if isinstance(call, (str, bytes)) or not isinstance(call, Sequence):
+        raise InvalidJobError(
+            f"each call must be a tuple of arguments or a dict of keyword arguments, not {call!r}"
+        )
+    return call, {}

@@ -51,8 +51,7 @@ class Route:
     double_write: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.kafka_percent <= 100.0:
-            raise InvalidJobError(f"kafka_percent must be 0 to 100, not {self.kafka_percent}")
+        _core.check_kafka_percent(self.kafka_percent)
 
     def split(self, count: int, rng: random.Random | None = None) -> list[bool]:
         """For `count` jobs, whether each goes through Kafka (independently,

@@ -10,12 +10,15 @@
 
 Arguments go through the same JSON encoder as a real enqueue, so a job that
 could not be sent fails here too; handlers see exactly what a worker would
-pass them. Jobs enqueued by handlers during `run_all` are captured and run too.
+pass them, run by the worker's own runner. A unique job whose dedup key is
+held by a captured job not yet run is dropped, as admission into Redis drops
+it (`jobs.duplicates` counts them; `tests/test_admission_conformance.py`
+holds the two to the same cases). Jobs enqueued by handlers during `run_all`
+are captured and run too.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,8 +27,10 @@ from typing import Any
 from conveyor import _core
 from conveyor.app import Conveyor
 from conveyor.errors import InvalidJobError
-from conveyor.payload import encode_call
-from conveyor.worker import JobInfo, _current
+from conveyor.job_context import JobInfo, current
+from conveyor.payload import Call, decode_call, encode_call
+from conveyor.runner import Runner
+from conveyor.transports import Args, SendOptions, Target, normalised
 
 
 @dataclass(frozen=True)
@@ -42,14 +47,12 @@ class CapturedJob:
     @property
     def args(self) -> list[Any]:
         """Positional arguments as the handler receives them."""
-        args: list[Any] = json.loads(self.payload)["args"]
-        return args
+        return decode_call(self.payload)[0]
 
     @property
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments as the handler receives them."""
-        kwargs: dict[str, Any] = json.loads(self.payload)["kwargs"]
-        return kwargs
+        return decode_call(self.payload)[1]
 
 
 class InlineHandle:
@@ -81,6 +84,9 @@ class Captured:
 
     app: Conveyor
     jobs: list[CapturedJob] = field(default_factory=list)
+    #: Unique jobs dropped because a captured job not yet run held their
+    #: dedup key (what admission into Redis does).
+    duplicates: int = 0
 
     def types(self) -> list[str]:
         """The job type of each captured job."""
@@ -88,46 +94,79 @@ class Captured:
 
     def run_all(self, max_jobs: int = 10_000) -> int:
         """Runs captured jobs (and any they enqueue) in this thread, first in
-        first out, until none are left; a handler's exception propagates.
-        Returns how many ran. Delays and run-at times are ignored."""
+        first out, until none are left, with the runner a worker uses (async
+        handlers are awaited, timeouts apply); a handler's exception
+        propagates. Returns how many ran. Delays and run-at times are ignored."""
+        runner = Runner(self.app.registry)
         ran = 0
-        while self.jobs:
-            if ran >= max_jobs:
-                raise InvalidJobError(f"more than {max_jobs} jobs: do they enqueue each other?")
-            job = self.jobs.pop(0)
-            handler = self.app.registry.get(job.job_type)
-            if handler is None:
-                raise InvalidJobError(f"no handler registered for job type {job.job_type!r}")
-            _current.job = JobInfo(job.id, job.job_type, 1, handler.options.queue)
-            try:
-                handler.fn(*job.args, **job.kwargs)
-            finally:
-                _current.job = None
-            ran += 1
+        try:
+            while self.jobs:
+                if ran >= max_jobs:
+                    raise InvalidJobError(f"more than {max_jobs} jobs: do they enqueue each other?")
+                job = self.jobs.pop(0)
+                handler = self.app.registry.get(job.job_type)
+                if handler is None:
+                    raise InvalidJobError(f"no handler registered for job type {job.job_type!r}")
+                info = JobInfo(job.id, job.job_type, 1, handler.options.queue)
+                error = runner.attempt(handler, info, job.payload)
+                current.job = None
+                if error is not None:
+                    raise error
+                ran += 1
+        finally:
+            current.job = None
+            runner.timeouts.stop()
         return ran
+
+
+class CaptureTransport:
+    """The transport `capture` puts in place: jobs are encoded exactly as a
+    real enqueue would, then kept instead of sent."""
+
+    def __init__(self, captured: Captured) -> None:
+        self._captured = captured
+        self._limit = captured.app.settings.max_payload_bytes
+
+    def send_one(
+        self,
+        type_name: str,
+        target: Target,
+        args: list[Any] | tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        options: SendOptions,
+    ) -> InlineHandle:
+        """Captures one job."""
+        return self._keep(type_name, [(args, kwargs or {})], options)
+
+    def send_many(
+        self, type_name: str, target: Target, calls: list[Call], options: SendOptions
+    ) -> InlineHandle:
+        """Captures a batch of jobs."""
+        return self._keep(type_name, normalised(calls), options)
+
+    def _keep(self, type_name: str, calls: list[Args], options: SendOptions) -> InlineHandle:
+        payloads = [encode_call(args, kwargs, self._limit) for args, kwargs in calls]
+        ids = [_core.new_job_id() for _ in payloads]
+        keys = options.keys(len(payloads))
+        captured = self._captured
+        held = {j.dedup_key for j in captured.jobs if j.dedup_key is not None}
+        for job_id, payload, key in zip(ids, payloads, keys, strict=True):
+            if key is not None and key in held:
+                captured.duplicates += 1
+                continue
+            if key is not None:
+                held.add(key)
+            captured.jobs.append(CapturedJob(job_id, type_name, payload, key, options.run_at_us))
+        return InlineHandle(ids)
 
 
 @contextmanager
 def capture(app: Conveyor) -> Iterator[Captured]:
     """Within the block, `app`'s enqueues are captured instead of sent."""
     captured = Captured(app)
-    limit = app.settings.max_payload_bytes
-
-    def sink(
-        job_type: str,
-        calls: list[tuple[list[Any], dict[str, Any]]],
-        dedup_keys: list[str | None],
-        run_at_us: int | None,
-    ) -> InlineHandle:
-        payloads = [encode_call(args, kwargs, limit) for args, kwargs in calls]
-        ids = [_core.new_job_id() for _ in payloads]
-        for job_id, payload, key in zip(ids, payloads, dedup_keys, strict=True):
-            captured.jobs.append(CapturedJob(job_id, job_type, payload, key, run_at_us))
-        return InlineHandle(ids)
-
-    previous = app._sink
-    app._sink = sink
+    previous = app._capture
+    app._capture = CaptureTransport(captured)
     try:
         yield captured
     finally:
-        app._sink = previous
+        app._capture = previous

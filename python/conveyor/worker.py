@@ -1,34 +1,31 @@
 """Workers: run an application's handlers for jobs leased from Redis.
 
 Each worker thread loops: lease a batch (Rust, GIL released), run its jobs one
-after another, settle the batch in one call (Rust: attempts, stage stamps,
-retries, dead letters, in one Lua script). A keeper thread extends the leases
-the process holds and reaps the expired leases of dead workers; a watchdog
-enforces per-job timeouts. Nothing here runs per job but the handler call and
-its bookkeeping, so no-op jobs cost a few microseconds of Python each.
+after another (`conveyor.runner`), settle the batch in one call (Rust:
+attempts, stage stamps, retries, dead letters, in one Lua script). A keeper
+thread (`conveyor.keeper`) extends the leases the process holds, reaps the
+expired leases of dead workers and enqueues periodic jobs; a watchdog
+(`conveyor.timeouts`) enforces per-job timeouts. Nothing here runs per job but
+the handler call and its bookkeeping, so no-op jobs cost a few microseconds of
+Python each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import inspect
-import json
 import logging
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from conveyor import _core
 from conveyor.app import Conveyor
-from conveyor.errors import ConveyorError, InvalidJobError, JobTimeout, PermanentError
-from conveyor.jobs import JobOptions, JobType
-from conveyor.payload import decode_call, encode_call
-from conveyor.retry import retry_delay
-from conveyor.schedules import Schedule
+from conveyor.errors import ConveyorError, InvalidJobError
+from conveyor.job_context import JobInfo, current_job
+from conveyor.keeper import Keeper
+from conveyor.middleware import Middleware
+from conveyor.runner import Failure, Runner
 
 log = logging.getLogger("conveyor.worker")
 
@@ -39,131 +36,8 @@ _BATCH_TARGET_S = 0.02
 #: Longest an idle thread blocks waiting for a signal of new jobs before it
 #: looks anyway (delayed jobs come due without a signal).
 _IDLE_WAIT_S = 0.25
-#: Options for job types this worker has no handler for: they are retried (a
-#: deploy may be rolling out the handler) and then dead-lettered.
-_UNKNOWN_TYPE = JobOptions(max_attempts=5, backoff_s=5.0, backoff_max_s=300.0)
 
-
-class JobInfo:
-    """The job a handler is running, from `conveyor.current_job()`.
-
-    A slotted class, not a dataclass: one is built per job on the hot path.
-    """
-
-    __slots__ = ("_batch", "_index", "attempt", "id", "job_type", "queue")
-
-    def __init__(
-        self,
-        id: str,
-        job_type: str,
-        attempt: int,
-        queue: str,
-        *,
-        batch: _core.LeasedBatch | None = None,
-        index: int = 0,
-    ) -> None:
-        self.id = id
-        self.job_type = job_type
-        #: This attempt, counting from 1.
-        self.attempt = attempt
-        self.queue = queue
-        self._batch = batch
-        self._index = index
-
-    def envelope(self) -> _core.Envelope | None:
-        """The job's envelope as leased: enqueue time, run-at, dedup key,
-        trace context and stage stamps (decoded only when asked for)."""
-        return None if self._batch is None else self._batch.envelope(self._index)
-
-    def __repr__(self) -> str:
-        return (
-            f"JobInfo(id={self.id!r}, job_type={self.job_type!r}, "
-            f"attempt={self.attempt}, queue={self.queue!r})"
-        )
-
-
-_current = threading.local()
-
-
-def current_job() -> JobInfo | None:
-    """The job running in this thread (or task), if any."""
-    return getattr(_current, "job", None)
-
-
-class Middleware:
-    """Hooks around each job; subclass and override what you need.
-
-    Hooks run in the worker thread, around every job: keep them cheap. An
-    exception from a hook is logged and otherwise ignored.
-    """
-
-    def before(self, job: JobInfo) -> None:
-        """An attempt is about to start."""
-
-    def after(self, job: JobInfo, error: BaseException | None) -> None:
-        """An attempt ended, successfully when `error` is None."""
-
-    def on_retry(self, job: JobInfo, error: BaseException, delay_s: float) -> None:
-        """A failed attempt will be retried after `delay_s`."""
-
-    def on_dead(self, job: JobInfo, error: BaseException) -> None:
-        """The job was given up on and dead-lettered."""
-
-
-def error_record(error: BaseException, attempt: int) -> str:
-    """The JSON kept with a failed job: type, message, traceback tail, attempt."""
-    tb = "".join(traceback.format_exception(error))
-    return json.dumps(
-        {
-            "type": type(error).__name__,
-            "message": str(error)[:2000],
-            "traceback": tb[-4000:],
-            "attempt": attempt,
-            "at": time.time(),
-        }
-    )
-
-
-class _Timeouts:
-    """Raises JobTimeout in threads whose sync handler ran past its deadline.
-
-    CPython can only deliver the exception between bytecodes: a handler
-    blocked inside one long C call (a socket read without a timeout) sees it
-    when that call returns. Handlers should still use timeouts of their own.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._deadlines: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, seconds: float) -> None:
-        with self._lock:
-            self._deadlines[threading.get_ident()] = time.monotonic() + seconds
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._watch, name="conveyor-timeouts", daemon=True
-                )
-                self._thread.start()
-
-    def disarm(self) -> None:
-        with self._lock:
-            self._deadlines.pop(threading.get_ident(), None)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.05):
-            now = time.monotonic()
-            with self._lock:
-                late = [t for t, d in self._deadlines.items() if d <= now]
-                for ident in late:
-                    del self._deadlines[ident]
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                        ctypes.c_ulong(ident), ctypes.py_object(JobTimeout)
-                    )
+__all__ = ["JobInfo", "Middleware", "Worker", "current_job", "load_app", "parse_queues"]
 
 
 class Worker:
@@ -203,10 +77,7 @@ class Worker:
         self.max_batch = max_batch
         self.grace_s = grace_s
         self.middleware = tuple(middleware)
-        self._handlers: dict[str, JobType[Any, Any]] = dict(app.registry)
-        self._async = {
-            name for name, jt in self._handlers.items() if inspect.iscoroutinefunction(jt.fn)
-        }
+        self._runner = Runner(app.registry, self.middleware)
         if not self.queues:
             raise InvalidJobError("a worker needs at least one queue")
         s = app.settings
@@ -227,11 +98,9 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._keeper: threading.Thread | None = None
-        self._timeouts = _Timeouts()
+        self._keeper = Keeper(app, self._queues, lease_s)
+        self._keeper_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lost_leases = 0
-        self._periodic_enqueued = 0
 
     # Lifecycle
 
@@ -239,8 +108,8 @@ class Worker:
         """Start the worker threads and the keeper; returns at once."""
         if self._threads:
             raise RuntimeError("worker already started")
-        if self._async:
-            self._loop = asyncio.new_event_loop()
+        if self._runner.async_types:
+            self._loop = self._runner.loop = asyncio.new_event_loop()
             loop_thread = threading.Thread(
                 target=self._loop.run_forever, name="conveyor-async", daemon=True
             )
@@ -249,8 +118,10 @@ class Worker:
             t = threading.Thread(target=self._work, name=f"conveyor-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        self._keeper = threading.Thread(target=self._keep, name="conveyor-keeper", daemon=True)
-        self._keeper.start()
+        self._keeper_thread = threading.Thread(
+            target=self._keeper.run, args=(self._stopped,), name="conveyor-keeper", daemon=True
+        )
+        self._keeper_thread.start()
 
     def stop(self, grace_s: float | None = None) -> bool:
         """Stop fetching, let running jobs finish for up to `grace_s` (default:
@@ -264,10 +135,10 @@ class Worker:
             t.join(max(0.0, deadline - time.monotonic()))
             clean &= not t.is_alive()
         self._stopped.set()
-        if self._keeper is not None:
+        if self._keeper_thread is not None:
             # It may be mid-call (a heartbeat, a periodic occurrence): let it end.
-            self._keeper.join(5.0)
-        self._timeouts.stop()
+            self._keeper_thread.join(5.0)
+        self._runner.timeouts.stop()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         return clean
@@ -291,8 +162,8 @@ class Worker:
         """Counters of this process: fetched, done, retried, dead, stale,
         released, leases lost to the reaper, periodic occurrences enqueued."""
         out = dict(self._queues.stats())
-        out["lost_leases"] = self._lost_leases
-        out["periodic_enqueued"] = self._periodic_enqueued
+        out["lost_leases"] = self._keeper.lost_leases
+        out["periodic_enqueued"] = self._keeper.periodic_enqueued
         return out
 
     def metrics(self) -> str:
@@ -300,58 +171,6 @@ class Worker:
         return self._queues.metrics()
 
     # Threads
-
-    def _keep(self) -> None:
-        # Heartbeat well inside the lease; reap at least once a second; look
-        # at periodic schedules four times a second.
-        beat_every = max(0.05, min(self.lease_s / 3, 1.0))
-        schedules = list(self.app.schedules.values())
-        tick = min(beat_every, 0.25) if schedules else beat_every
-        stores: dict[str, _core.RedisStore] = {}
-        checked_until = time.time()
-        last_beat = time.monotonic()
-        while not self._stopped.wait(tick):
-            if time.monotonic() - last_beat >= beat_every:
-                last_beat = time.monotonic()
-                self._beat()
-            if schedules:
-                try:
-                    checked_until = self._enqueue_due(stores, schedules, checked_until)
-                except ConveyorError as err:
-                    stores.clear()
-                    log.warning("periodic jobs: %s (trying again)", err)
-
-    def _beat(self) -> None:
-        try:
-            lost = self._queues.heartbeat()
-            if lost:
-                self._lost_leases += len(lost)
-                log.warning("leases expired before their jobs ended (may run twice): %s", lost)
-            self._queues.reap()
-        except ConveyorError as err:
-            log.warning("keeper: %s", err)
-
-    def _enqueue_due(
-        self, stores: dict[str, _core.RedisStore], schedules: list[Schedule], after: float
-    ) -> float:
-        """Enqueues the occurrences due in `(after, now]`; returns now. Each
-        occurrence goes in once across all workers (the script claims it)."""
-        now = time.time()
-        namespace = self.app.settings.namespace
-        limit = self.app.settings.max_payload_bytes
-        for schedule in schedules:
-            for occurrence_ms in schedule.occurrences(after, now):
-                payload = encode_call(schedule.args, schedule.kwargs, limit)
-                envelope = _core.Envelope(
-                    schedule.job_type, payload, run_at_us=occurrence_ms * 1000
-                ).encode()
-                url = self.app.settings.redis_url_for(schedule.queue)
-                store = stores.get(url) or stores.setdefault(url, _core.RedisStore(url))
-                if store.enqueue_occurrence(
-                    namespace, schedule.queue, schedule.name, occurrence_ms, envelope
-                ):
-                    self._periodic_enqueued += 1
-        return now
 
     def _work(self) -> None:
         batch_size = 1
@@ -378,134 +197,15 @@ class Worker:
 
     def _run_batch(self, batch: _core.LeasedBatch) -> int:
         """Runs a batch's jobs in order and settles it; returns how many ran."""
-        ends: list[float] = []
-        failures: dict[int, tuple[str, float | None]] = {}
-        handlers = self._handlers
-        now = time.time
-        queue = batch.queue
-        hooks = self.middleware
-        simple = not hooks and not self._async
-        for i, (job_type, payload, attempt, job_id) in enumerate(batch.jobs):
-            if self._stopping.is_set():
-                break
-            jt = handlers.get(job_type)
-            if (
-                simple
-                and jt is not None
-                and jt.options.timeout_s is None
-                and attempt < jt.options.max_attempts
-            ):
-                # The hot path: no hooks, no timeout.
-                info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
-                _current.job = info
-                try:
-                    call = json.loads(payload)
-                    args, kwargs = call["args"], call["kwargs"]
-                except (ValueError, TypeError, KeyError) as err:
-                    # Retrying cannot fix a payload that is not a call.
-                    bad = PermanentError(f"job payload is not a Conveyor call: {err!r}")
-                    failures[i] = self._failure(jt.options, info, bad)
-                else:
-                    try:
-                        jt.fn(*args, **kwargs)
-                    except Exception as err:  # a handler may raise anything
-                        failures[i] = self._failure(jt.options, info, err)
-                ends.append(now())
-                continue
-            info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
-            error = self._run_one(jt, info, payload)
-            if error is not None:
-                options = jt.options if jt is not None else _UNKNOWN_TYPE
-                failures[i] = self._failure(options, info, error)
-            ends.append(now())
-        _current.job = None
+        ends, failures = self._runner.run_batch(batch, self._stopping)
         self._settle(batch, ends, failures)
         return len(ends)
-
-    def _run_one(
-        self, jt: JobType[Any, Any] | None, info: JobInfo, payload: bytes
-    ) -> BaseException | None:
-        """One job with every check: unknown type, attempts left, hooks,
-        timeout. Returns the error if the attempt failed."""
-        _current.job = info
-        if jt is None:
-            return InvalidJobError(
-                f"no handler for job type {info.job_type!r} in this worker "
-                f"(it knows {sorted(self._handlers)[:20]})"
-            )
-        options = jt.options
-        if info.attempt > options.max_attempts:
-            # Back from the reaper (its worker died mid-job) with no attempts left.
-            return PermanentError(
-                f"no attempts left: {info.attempt - 1} of {options.max_attempts} made "
-                "(the last one's worker died or hung until its lease expired)"
-            )
-        error: BaseException | None = None
-        self._hook("before", info)
-        try:
-            args, kwargs = decode_call(payload)
-        except InvalidJobError as err:
-            error = PermanentError(str(err))
-        else:
-            try:
-                self._call(jt, options, args, kwargs)
-            except Exception as err:  # a handler may raise anything
-                error = err
-        self._hook("after", info, error)
-        return error
-
-    def _call(
-        self,
-        jt: JobType[Any, Any],
-        options: JobOptions,
-        args: list[Any],
-        kwargs: dict[str, Any],
-    ) -> None:
-        timeout = options.timeout_s
-        if jt.name in self._async:
-            assert self._loop is not None
-            coro: Coroutine[Any, Any, Any] = jt.fn(*args, **kwargs)
-            if timeout is not None:
-                coro = _with_timeout(coro, timeout)
-            asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-            return
-        if timeout is None:
-            jt.fn(*args, **kwargs)
-            return
-        # The timeout may land anywhere up to disarm() returning: catch it here too.
-        try:
-            self._timeouts.arm(timeout)
-            try:
-                jt.fn(*args, **kwargs)
-            finally:
-                self._timeouts.disarm()
-        except JobTimeout:
-            raise JobTimeout(f"attempt ran longer than its timeout of {timeout}s") from None
-
-    def _failure(
-        self, options: JobOptions, info: JobInfo, error: BaseException
-    ) -> tuple[str, float | None]:
-        """The settle entry for a failed attempt: retry with backoff, or dead."""
-        record = error_record(error, info.attempt)
-        if isinstance(error, PermanentError) or info.attempt >= options.max_attempts:
-            self._hook("on_dead", info, error)
-            return record, None
-        delay = retry_delay(info.attempt, options.backoff_s, options.backoff_max_s)
-        self._hook("on_retry", info, error, delay)
-        return record, delay
-
-    def _hook(self, name: str, *args: Any) -> None:
-        for m in self.middleware:
-            try:
-                getattr(m, name)(*args)
-            except Exception:
-                log.exception("middleware %r.%s failed", m, name)
 
     def _settle(
         self,
         batch: _core.LeasedBatch,
         ends: list[float],
-        failures: dict[int, tuple[str, float | None]],
+        failures: dict[int, Failure],
     ) -> None:
         # Redis away: keep trying while the lease lasts; after that the reaper
         # gives the jobs back, and they run again (at least once, never lost).
@@ -520,13 +220,6 @@ class Worker:
                     return
                 log.warning("settle failed, retrying: %s", err)
                 time.sleep(0.2)
-
-
-async def _with_timeout(coro: Coroutine[Any, Any, Any], seconds: float) -> Any:
-    try:
-        return await asyncio.wait_for(coro, seconds)
-    except TimeoutError:
-        raise JobTimeout(f"attempt ran longer than its timeout of {seconds}s") from None
 
 
 def parse_queues(specs: Sequence[str]) -> list[tuple[str, int]]:

@@ -50,6 +50,13 @@ fn relay_group(namespace: &str) -> String {
     conveyor_core::kafka::names::relay_group(namespace)
 }
 
+/// Refuses a route's share through Kafka outside 0 to 100.
+#[pyfunction]
+fn check_kafka_percent(percent: f64) -> PyResult<()> {
+    use crate::errors::IntoPyResult;
+    conveyor_core::store::check_kafka_percent(percent).py()
+}
+
 /// The native module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -71,6 +78,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(queue_topic, m)?)?;
     m.add_function(wrap_pyfunction!(dead_letter_topic, m)?)?;
     m.add_function(wrap_pyfunction!(relay_group, m)?)?;
+    m.add_function(wrap_pyfunction!(check_kafka_percent, m)?)?;
     // Registered by the module itself, so no import order can skip it.
     let hook = wrap_pyfunction!(after_fork_in_child, m)?;
     let kwargs = pyo3::types::PyDict::new(m.py());

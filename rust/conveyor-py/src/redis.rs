@@ -1,7 +1,7 @@
 //! `RedisStore`: a Redis connection running Conveyor's scripts.
 
 use conveyor_core::config::duration;
-use conveyor_core::store::admission::Admission;
+use conveyor_core::store::admission::{Admission, Fenced};
 use conveyor_core::store::keys::QueueKeys;
 use conveyor_core::store::RedisStore as CoreStore;
 use pyo3::prelude::*;
@@ -115,7 +115,10 @@ impl RedisStore {
 
     /// The relay's exactly-once admit for one partition's records
     /// (`(offset, envelope)` in offset order); returns
-    /// `(queued, scheduled, duplicates, skipped)`.
+    /// `(queued, scheduled, duplicates, skipped)`. `scripted` always takes
+    /// the script path (as on a cluster), for the conformance tests.
+    #[pyo3(signature = (namespace, queue, topic_partition, next_offset, records, *, scripted=false))]
+    #[allow(clippy::too_many_arguments)]
     fn relay_batch(
         &self,
         py: Python<'_>,
@@ -124,6 +127,7 @@ impl RedisStore {
         topic_partition: &str,
         next_offset: i64,
         records: Vec<(i64, PyBackedBytes)>,
+        scripted: bool,
     ) -> PyResult<(u64, u64, u64, u64)> {
         let keys = QueueKeys::new(namespace, queue).py()?;
         let jobs = records
@@ -132,7 +136,16 @@ impl RedisStore {
             .collect::<conveyor_core::Result<Vec<_>>>()
             .py()?;
         let a = self.with(py, |s| {
-            s.relay_batch(&keys, topic_partition, next_offset, &jobs)
+            if scripted {
+                let batch = Fenced {
+                    fence: topic_partition.to_owned(),
+                    next_offset,
+                    jobs: &jobs,
+                };
+                Ok(s.relay_batches_scripted(&keys, std::slice::from_ref(&batch))?[0])
+            } else {
+                s.relay_batch(&keys, topic_partition, next_offset, &jobs)
+            }
         })?;
         Ok((a.queued, a.scheduled, a.duplicates, a.skipped))
     }

@@ -128,6 +128,17 @@ impl RedisStore {
         if let Some(admitted) = self.admit_plain(keys, batches)? {
             return Ok(admitted);
         }
+        self.relay_batches_scripted(keys, batches)
+    }
+
+    /// [`RedisStore::relay_batches`] always through `admit-6.lua` (as on a
+    /// Redis Cluster); the admission conformance tests hold the plain path
+    /// to what this does.
+    pub fn relay_batches_scripted(
+        &mut self,
+        keys: &QueueKeys,
+        batches: &[Fenced<'_>],
+    ) -> Result<Vec<Admitted>> {
         let commands = batches
             .iter()
             .map(|b| admit_command(keys, &b.fence, b.next_offset, b.jobs))

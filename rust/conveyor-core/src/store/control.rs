@@ -63,11 +63,7 @@ impl RedisStore {
         let value = match route {
             None => String::new(),
             Some((percent, double_write)) => {
-                if !(0.0..=100.0).contains(&percent) {
-                    return Err(Error::InvalidJob(format!(
-                        "kafka_percent must be 0 to 100, not {percent}"
-                    )));
-                }
+                check_kafka_percent(percent)?;
                 serde_json::json!({"kafka_percent": percent, "double_write": double_write})
                     .to_string()
             }
@@ -121,4 +117,15 @@ impl RedisStore {
             .arg(relay_control_key(namespace)?)
             .query(&mut self.conn)?)
     }
+}
+
+/// Checks a route's share of jobs through Kafka: 0 to 100 (the one rule;
+/// Python's `Route` asks the binding for it too).
+pub fn check_kafka_percent(percent: f64) -> Result<()> {
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(Error::InvalidJob(format!(
+            "kafka_percent must be 0 to 100, not {percent}"
+        )));
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod conn;
 mod control;
+pub use control::check_kafka_percent;
 pub mod keys;
 pub mod queue;
 pub mod scripts;

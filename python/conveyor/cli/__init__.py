@@ -1,0 +1,48 @@
+"""The `conveyor` command line: one module per command group, each adding
+its commands to the parser (`add_commands`) with their handlers.
+
+| module | commands |
+|---|---|
+| `servers` | `dev`, `topics`, `demo` |
+| `gate` | `gate` |
+| `relay` | `relay`, `relays` |
+| `controls` | `throttle`, `pause`, `resume`, `shadow`, `route` |
+| `worker` | `worker`, `queues`, `dead` |
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from conveyor.cli import controls, gate, relay, servers, worker
+from conveyor.errors import ConveyorError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="conveyor", description="Conveyor: a durable job queue, Kafka in front of Redis."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in (servers, gate, relay, controls, worker):
+        group.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `conveyor` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConveyorError as err:
+        print(f"conveyor: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

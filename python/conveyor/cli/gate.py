@@ -1,0 +1,74 @@
+"""`gate`: serve the HTTP enqueue gate."""
+
+from __future__ import annotations
+
+import argparse
+
+from conveyor.cli.stopping import stop_on_signals
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds `gate`."""
+    gate = commands.add_parser(
+        "gate", help="serve the HTTP enqueue gate (Rust, no Python per request)"
+    )
+    gate.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    gate.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="TYPE=QUEUE",
+        help="accept a job type without a published registry entry",
+    )
+    gate.add_argument(
+        "--no-registry", action="store_true", help="do not read the job type registry from Redis"
+    )
+    gate.add_argument("--acks", choices=["leader", "all"], help="acknowledgement to wait for")
+    gate.add_argument(
+        "--request-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for Kafka before answering 503 (default 5)",
+    )
+    gate.set_defaults(run=_gate)
+
+
+def _gate(args: argparse.Namespace) -> int:
+    import os
+
+    from conveyor import _core
+    from conveyor.errors import InvalidJobError
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    routes = {}
+    for route in args.route:
+        job_type, sep, queue = route.partition("=")
+        if not sep:
+            raise InvalidJobError(f"--route takes TYPE=QUEUE, not {route!r}")
+        routes[job_type] = queue
+    gate = _core.Gate(
+        args.bind,
+        settings.kafka_bootstrap,
+        namespace=settings.namespace,
+        topic_prefix=settings.topic_prefix,
+        routes=routes,
+        registry_url=None if args.no_registry else settings.redis_url,
+        acks=args.acks or settings.acks,
+        request_timeout_s=args.request_timeout,
+        delivery_timeout_s=settings.delivery_timeout_s,
+        max_payload_bytes=settings.max_payload_bytes,
+        token=os.environ.get("CONVEYOR_GATE_TOKEN") or None,
+        properties=list(settings.kafka_properties),
+    )
+    stop = stop_on_signals()
+    print(
+        f"gate serving on http://{gate.address}  (Kafka {settings.kafka_bootstrap}, "
+        f"{len(gate.routes())} job types known)",
+        flush=True,
+    )
+    while not stop.wait(0.5):
+        pass
+    print("gate stopping: finishing requests in flight ...", flush=True)
+    gate.stop()
+    return 0

@@ -1,0 +1,151 @@
+"""`relay` and `relays`: run relays and see what they report."""
+
+from __future__ import annotations
+
+import argparse
+
+from conveyor.cli.stopping import stop_on_signals
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds `relay` and `relays`."""
+    relay = commands.add_parser("relay", help="relay queues' Kafka topics into Redis")
+    relay.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
+    relay.add_argument(
+        "--report-every",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="print counters this often (default 5)",
+    )
+    relay.add_argument(
+        "--memory-high",
+        type=float,
+        default=0.8,
+        metavar="FRACTION",
+        help="stop writing when Redis uses this much of maxmemory (default 0.8)",
+    )
+    relay.add_argument(
+        "--memory-low",
+        type=float,
+        default=0.6,
+        metavar="FRACTION",
+        help="resume below this fraction of maxmemory (default 0.6)",
+    )
+    relay.add_argument(
+        "--depth-high",
+        type=int,
+        metavar="JOBS",
+        help="stop writing into a queue holding this many jobs (default: no limit)",
+    )
+    relay.add_argument(
+        "--metrics-bind", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics"
+    )
+    relay.add_argument(
+        "--depth-low",
+        type=int,
+        metavar="JOBS",
+        help="resume below this many (default: half of --depth-high)",
+    )
+    relay.set_defaults(run=_relay)
+
+    relays = commands.add_parser("relays", help="running relays: partitions, lag, guards")
+    relays.set_defaults(run=_relays)
+
+
+def _relay(args: argparse.Namespace) -> int:
+    import time
+
+    from conveyor.relays import group_id, merged_metrics, start_relays
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    queues = args.queues or list(settings.queues)
+    started = start_relays(
+        settings,
+        queues,
+        memory_high=args.memory_high,
+        memory_low=args.memory_low,
+        depth_high=args.depth_high,
+        depth_low=args.depth_low if args.depth_low is not None else (args.depth_high or 0) // 2,
+    )
+    relays = [relay for _, _, relay in started]
+    stop = stop_on_signals()
+    for _, names, _ in started:
+        print(
+            f"relay: {', '.join(names)} from Kafka {settings.kafka_bootstrap} into Redis "
+            f"{'(default)' if len(started) == 1 else 'deployment of ' + names[0]} "
+            f"(group {group_id(settings)})",
+            flush=True,
+        )
+    if args.metrics_bind:
+        from conveyor.metrics_http import serve_metrics
+
+        server = serve_metrics(args.metrics_bind, lambda: merged_metrics(relays))
+        host, port = server.server_address[:2]
+        print(f"relay: metrics on http://{host!s}:{port}/metrics", flush=True)
+    last, last_at = 0, time.monotonic()
+    while not stop.wait(args.report_every):
+        totals: dict[str, int] = {}
+        for relay in relays:
+            for key, value in relay.stats().items():
+                totals[key] = totals.get(key, 0) + value
+        now = time.monotonic()
+        rate = (totals["relayed"] - last) / (now - last_at)
+        last, last_at = totals["relayed"], now
+        guard = " REDIS NEAR FULL, holding back;" if totals["memory_guarded"] else ""
+        owned = sum(len(relay.assignment()) for relay in relays)
+        print(
+            f"relay:{guard} {totals['relayed']} relayed ({rate:,.0f}/s), {totals['skipped']} "
+            f"skipped, {totals['shadowed']} shadowed, {totals['dead_lettered']} dead-lettered, "
+            f"{totals['redis_errors']} Redis errors, {totals['held']} held for rate or pause, "
+            f"{owned} partitions owned",
+            flush=True,
+        )
+    print("relay stopping: finishing the batch in flight ...", flush=True)
+    for relay in relays:
+        relay.stop()
+    return 0
+
+
+def _relays(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from conveyor import _core
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    # Each relay reports to the Redis deployment it feeds.
+    urls = {settings.redis_url} | {url for _, url in settings.queue_redis}
+    statuses = [
+        json.loads(raw)
+        for url in sorted(urls)
+        for _, raw in _core.RedisStore(url).relay_statuses(settings.namespace)
+    ]
+    now = time.time()
+    live = [s for s in statuses if now - s["updated_at"] < 10]
+    if not live:
+        print("no relay has reported in the last 10 s")
+        return 1
+    for s in sorted(live, key=lambda s: str(s["id"])):
+        guards = "memory guard ON, " if s["memory_guarded"] else ""
+        guards += f"depth guard on {s['depth_guarded']} queues, " if s["depth_guarded"] else ""
+        print(
+            f"relay {s['id']} ({now - s['updated_at']:.1f}s ago): {s['relayed']} relayed, "
+            f"{s['shadowed']} shadowed, {s['dead_lettered']} dead-lettered, {guards}"
+            f"{s['held']} held for rate or pause, {s['redis_errors']} Redis errors"
+        )
+        controls = s["controls"]
+        for topic, rate in controls["rates"]:
+            print(f"  throttled {topic}: {rate:g} jobs/s")
+        for name in ("paused", "shadow"):
+            for topic in controls[name]:
+                print(f"  {name} {topic}")
+        print(f"  {'topic':<36} {'partition':>9} {'high':>12} {'relayed to':>12} {'lag':>10}")
+        for p in s["partitions"]:
+            print(
+                f"  {p['topic']:<36} {p['partition']:>9} {p['high']:>12} "
+                f"{p['relayed_to']:>12} {p['lag']:>10}"
+            )
+    return 0

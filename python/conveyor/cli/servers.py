@@ -1,0 +1,102 @@
+"""`dev`, `topics` and `demo`: local servers, Kafka topics, the demo."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds `dev`, `topics` and `demo`."""
+    dev = commands.add_parser("dev", help="local development servers (Kafka and Redis on loopback)")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.set_defaults(run=_dev)
+
+    topics = commands.add_parser("topics", help="Kafka topics of queues (created on purpose)")
+    topics.add_argument("action", choices=["create", "list"])
+    topics.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
+    topics.add_argument("--partitions", type=int, help="partitions of new topics (default 3)")
+    topics.add_argument("--replication", type=int, help="replication of new topics (default 1)")
+    topics.set_defaults(run=_topics)
+
+    demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
+    demo.add_argument(
+        "--jobs", type=int, default=20_000, help="how many jobs to send (default 20,000)"
+    )
+    demo.add_argument(
+        "--keep-servers", action="store_true", help="leave Kafka and Redis running afterwards"
+    )
+    demo.set_defaults(run=_demo)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from conveyor.devservers import DevServers
+
+    servers = DevServers.default()
+    if args.action == "up":
+        kafka_started, redis_started = servers.up()
+        _print_status(servers, {"kafka": kafka_started, "redis": redis_started})
+        print("\nOther conveyor commands use these servers when nothing else is configured.")
+    elif args.action == "down":
+        servers.down()
+        print("stopped local Kafka and Redis")
+    else:
+        _print_status(servers, {})
+        if servers.redis.pid() is None or any(pid is None for _, pid in servers.kafka.status()):
+            return 1
+    return 0
+
+
+def _print_status(servers: object, started: dict[str, bool]) -> None:
+    from conveyor.devservers import DevServers
+
+    assert isinstance(servers, DevServers)
+
+    def state(pid: int | None, name: str) -> str:
+        if pid is None:
+            return "stopped"
+        how = "started" if started.get(name) else "running"
+        return f"{how} (pid {pid})"
+
+    rows = [
+        (f"kafka node {node.node_id}", node.bootstrap, state(pid, "kafka"))
+        for node, pid in servers.kafka.status()
+    ]
+    rows.append(("redis", servers.redis.url, state(servers.redis.pid(), "redis")))
+    for name, address, status in rows:
+        print(f"{name:<14} {address:<28} {status}")
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from conveyor import _core
+    from conveyor.app import Conveyor
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    if args.action == "list":
+        _, _, topics = _core.kafka_cluster_info(
+            settings.kafka_bootstrap, properties=list(settings.kafka_properties)
+        )
+        for topic in sorted(t for t in topics if t.startswith(settings.topic_prefix)):
+            print(topic)
+        return 0
+    if args.partitions is not None or args.replication is not None:
+        from dataclasses import replace
+
+        settings = replace(
+            settings,
+            topic_partitions=args.partitions or settings.topic_partitions,
+            topic_replication=args.replication or settings.topic_replication,
+        )
+    app = Conveyor(settings)
+    queues = args.queues or sorted(app.queues())
+    created = set(app.ensure_topics(queues))
+    for queue in queues:
+        topic = settings.topic_for(queue)
+        print(f"{topic:<40} {'created' if topic in created else 'exists (left as it is)'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from conveyor.demo import run
+
+    return run(jobs=args.jobs, keep_servers=args.keep_servers)

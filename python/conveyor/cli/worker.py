@@ -1,0 +1,171 @@
+"""`worker`, `queues` and `dead`: run handlers and inspect Redis queues."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from conveyor.errors import ConveyorError
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds `worker`, `queues` and `dead`."""
+    worker = commands.add_parser("worker", help="run an application's handlers for its queues")
+    worker.add_argument(
+        "app", help="MODULE:APP, the conveyor.Conveyor that registered the handlers"
+    )
+    worker.add_argument(
+        "-q",
+        "--queue",
+        action="append",
+        default=[],
+        metavar="NAME[:WEIGHT]",
+        help="a queue to work (repeatable; default: all of the app's), with a weight",
+    )
+    worker.add_argument(
+        "--strict", action="store_true", help="always take from queues in the order given"
+    )
+    worker.add_argument("--threads", type=int, default=8, help="jobs run at once per process")
+    worker.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--lease", type=float, default=30.0, help="lease in seconds (default 30)")
+    worker.add_argument(
+        "--grace", type=float, default=30.0, help="seconds running jobs get at shutdown"
+    )
+    worker.add_argument("--batch", type=int, default=100, help="most jobs per fetch (default 100)")
+    worker.add_argument(
+        "--report-every", type=float, default=10.0, metavar="SECONDS", help="log counts this often"
+    )
+    worker.add_argument(
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at /metrics (process i of --processes on PORT + i)",
+    )
+    worker.add_argument(
+        "--no-setup",
+        action="store_true",
+        help="do not publish the job registry or create missing Kafka topics at start",
+    )
+    worker.set_defaults(run=_worker)
+
+    queues = commands.add_parser("queues", help="jobs per state in each queue's Redis")
+    queues.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
+    queues.set_defaults(run=_queues)
+
+    dead = commands.add_parser("dead", help="list or replay a queue's dead-lettered jobs")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("queue")
+    dead.add_argument("--limit", type=int, default=100, help="most jobs (default 100)")
+    dead.set_defaults(run=_dead)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
+    from conveyor.processes import run_processes
+    from conveyor.worker import Worker, load_app, parse_queues
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # MODULE:APP is importable from the working folder
+    app = load_app(args.app)
+    queues = parse_queues(args.queue) if args.queue else None
+    if not args.no_setup:
+        _worker_setup(app, queues)
+
+    def child(index: int) -> int:
+        worker = Worker(
+            app,
+            queues,
+            threads=args.threads,
+            lease_s=args.lease,
+            strict=args.strict,
+            max_batch=args.batch,
+            grace_s=args.grace,
+        )
+        names = ", ".join(f"{q}:{w}" for q, w in worker.queues)
+        print(f"worker: {args.threads} threads on {names} (lease {args.lease}s)", flush=True)
+        if args.metrics_bind:
+            from conveyor.metrics_http import serve_metrics
+
+            # With several processes each gets its own port: base, base + 1, ...
+            host, _, port = args.metrics_bind.rpartition(":")
+            if port.isdigit() and int(port):
+                port = str(int(port) + index)
+            server = serve_metrics(f"{host}:{port}", worker.metrics)
+            url = f"http://{host}:{server.server_address[1]}/metrics"
+            print(f"worker: metrics on {url}", flush=True)
+        worker.run(progress_every_s=args.report_every)
+        print(f"worker stopped: {worker.stats()}", flush=True)
+        return 0
+
+    if args.processes <= 1:
+        return child(0)
+    return run_processes(args.processes, child)
+
+
+def _worker_setup(app: object, queues: list[tuple[str, int]] | None) -> None:
+    """Publish the registry for gates and create missing topics; a worker can
+    still run jobs already in Redis when Kafka is away, so failures only warn."""
+    from conveyor.app import Conveyor
+
+    assert isinstance(app, Conveyor)
+    try:
+        app.publish_registry()
+    except ConveyorError as err:
+        print(f"worker: could not publish the job registry: {err}", file=sys.stderr)
+    try:
+        created = app.ensure_topics([q for q, _ in queues] if queues else None)
+        if created:
+            print(f"worker: created topics {', '.join(created)}", flush=True)
+    except ConveyorError as err:
+        print(f"worker: could not check Kafka topics: {err}", file=sys.stderr)
+
+
+def _queues(args: argparse.Namespace) -> int:
+    from conveyor import _core
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    names = args.queues or list(settings.queues)
+    header: tuple[str, ...] = ("queue", "queued", "scheduled", "leases", "dead")
+    header += ("admitted", "done", "retried", "reaped")
+    print("  ".join(f"{h:>10}" for h in header))
+    for name in names:
+        store = _core.RedisStore(settings.redis_url_for(name))
+        depth = store.depth(settings.namespace, name)
+        counts = store.counts(settings.namespace, name)
+        row = [name] + [str(depth[k]) for k in ("queued", "scheduled", "leases", "dead")]
+        row += [str(counts.get(k, 0)) for k in ("admitted", "done", "retried", "reaped")]
+        print("  ".join(f"{c:>10}" for c in row))
+    return 0
+
+
+def _dead(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    from conveyor import _core
+    from conveyor._core import Envelope
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    store = _core.RedisStore(settings.redis_url_for(args.queue))
+    if args.action == "replay":
+        moved = 0
+        while moved < args.limit:
+            n = store.replay_dead(settings.namespace, args.queue, min(1000, args.limit - moved))
+            moved += n
+            if n == 0:
+                break
+        print(f"{args.queue}: {moved} dead jobs back in the queue with fresh attempts")
+        return 0
+    for raw, at, error in store.dead_letters(settings.namespace, args.queue, args.limit):
+        env = Envelope.decode(raw)
+        when = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="seconds")
+        reason = json.loads(error) if error else {}
+        print(
+            f"{env.id}  {env.job_type:<24} attempts {env.attempt}  died {when}  "
+            f"{reason.get('type', '?')}: {reason.get('message', '')}"
+        )
+    return 0

@@ -1,0 +1,55 @@
+"""The job a handler is running: `conveyor.current_job()` and what it returns."""
+
+from __future__ import annotations
+
+import threading
+
+from conveyor import _core
+
+
+class JobInfo:
+    """The job a handler is running, from `conveyor.current_job()`.
+
+    A slotted class, not a dataclass: one is built per job on the hot path.
+    """
+
+    __slots__ = ("_batch", "_index", "attempt", "id", "job_type", "queue")
+
+    def __init__(
+        self,
+        id: str,
+        job_type: str,
+        attempt: int,
+        queue: str,
+        *,
+        batch: _core.LeasedBatch | None = None,
+        index: int = 0,
+    ) -> None:
+        self.id = id
+        self.job_type = job_type
+        #: This attempt, counting from 1.
+        self.attempt = attempt
+        self.queue = queue
+        self._batch = batch
+        self._index = index
+
+    def envelope(self) -> _core.Envelope | None:
+        """The job's envelope as leased: enqueue time, run-at, dedup key,
+        trace context and stage stamps (decoded only when asked for)."""
+        return None if self._batch is None else self._batch.envelope(self._index)
+
+    def __repr__(self) -> str:
+        return (
+            f"JobInfo(id={self.id!r}, job_type={self.job_type!r}, "
+            f"attempt={self.attempt}, queue={self.queue!r})"
+        )
+
+
+#: `.job` is the job running in this thread; the runner sets it around each
+#: attempt (an attribute of a thread-local, the cheapest thing to set per job).
+current = threading.local()
+
+
+def current_job() -> JobInfo | None:
+    """The job running in this thread (or task), if any."""
+    return getattr(current, "job", None)

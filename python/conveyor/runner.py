@@ -1,0 +1,190 @@
+"""Running handlers: the one place that turns a leased (or captured) job into
+a handler call and its outcome. The worker's hot path, its careful path and
+`conveyor.testing` all run jobs through a `Runner`.
+
+One attempt: look up the handler; refuse an unknown type or a job with no
+attempts left; run the `before` hooks; decode the payload (a payload that is
+not a call can never run, so it fails permanently); call the handler, sync or
+async, under its timeout; run the `after` hooks. A failure becomes a retry
+after a backoff, or a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import threading
+import time
+import traceback
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+from conveyor import _core
+from conveyor.errors import InvalidJobError, JobTimeout, PermanentError
+from conveyor.job_context import JobInfo, current
+from conveyor.jobs import JobOptions, JobType
+from conveyor.middleware import Middleware, call_hooks
+from conveyor.payload import decode_call
+from conveyor.retry import retry_delay
+from conveyor.timeouts import Timeouts, with_timeout
+
+#: Options for job types this worker has no handler for: they are retried (a
+#: deploy may be rolling out the handler) and then dead-lettered.
+UNKNOWN_TYPE = JobOptions(max_attempts=5, backoff_s=5.0, backoff_max_s=300.0)
+
+#: How a failed job is settled: its error record (JSON) and the delay before
+#: the next attempt, or None to dead-letter it.
+Failure = tuple[str, float | None]
+
+
+def error_record(error: BaseException, attempt: int) -> str:
+    """The JSON kept with a failed job: type, message, traceback tail, attempt."""
+    tb = "".join(traceback.format_exception(error))
+    return json.dumps(
+        {
+            "type": type(error).__name__,
+            "message": str(error)[:2000],
+            "traceback": tb[-4000:],
+            "attempt": attempt,
+            "at": time.time(),
+        }
+    )
+
+
+class Runner:
+    """Runs jobs with `handlers` (job type -> registered type).
+
+    Async handlers run on `loop` (a loop running on another thread) when one
+    is given, else each in a loop of its own (`asyncio.run`, for tests).
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, JobType[Any, Any]],
+        middleware: Sequence[Middleware] = (),
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.handlers = dict(handlers)
+        self.middleware = tuple(middleware)
+        self.loop = loop
+        self.timeouts = Timeouts()
+        self.async_types = frozenset(
+            name for name, jt in self.handlers.items() if inspect.iscoroutinefunction(jt.fn)
+        )
+
+    def run_batch(
+        self, batch: _core.LeasedBatch, stopping: threading.Event
+    ) -> tuple[list[float], dict[int, Failure]]:
+        """Runs a batch's jobs in order until `stopping` is set; returns the
+        end time of each job that ran and the failures, by index, for settle."""
+        ends: list[float] = []
+        failures: dict[int, Failure] = {}
+        handlers = self.handlers
+        now = time.time
+        queue = batch.queue
+        simple = not self.middleware and not self.async_types
+        for i, (job_type, payload, attempt, job_id) in enumerate(batch.jobs):
+            if stopping.is_set():
+                break
+            jt = handlers.get(job_type)
+            info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
+            if (
+                simple
+                and jt is not None
+                and jt.options.timeout_s is None
+                and attempt < jt.options.max_attempts
+            ):
+                # The hot path: the same steps as `attempt` with nothing to
+                # hook or time, spelled out to save calls per job.
+                current.job = info
+                try:
+                    args, kwargs = decode_call(payload)
+                except InvalidJobError as err:
+                    failures[i] = self.failure(jt.options, info, PermanentError(str(err)))
+                else:
+                    try:
+                        jt.fn(*args, **kwargs)
+                    except Exception as err:  # a handler may raise anything
+                        failures[i] = self.failure(jt.options, info, err)
+                ends.append(now())
+                continue
+            error = self.attempt(jt, info, payload)
+            if error is not None:
+                options = jt.options if jt is not None else UNKNOWN_TYPE
+                failures[i] = self.failure(options, info, error)
+            ends.append(now())
+        current.job = None
+        return ends, failures
+
+    def attempt(
+        self, jt: JobType[Any, Any] | None, info: JobInfo, payload: bytes
+    ) -> BaseException | None:
+        """One job with every check: unknown type, attempts left, hooks,
+        timeout. Returns the error if the attempt failed."""
+        current.job = info
+        if jt is None:
+            return InvalidJobError(
+                f"no handler for job type {info.job_type!r} in this worker "
+                f"(it knows {sorted(self.handlers)[:20]})"
+            )
+        options = jt.options
+        if info.attempt > options.max_attempts:
+            # Back from the reaper (its worker died mid-job) with no attempts left.
+            return PermanentError(
+                f"no attempts left: {info.attempt - 1} of {options.max_attempts} made "
+                "(the last one's worker died or hung until its lease expired)"
+            )
+        error: BaseException | None = None
+        call_hooks(self.middleware, "before", info)
+        try:
+            args, kwargs = decode_call(payload)
+        except InvalidJobError as err:
+            error = PermanentError(str(err))
+        else:
+            try:
+                self._call(jt, options, args, kwargs)
+            except Exception as err:  # a handler may raise anything
+                error = err
+        call_hooks(self.middleware, "after", info, error)
+        return error
+
+    def _call(
+        self,
+        jt: JobType[Any, Any],
+        options: JobOptions,
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> None:
+        timeout = options.timeout_s
+        if jt.name in self.async_types:
+            coro: Coroutine[Any, Any, Any] = jt.fn(*args, **kwargs)
+            if timeout is not None:
+                coro = with_timeout(coro, timeout)
+            if self.loop is None:
+                asyncio.run(coro)
+            else:
+                asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+            return
+        if timeout is None:
+            jt.fn(*args, **kwargs)
+            return
+        # The timeout may land anywhere up to disarm() returning: catch it here too.
+        try:
+            self.timeouts.arm(timeout)
+            try:
+                jt.fn(*args, **kwargs)
+            finally:
+                self.timeouts.disarm()
+        except JobTimeout:
+            raise JobTimeout(f"attempt ran longer than its timeout of {timeout}s") from None
+
+    def failure(self, options: JobOptions, info: JobInfo, error: BaseException) -> Failure:
+        """The settle entry for a failed attempt: retry with backoff, or dead."""
+        record = error_record(error, info.attempt)
+        if isinstance(error, PermanentError) or info.attempt >= options.max_attempts:
+            call_hooks(self.middleware, "on_dead", info, error)
+            return record, None
+        delay = retry_delay(info.attempt, options.backoff_s, options.backoff_max_s)
+        call_hooks(self.middleware, "on_retry", info, error, delay)
+        return record, delay
