@@ -27,12 +27,13 @@ SCRIPT = (
     / "rust"
     / "conveyor-core"
     / "src"
+    / "store"
     / "scripts"
     / "admit-6.lua"
 ).read_text()
 STAGE = struct.Struct(">BQ")
 
-#: The Rust relay's fetch settings (see `relay.rs`), so both relays read
+#: The Rust relay's fetch settings (see `relay/reader.rs`), so both relays read
 #: Kafka the same way: a small prefetch, fetched again without a pause.
 FETCH_TUNING = {
     "queued.max.messages.kbytes": 2048,

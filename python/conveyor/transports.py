@@ -134,7 +134,8 @@ class KafkaTransport:
         options: SendOptions,
     ) -> Enqueued:
         """Sends one job; returns at once."""
-        producer = self._app.producer()
+        # The attribute first: a call per job is measurable at 4 us a job.
+        producer = self._app._producer or self._app.producer()
         if options is PLAIN:
             # Each keyword argument costs the binding a lookup: the plain job
             # (the common case) passes none it does not need.

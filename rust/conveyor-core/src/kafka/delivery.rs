@@ -60,6 +60,9 @@ pub(super) struct Shared {
     pub settled: Condvar,
 }
 
+// Per-record helpers below are marked inline: they sit in another module
+// (and so maybe another codegen unit) than the producer that calls them.
+#[inline]
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -115,6 +118,7 @@ pub(super) struct Batch {
 }
 
 impl Batch {
+    #[inline]
     pub(super) fn new(ids: Vec<JobId>) -> Self {
         let n = ids.len();
         Self {
@@ -131,6 +135,7 @@ impl Batch {
         }
     }
 
+    #[inline]
     pub(super) fn complete(&self, index: usize, outcome: Outcome, shared: &Shared) {
         let mut inner = lock(&self.inner);
         if inner.results[index].replace(outcome).is_some() {
