@@ -53,7 +53,7 @@ test: build ## cargo test, then the Python suite against real Kafka and Redis
 
 .PHONY: demo
 demo: build ## The main job: Kafka, Redis, gate, relay, workers, a workload and its report
-	$(BIN)/conveyor demo
+	$(BIN)/python -m examples.demo
 
 .PHONY: bench
 bench: build ## Benchmarks (not part of the tests): envelope codec, enqueue

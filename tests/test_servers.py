@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -98,7 +101,15 @@ def test_settings_default_to_the_dev_servers() -> None:
 
 
 def test_the_demo_accounts_for_every_job(servers: DevServers) -> None:
-    out = conveyor_cli("demo", "--jobs", "300", env=dev_env(servers), timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-m", "examples.demo", "--jobs", "300"],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **dev_env(servers)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "= 300 of 300; missing 0, ran twice 0" in out.stdout, out.stdout
     assert "through the HTTP gate" in out.stdout

@@ -18,7 +18,9 @@ import redis
 import pure_envelope
 from peers import record
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "rust" / "conveyor-core" / "src" / "store" / "scripts"
+SCRIPTS = (
+    Path(__file__).resolve().parents[2] / "rust" / "conveyor-core" / "src" / "store" / "scripts"
+)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ its commands to the parser (`add_commands`) with their handlers.
 
 | module | commands |
 |---|---|
-| `servers` | `dev`, `topics`, `demo` |
+| `servers` | `dev`, `topics` |
 | `gate` | `gate` |
 | `relay` | `relay`, `relays` |
 | `controls` | `throttle`, `pause`, `resume`, `shadow`, `route` |
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="conveyor", description="Conveyor: a durable job queue, Kafka in front of Redis."
     )
+    from conveyor import __version__
+
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in (servers, gate, relay, controls, worker):
         group.add_commands(commands)

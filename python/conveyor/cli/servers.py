@@ -1,4 +1,4 @@
-"""`dev`, `topics` and `demo`: local servers, Kafka topics, the demo."""
+"""`dev` and `topics`: local servers and Kafka topics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds `dev`, `topics` and `demo`."""
+    """Adds `dev` and `topics`."""
     dev = commands.add_parser("dev", help="local development servers (Kafka and Redis on loopback)")
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.set_defaults(run=_dev)
@@ -17,15 +17,6 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     topics.add_argument("--partitions", type=int, help="partitions of new topics (default 3)")
     topics.add_argument("--replication", type=int, help="replication of new topics (default 1)")
     topics.set_defaults(run=_topics)
-
-    demo = commands.add_parser("demo", help="bring up local servers and run the demo workload")
-    demo.add_argument(
-        "--jobs", type=int, default=20_000, help="how many jobs to send (default 20,000)"
-    )
-    demo.add_argument(
-        "--keep-servers", action="store_true", help="leave Kafka and Redis running afterwards"
-    )
-    demo.set_defaults(run=_demo)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -94,9 +85,3 @@ def _topics(args: argparse.Namespace) -> int:
         topic = settings.topic_for(queue)
         print(f"{topic:<40} {'created' if topic in created else 'exists (left as it is)'}")
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from conveyor.demo import run
-
-    return run(jobs=args.jobs, keep_servers=args.keep_servers)

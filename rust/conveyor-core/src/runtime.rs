@@ -1,5 +1,7 @@
-//! The process-wide async runtime that drives Kafka futures and, later, the
-//! gate and the relay. Synchronous APIs block on it with the GIL released.
+//! The process-wide async runtime: it serves the gate and drives the Kafka
+//! admin futures (topic creation and deletion). Synchronous APIs block on it
+//! with the GIL released; the relay and the producer run on threads of their
+//! own and do not use it.
 //!
 //! Fork safety: a runtime's threads do not survive `fork()`, so each process
 //! gets its own. A child finds its parent's runtime (by pid), leaves it alone

@@ -1,4 +1,5 @@
-"""`conveyor demo`: the README's main job, the whole pipeline on this machine.
+"""The demo (`make demo`, or `python -m examples.demo`): the README's main job,
+the whole pipeline on this machine.
 
 Brings up local Kafka and Redis, then the gate, a relay and two worker
 processes (each its own `conveyor` command, as in production), and pushes a
@@ -28,12 +29,16 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.errors import ConveyorError
 from conveyor.settings import dev_home
+
+#: The checkout this example lives in.
+ROOT = Path(__file__).resolve().parents[2]
 
 NAMESPACE = "demo"
 QUEUES = ("default", "billing")
@@ -126,7 +131,7 @@ def _run(servers: DevServers, jobs: int) -> int:
         "CONVEYOR_NAMESPACE": NAMESPACE,
     }
     os.environ.update(env)
-    from conveyor import demo_app  # its app reads the settings from the environment
+    from examples.demo import app as demo_app  # its app reads the settings from the environment
 
     app = demo_app.app
     store = _core.RedisStore(servers.redis.url)
@@ -166,7 +171,8 @@ def _run(servers: DevServers, jobs: int) -> int:
 
 def _start_processes(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) -> str:
     cli = [sys.executable, "-m", "conveyor"]
-    full_env = {**os.environ, **env}
+    # The workers import the demo's app from this checkout.
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     port = _free_port()
     commands = {
         "gate": [*cli, "gate", "--bind", f"127.0.0.1:{port}"],
@@ -182,7 +188,7 @@ def _start_processes(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) 
         "workers": [
             *cli,
             "worker",
-            "conveyor.demo_app:app",
+            "examples.demo.app:app",
             "--processes",
             "2",
             "--threads",
