@@ -45,7 +45,7 @@ pub enum Error {
     Delivery(String),
     /// Redis refused or failed an operation.
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     /// An operation did not finish within its bound.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -96,5 +96,40 @@ pub const CODES: [&str; 10] = [
     "internal",
 ];
 
+/// The code a Lua script starts its own errors with (`redis.error_reply('CVARGS
+/// <reason>')`): the caller passed arguments the script refuses. Shared by
+/// every script (a test in `store::scripts` holds them to it) and mapped to
+/// [`Error::InvalidJob`] here, so Python sees `InvalidJobError`, not a Redis
+/// failure to retry.
+pub const SCRIPT_ARGS_CODE: &str = "CVARGS";
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        if err.code() == Some(SCRIPT_ARGS_CODE) {
+            let reason = err.detail().unwrap_or("refused by a script").to_owned();
+            return Error::InvalidJob(reason);
+        }
+        Error::Redis(err)
+    }
+}
+
 /// The core's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scripts_own_refusal_is_an_invalid_job_and_other_redis_errors_stay_redis() {
+        let refused = redis::make_extension_error(
+            SCRIPT_ARGS_CODE.to_owned(),
+            Some("fetch takes 1 to 1000 jobs, not 0".to_owned()),
+        );
+        let err = Error::from(refused);
+        assert_eq!(err.code(), "invalid_job");
+        assert!(err.to_string().contains("fetch takes 1 to 1000"), "{err}");
+        let oom = redis::make_extension_error("OOM".to_owned(), Some("no room".to_owned()));
+        assert_eq!(Error::from(oom).code(), "redis");
+    }
+}

@@ -126,4 +126,25 @@ mod tests {
             "admit names the id; reap and replay_dead the attempt"
         );
     }
+
+    #[test]
+    fn scripts_refuse_arguments_with_the_shared_code() {
+        let mut refusals = 0;
+        for (name, source) in SOURCES {
+            for (at, _) in source.match_indices("redis.error_reply(") {
+                let rest = &source[at + "redis.error_reply(".len()..];
+                let expected = format!("'{} ", crate::error::SCRIPT_ARGS_CODE);
+                assert!(
+                    rest.starts_with(&expected),
+                    "{name}: {}",
+                    &rest[..rest.len().min(40)]
+                );
+                refusals += 1;
+            }
+        }
+        assert!(
+            refusals >= 4,
+            "fetch, settle and replay_dead refuse bad arguments"
+        );
+    }
 }
