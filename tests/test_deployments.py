@@ -88,7 +88,7 @@ def test_one_kafka_feeds_two_redis_deployments(
         for _, _, relay in relays:
             relay.stop()
 
-    with pytest.raises(conveyor.InvalidJobError, match="a worker serves one"):
+    with pytest.raises(conveyor.ConfigError, match="a worker serves one"):
         conveyor.Worker(app)
     billing = conveyor.Worker(app, ["billing"], threads=2)
     billing.start()

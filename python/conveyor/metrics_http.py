@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from conveyor.errors import InvalidJobError
+from conveyor.errors import ConfigError
 
 
 def serve_metrics(bind: str, render: Callable[[], str]) -> ThreadingHTTPServer:
@@ -17,7 +17,7 @@ def serve_metrics(bind: str, render: Callable[[], str]) -> ThreadingHTTPServer:
     the server (its `server_address` has the port when 0 was asked for)."""
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit():
-        raise InvalidJobError(f"--metrics-bind takes HOST:PORT, not {bind!r}")
+        raise ConfigError(f"--metrics-bind takes HOST:PORT, not {bind!r}")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 from conveyor import _core
 from conveyor.app import Conveyor
-from conveyor.errors import ConveyorError, InvalidJobError
+from conveyor.errors import ConfigError, ConveyorError
 from conveyor.job_context import JobInfo, current_job
 from conveyor.keeper import Keeper
 from conveyor.middleware import Middleware
@@ -64,9 +64,9 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         if threads < 1:
-            raise InvalidJobError(f"threads must be at least 1, not {threads}")
+            raise ConfigError(f"threads must be at least 1, not {threads}")
         if not 1 <= max_batch <= 1000:
-            raise InvalidJobError(f"max_batch must be 1 to 1000, not {max_batch}")
+            raise ConfigError(f"max_batch must be 1 to 1000, not {max_batch}")
         self.app = app
         names = queues if queues is not None else sorted(app.queues())
         self.queues: list[tuple[str, int]] = [
@@ -79,11 +79,11 @@ class Worker:
         self.middleware = tuple(middleware)
         self._runner = Runner(app.registry, self.middleware)
         if not self.queues:
-            raise InvalidJobError("a worker needs at least one queue")
+            raise ConfigError("a worker needs at least one queue")
         s = app.settings
         urls = {s.redis_url_for(q) for q, _ in self.queues}
         if len(urls) > 1:
-            raise InvalidJobError(
+            raise ConfigError(
                 f"queues {[q for q, _ in self.queues]} live on {len(urls)} Redis deployments; "
                 "a worker serves one: run a worker per deployment (--queue selects queues)"
             )
@@ -231,9 +231,9 @@ def parse_queues(specs: Sequence[str]) -> list[tuple[str, int]]:
         try:
             w = int(weight) if weight else 1
         except ValueError:
-            raise InvalidJobError(f"queue weight in {spec!r} must be a whole number") from None
+            raise ConfigError(f"queue weight in {spec!r} must be a whole number") from None
         if w < 1:
-            raise InvalidJobError(f"queue weight in {spec!r} must be at least 1")
+            raise ConfigError(f"queue weight in {spec!r} must be at least 1")
         out.append((name, w))
     return out
 
@@ -244,9 +244,9 @@ def load_app(path: str) -> Conveyor:
 
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise InvalidJobError(f"expected MODULE:APP (like myproject.jobs:app), got {path!r}")
+        raise ConfigError(f"expected MODULE:APP (like myproject.jobs:app), got {path!r}")
     module = importlib.import_module(module_name)
     app = getattr(module, attr, None)
     if not isinstance(app, Conveyor):
-        raise InvalidJobError(f"{path} is not a conveyor.Conveyor (got {type(app).__name__})")
+        raise ConfigError(f"{path} is not a conveyor.Conveyor (got {type(app).__name__})")
     return app

@@ -49,7 +49,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _control(args: argparse.Namespace) -> int:
     from conveyor import _core
-    from conveyor.errors import InvalidJobError
+    from conveyor.errors import ConfigError
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
@@ -65,7 +65,7 @@ def _control(args: argparse.Namespace) -> int:
             except ValueError:
                 rate = -1.0
             if not rate > 0:
-                raise InvalidJobError(
+                raise ConfigError(
                     f"rate must be a positive number of jobs/s or 'off', not {args.rate!r}"
                 )
         store.set_relay_control(settings.namespace, "rate", topic, None if off else args.rate)
@@ -90,7 +90,7 @@ def _route(args: argparse.Namespace) -> int:
     import json
 
     from conveyor import _core
-    from conveyor.errors import InvalidJobError
+    from conveyor.errors import ConfigError
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
@@ -98,7 +98,7 @@ def _route(args: argparse.Namespace) -> int:
     store = _core.RedisStore(settings.redis_url)
     if args.type is None:
         if args.kafka_percent is not None or args.double_write or args.clear:
-            raise InvalidJobError("name the job type to route")
+            raise ConfigError("name the job type to route")
         routes = sorted(store.routes(settings.namespace))
         if not routes:
             print("no routes set at run time: every producer routes by its configuration")
@@ -109,12 +109,12 @@ def _route(args: argparse.Namespace) -> int:
         return 0
     if args.clear:
         if args.kafka_percent is not None or args.double_write:
-            raise InvalidJobError("--clear takes no other option")
+            raise ConfigError("--clear takes no other option")
         store.set_route(settings.namespace, args.type, None)
         print(f"{args.type}: run-time route cleared; producers route by their configuration")
         return 0
     if args.kafka_percent is None and not args.double_write:
-        raise InvalidJobError("give --kafka-percent, --double-write or --clear")
+        raise ConfigError("give --kafka-percent, --double-write or --clear")
     percent = 100.0 if args.kafka_percent is None else args.kafka_percent
     store.set_route(settings.namespace, args.type, (percent, args.double_write))
     if args.double_write:

@@ -37,7 +37,7 @@ def _gate(args: argparse.Namespace) -> int:
     import os
 
     from conveyor import _core
-    from conveyor.errors import InvalidJobError
+    from conveyor.errors import ConfigError
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
@@ -45,7 +45,7 @@ def _gate(args: argparse.Namespace) -> int:
     for route in args.route:
         job_type, sep, queue = route.partition("=")
         if not sep:
-            raise InvalidJobError(f"--route takes TYPE=QUEUE, not {route!r}")
+            raise ConfigError(f"--route takes TYPE=QUEUE, not {route!r}")
         routes[job_type] = queue
     gate = _core.Gate(
         args.bind,
