@@ -185,13 +185,18 @@ def test_acks_arrive_after_a_burst_of_single_sends_stops(app: conveyor.Conveyor)
 
 
 def test_delivery_failures_are_never_swallowed(servers: DevServers, topic: str) -> None:
-    producer = _core.KafkaProducer(servers.kafka.bootstrap, delivery_timeout_s=5)
-    # Partition 99 does not exist: Kafka cannot take these jobs.
-    failed = producer.send(topic, "x.y", [b"{}"] * 3, partition=99)
+    # Records over the producer's message.max.bytes: Kafka cannot take these
+    # jobs. (A partition the topic lacks is refused before sending, with
+    # InvalidJobError: see test_gate_refusals.)
+    producer = _core.KafkaProducer(
+        servers.kafka.bootstrap, delivery_timeout_s=5, properties=[("message.max.bytes", "2000")]
+    )
+    big = b'{"pad":"' + b"x" * 3000 + b'"}'
+    failed = producer.send(topic, "x.y", [big] * 3)
     with pytest.raises(DeliveryError, match="3 job"):
         failed.wait(10)
     # Not waited for: the failure surfaces at the next flush instead.
-    dropped = producer.send(topic, "x.y", [b"{}"] * 2, partition=99)
+    dropped = producer.send(topic, "x.y", [big] * 2)
     lost_ids = dropped.ids
     del dropped
     with pytest.raises(DeliveryError, match="2 job") as err:

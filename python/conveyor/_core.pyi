@@ -7,6 +7,7 @@ __all__ = [
     "ENVELOPE_VERSION",
     "ERROR_CODES",
     "MAX_PAYLOAD_LEN",
+    "MAX_SCHEDULE_AHEAD_US",
     "STAGES",
     "DeliveryHandle",
     "Envelope",
@@ -21,6 +22,7 @@ __all__ = [
     "check_job_type",
     "check_kafka_percent",
     "check_queue_name",
+    "check_trace_context",
     "dead_letter_topic",
     "decode_many",
     "encode_call",
@@ -37,6 +39,7 @@ __all__ = [
 
 ENVELOPE_VERSION: int
 ERROR_CODES: list[str]
+MAX_SCHEDULE_AHEAD_US: int
 MAX_PAYLOAD_LEN: int
 STAGES: list[tuple[int, str]]
 
@@ -94,6 +97,7 @@ def encode_call(
 def check_queue_name(name: str) -> None: ...
 def queue_topic(prefix: str, namespace: str, queue: str) -> str: ...
 def check_kafka_percent(percent: float) -> None: ...
+def check_trace_context(trace: str) -> None: ...
 def dead_letter_topic(topic: str) -> str: ...
 def relay_group(namespace: str) -> str: ...
 def kafka_cluster_info(
@@ -348,6 +352,7 @@ class WorkQueues:
         failures: dict[int, tuple[str, float | None]],
         starts: list[float] | None = None,
     ) -> tuple[int, int, int, int]: ...
+    def abandon(self, batch: LeasedBatch) -> None: ...
     def heartbeat(self) -> list[str]: ...
     def reap(self) -> int: ...
     def wait_for_work(self, timeout_s: float) -> bool: ...

@@ -35,16 +35,48 @@ def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> b
     return _core.encode_call(args, kwargs, limit)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"number {text} is not a finite float")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+_INF = float("inf")
+#: JSON as strict as the encoder: numbers that overflow a float and the
+#: NaN/Infinity extensions are refused, not turned into inf or nan.
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+
+
 def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
-    """The `(args, kwargs)` of a payload; raises InvalidJobError if malformed."""
+    """The `(args, kwargs)` of a payload; raises InvalidJobError if it is not
+    one, whatever is wrong with it (not UTF-8, not JSON, nested deeper than
+    the decoder goes, too large for memory, numbers no float holds, the wrong
+    shape): a payload no attempt can decode is dead at once, never a crash."""
     try:
-        call = json.loads(payload)
+        call = _DECODER.decode(payload.decode("utf-8"))
         args, kwargs = call["args"], call["kwargs"]
-    except (ValueError, TypeError, KeyError) as err:
-        raise InvalidJobError(f"job payload is not a Conveyor call: {err}") from err
+    except Exception as err:  # untrusted bytes: any failure means the same
+        raise InvalidJobError(
+            f"job payload is not a Conveyor call: {type(err).__name__}: {_short(err)}"
+        ) from None
     if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise InvalidJobError("job payload must hold a list of args and an object of kwargs")
+        raise InvalidJobError(
+            "job payload is not a Conveyor call: it must hold a list of args and an object "
+            "of kwargs"
+        )
     return args, kwargs
+
+
+def _short(err: BaseException) -> str:
+    try:
+        return str(err)[:200]
+    except Exception:
+        return "(no description)"
 
 
 def split_call(call: Call) -> tuple[Sequence[Any], Mapping[str, Any]]:

@@ -39,12 +39,21 @@ Failure = tuple[str, float | None]
 
 
 def error_record(error: BaseException, attempt: int) -> str:
-    """The JSON kept with a failed job: type, message, traceback tail, attempt."""
-    tb = "".join(traceback.format_exception(error))
+    """The JSON kept with a failed job: type, message, traceback tail, attempt.
+    An error that cannot describe itself (its `__str__` raises) is still
+    recorded, by its type."""
+    try:
+        message = str(error)[:2000]
+    except Exception:
+        message = f"<unprintable {type(error).__name__}>"
+    try:
+        tb = "".join(traceback.format_exception(error))
+    except Exception:
+        tb = "<traceback unavailable>"
     return json.dumps(
         {
             "type": type(error).__name__,
-            "message": str(error)[:2000],
+            "message": message,
             "traceback": tb[-4000:],
             "attempt": attempt,
             "at": time.time(),
@@ -74,12 +83,16 @@ class Runner:
         )
 
     def run_batch(
-        self, batch: _core.LeasedBatch, stopping: threading.Event
-    ) -> tuple[list[float], dict[int, Failure]]:
-        """Runs a batch's jobs in order until `stopping` is set; returns the
-        end time of each job that ran and the failures, by index, for settle."""
-        ends: list[float] = []
-        failures: dict[int, Failure] = {}
+        self,
+        batch: _core.LeasedBatch,
+        stopping: threading.Event,
+        ends: list[float],
+        failures: dict[int, Failure],
+    ) -> None:
+        """Runs a batch's jobs in order until `stopping` is set, appending the
+        end time of each job that ran to `ends` and its failure, if any, to
+        `failures` by index, for settle. Filled as jobs end, so that what ran
+        is known even if this is interrupted."""
         handlers = self.handlers
         now = time.time
         queue = batch.queue
@@ -105,7 +118,7 @@ class Runner:
                 else:
                     try:
                         jt.fn(*args, **kwargs)
-                    except Exception as err:  # a handler may raise anything
+                    except BaseException as err:  # a handler may raise anything at all
                         failures[i] = self.failure(jt.options, info, err)
                 ends.append(now())
                 continue
@@ -115,7 +128,6 @@ class Runner:
                 failures[i] = self.failure(options, info, error)
             ends.append(now())
         current.job = None
-        return ends, failures
 
     def attempt(
         self, jt: JobType[Any, Any] | None, info: JobInfo, payload: bytes
@@ -144,7 +156,7 @@ class Runner:
         else:
             try:
                 self._call(jt, options, args, kwargs)
-            except Exception as err:  # a handler may raise anything
+            except BaseException as err:  # a handler may raise anything at all
                 error = err
         call_hooks(self.middleware, "after", info, error)
         return error

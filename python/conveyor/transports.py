@@ -56,6 +56,8 @@ class SendOptions:
         if dedup_keys is not None and len(dedup_keys) != jobs:
             raise InvalidJobError(f"{len(dedup_keys)} dedup keys for {jobs} jobs")
         at = None if delay is None and run_at is None else run_at_us(delay, run_at)
+        if trace_context is not None:
+            _core.check_trace_context(trace_context)
         keys = None if dedup_keys is None else list(dedup_keys)
         return SendOptions(keys, at, trace_context)
 
@@ -69,22 +71,32 @@ PLAIN = SendOptions()
 
 
 def run_at_us(delay: float | timedelta | None, run_at: datetime | float | None) -> int | None:
-    """When a job may run, in µs since the epoch, from a delay or a time."""
+    """When a job may run, in µs since the epoch, from a delay or a time: at
+    most 366 days ahead (the envelope's rule, `_core.MAX_SCHEDULE_AHEAD_US`),
+    so that no overflow makes a job run at once or never."""
     if delay is not None and run_at is not None:
         raise InvalidJobError("give a delay or a run_at time, not both")
+    ahead_s = _core.MAX_SCHEDULE_AHEAD_US / 1e6
+    now = time.time()
     if delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise InvalidJobError(f"delay must not be negative, got {seconds}s")
-        return int((time.time() + seconds) * 1_000_000)
+        if not 0 <= seconds <= ahead_s:
+            raise InvalidJobError(f"delay must be 0 to {ahead_s:.0f} seconds, got {seconds}s")
+        return int((now + seconds) * 1_000_000)
     if run_at is not None:
         if isinstance(run_at, datetime):
             if run_at.tzinfo is None:
                 raise InvalidJobError(
                     "run_at must be timezone-aware (naive datetimes are ambiguous)"
                 )
-            return int(run_at.timestamp() * 1_000_000)
-        return int(float(run_at) * 1_000_000)
+            at = run_at.timestamp()
+        else:
+            at = float(run_at)
+        if not 0 <= at <= now + ahead_s:
+            raise InvalidJobError(
+                f"run_at must be a time at most 366 days ahead, got {at} s since the epoch"
+            )
+        return int(at * 1_000_000)
     return None
 
 

@@ -25,7 +25,7 @@ from conveyor.errors import ConfigError, ConveyorError
 from conveyor.job_context import JobInfo, current_job
 from conveyor.keeper import Keeper
 from conveyor.middleware import Middleware
-from conveyor.runner import Failure, Runner
+from conveyor.runner import UNKNOWN_TYPE, Failure, Runner, error_record
 
 log = logging.getLogger("conveyor.worker")
 
@@ -101,6 +101,9 @@ class Worker:
         self._keeper = Keeper(app, self._queues, lease_s)
         self._keeper_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Faults that escaped a batch or a worker loop (bugs, never a
+        #: handler's error): each was logged and its batch settled.
+        self._thread_faults = 0
 
     # Lifecycle
 
@@ -160,10 +163,12 @@ class Worker:
 
     def stats(self) -> dict[str, int]:
         """Counters of this process: fetched, done, retried, dead, stale,
-        released, leases lost to the reaper, periodic occurrences enqueued."""
+        released, leases lost to the reaper, periodic occurrences enqueued,
+        and faults a worker thread survived."""
         out = dict(self._queues.stats())
         out["lost_leases"] = self._keeper.lost_leases
         out["periodic_enqueued"] = self._keeper.periodic_enqueued
+        out["thread_faults"] = self._thread_faults
         return out
 
     def metrics(self) -> str:
@@ -173,6 +178,18 @@ class Worker:
     # Threads
 
     def _work(self) -> None:
+        # Nothing may end a worker thread while the worker runs: a fault that
+        # escapes the loop (a bug of ours, never a handler's error, which the
+        # runner records) is logged, counted, and the loop starts again.
+        while not self._stopping.is_set():
+            try:
+                self._work_loop()
+            except BaseException:
+                self._thread_faults += 1
+                log.exception("worker thread fault; the thread carries on")
+                self._stopping.wait(0.5)
+
+    def _work_loop(self) -> None:
         batch_size = 1
         while not self._stopping.is_set():
             try:
@@ -196,10 +213,31 @@ class Worker:
                 batch_size = max(1, min(self.max_batch, want, batch_size * 2))
 
     def _run_batch(self, batch: _core.LeasedBatch) -> int:
-        """Runs a batch's jobs in order and settles it; returns how many ran."""
-        ends, failures = self._runner.run_batch(batch, self._stopping)
+        """Runs a batch's jobs in order and settles it; returns how many ran.
+        Whatever happens, the batch is settled or its lease let go."""
+        ends: list[float] = []
+        failures: dict[int, Failure] = {}
+        try:
+            self._runner.run_batch(batch, self._stopping, ends, failures)
+        except BaseException as err:
+            # The job running when it happened counts as a failed attempt
+            # (it may be what caused it); the rest go back unstarted.
+            self._thread_faults += 1
+            log.exception("fault while running a batch; settling what ran")
+            if len(ends) < len(batch):
+                failures[len(ends)] = self._fault_failure(batch, len(ends), err)
+                ends.append(time.time())
         self._settle(batch, ends, failures)
         return len(ends)
+
+    def _fault_failure(self, batch: _core.LeasedBatch, index: int, error: BaseException) -> Failure:
+        job_type, _, attempt, job_id = batch.jobs[index]
+        info = JobInfo(job_id, job_type, attempt + 1, batch.queue)
+        jt = self.app.registry.get(job_type)
+        try:
+            return self._runner.failure(jt.options if jt else UNKNOWN_TYPE, info, error)
+        except BaseException:
+            return error_record(error, info.attempt), None
 
     def _settle(
         self,
@@ -207,8 +245,9 @@ class Worker:
         ends: list[float],
         failures: dict[int, Failure],
     ) -> None:
-        # Redis away: keep trying while the lease lasts; after that the reaper
-        # gives the jobs back, and they run again (at least once, never lost).
+        # Redis away: keep trying while the lease lasts; after that, stop
+        # renewing it, so that it expires and the reaper gives the jobs back:
+        # they run again (at least once, never lost, never held for ever).
         give_up = time.monotonic() + self.lease_s
         while True:
             try:
@@ -217,9 +256,14 @@ class Worker:
             except ConveyorError as err:
                 if time.monotonic() > give_up:
                     log.error("could not settle a batch before its lease expired: %s", err)
+                    self._queues.abandon(batch)
                     return
                 log.warning("settle failed, retrying: %s", err)
                 time.sleep(0.2)
+            except BaseException:
+                # Not Redis: settling this batch can never work; let it go.
+                self._queues.abandon(batch)
+                raise
 
 
 def parse_queues(specs: Sequence[str]) -> list[tuple[str, int]]:

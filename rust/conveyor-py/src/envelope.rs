@@ -51,7 +51,9 @@ impl Envelope {
                 .map(|(code, at_us)| StageStamp { code, at_us })
                 .collect(),
         };
-        inner.validate().py()?;
+        // The codec's constructor: the format's rules; new jobs get the rest
+        // where they are made (the producer, the gate).
+        inner.check_format().py()?;
         Ok(Self { inner })
     }
 

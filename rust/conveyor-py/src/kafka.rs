@@ -216,6 +216,7 @@ impl KafkaProducer {
         py.detach(|| {
             let envelope =
                 Envelope::new_job(job_type, payload, dedup_key, run_at_us, trace_context);
+            envelope.validate()?;
             self.inner
                 .send(topic, std::slice::from_ref(&envelope), partition)
         })

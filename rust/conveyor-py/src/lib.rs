@@ -50,6 +50,13 @@ fn relay_group(namespace: &str) -> String {
     conveyor_core::kafka::names::relay_group(namespace)
 }
 
+/// Refuses a trace context that is not a W3C `traceparent` (the rule for new jobs).
+#[pyfunction]
+fn check_trace_context(trace: &str) -> PyResult<()> {
+    use crate::errors::IntoPyResult;
+    conveyor_core::envelope::check_traceparent(trace).py()
+}
+
 /// Refuses a route's share through Kafka outside 0 to 100.
 #[pyfunction]
 fn check_kafka_percent(percent: f64) -> PyResult<()> {
@@ -63,6 +70,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ENVELOPE_VERSION", conveyor_core::envelope::VERSION)?;
     m.add("MAX_PAYLOAD_LEN", conveyor_core::envelope::MAX_PAYLOAD_LEN)?;
     m.add("ERROR_CODES", conveyor_core::error::CODES.to_vec())?;
+    m.add(
+        "MAX_SCHEDULE_AHEAD_US",
+        conveyor_core::envelope::MAX_SCHEDULE_AHEAD_US,
+    )?;
     let stages: Vec<(u8, &str)> = conveyor_core::Stage::ALL
         .iter()
         .map(|s| (*s as u8, s.name()))
@@ -79,6 +90,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dead_letter_topic, m)?)?;
     m.add_function(wrap_pyfunction!(relay_group, m)?)?;
     m.add_function(wrap_pyfunction!(check_kafka_percent, m)?)?;
+    m.add_function(wrap_pyfunction!(check_trace_context, m)?)?;
     // Registered by the module itself, so no import order can skip it.
     let hook = wrap_pyfunction!(after_fork_in_child, m)?;
     let kwargs = pyo3::types::PyDict::new(m.py());

@@ -9,13 +9,11 @@
 
 use std::fmt::Write as _;
 
-use conveyor_core::payload::{write_call, NO_KWARGS};
+// Deeper nesting than MAX_DEPTH is refused (it is also how a cycle shows up).
+use conveyor_core::payload::{write_call, MAX_DEPTH, NO_KWARGS};
 use conveyor_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
-
-/// Deeper nesting than this is refused (it is also how a cycle shows up).
-const MAX_DEPTH: usize = 64;
 
 fn invalid(reason: String) -> Error {
     Error::InvalidJob(format!("job arguments are not JSON-encodable: {reason}"))

@@ -160,6 +160,12 @@ impl WorkQueues {
         Ok((s.done, s.retried, s.dead, s.stale))
     }
 
+    /// Stops renewing a batch's lease without settling it (the reaper gives
+    /// its jobs back once it expires).
+    fn abandon(&self, batch: &LeasedBatch) {
+        self.inner.abandon(&batch.batch);
+    }
+
     /// Extends every lease this process holds; returns the tokens that were
     /// lost (expired and reaped: their jobs may run twice).
     fn heartbeat(&self, py: Python<'_>) -> PyResult<Vec<String>> {

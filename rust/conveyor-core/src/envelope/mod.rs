@@ -168,22 +168,42 @@ impl Envelope {
             }
         }
         let mut keys = dedup_keys.map(Vec::into_iter);
-        Ok(payloads
+        payloads
             .into_iter()
             .map(|payload| {
-                Envelope::new_job(
+                let env = Envelope::new_job(
                     job_type.to_owned(),
                     payload,
                     keys.as_mut().and_then(Iterator::next).flatten(),
                     run_at_us,
                     trace_context.map(str::to_owned),
-                )
+                );
+                env.validate()?;
+                Ok(env)
             })
-            .collect())
+            .collect()
     }
 
-    /// Checks every field against the format's rules.
+    /// Checks a new job: the format's rules ([`Envelope::check_format`]),
+    /// then a run-at time at most [`MAX_SCHEDULE_AHEAD_US`] ahead and a trace
+    /// context that is a W3C `traceparent`. Every place that makes a job
+    /// calls this: the gate, [`Envelope::new_jobs`], the binding's single send.
     pub fn validate(&self) -> Result<()> {
+        self.check_format()?;
+        // Checked when a job is made, not when one is read: records written
+        // before these rules still relay.
+        if let Some(at) = self.run_at_us {
+            check_run_at(at, self.enqueued_at_us)?;
+        }
+        if let Some(trace) = &self.trace_context {
+            check_traceparent(trace)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the envelope against the format's rules alone (what any
+    /// envelope, old or new, must satisfy to be encoded).
+    pub fn check_format(&self) -> Result<()> {
         check_fields(
             &self.job_type,
             self.dedup_key.as_deref(),
@@ -205,9 +225,11 @@ impl Envelope {
             + STAGE_LEN * self.stages.len()
     }
 
-    /// Encodes the envelope after validating it.
+    /// Encodes the envelope after checking it against the format's rules
+    /// (not the rules for new jobs, see [`Envelope::validate`]: an envelope
+    /// decoded from an older record re-encodes as it was).
     pub fn encode(&self) -> Result<Vec<u8>> {
-        self.validate()?;
+        self.check_format()?;
         let mut out = Vec::with_capacity(self.encoded_len());
         let mut flags = 0;
         if self.run_at_us.is_some() {
@@ -333,6 +355,54 @@ pub fn id_bytes(encoded: &[u8]) -> Option<&[u8]> {
 /// The caller vouches that `encoded` is a valid envelope, as for [`append_stage`].
 pub fn set_attempt(encoded: &mut [u8], attempt: u32) {
     encoded[ATTEMPT_OFFSET..ATTEMPT_OFFSET + ATTEMPT_LEN].copy_from_slice(&attempt.to_be_bytes());
+}
+
+/// Farthest ahead a job may be scheduled. Beyond it a run-at time is a
+/// mistake or an overflow, refused rather than parked for ever.
+pub const MAX_SCHEDULE_AHEAD_US: u64 = 366 * 24 * 3600 * 1_000_000;
+
+/// Refuses a run-at time more than [`MAX_SCHEDULE_AHEAD_US`] after `now_us`.
+pub fn check_run_at(run_at_us: u64, now_us: u64) -> Result<()> {
+    if run_at_us > now_us.saturating_add(MAX_SCHEDULE_AHEAD_US) {
+        return Err(Error::InvalidJob(format!(
+            "run-at time is more than 366 days ahead ({run_at_us} us since the epoch)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a trace context: a W3C `traceparent` (`version-traceid-parentid-flags`
+/// in lowercase hex, the ids not all zeros, version `ff` never), optionally
+/// followed by `;` and a `tracestate`.
+pub fn check_traceparent(trace: &str) -> Result<()> {
+    let parent = trace.split(';').next().unwrap_or_default();
+    let bad = || {
+        Error::InvalidJob(format!(
+            "trace context {trace:?} is not a W3C traceparent (like \
+             00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01)"
+        ))
+    };
+    let fields: Vec<&str> = parent.split('-').collect();
+    let hex = |f: &str, len: usize| {
+        f.len() == len
+            && f.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let [version, trace_id, parent_id, flags, rest @ ..] = fields.as_slice() else {
+        return Err(bad());
+    };
+    let known_shape = hex(version, 2)
+        && *version != "ff"
+        && hex(trace_id, 32)
+        && hex(parent_id, 16)
+        && hex(flags, 2)
+        && trace_id.bytes().any(|b| b != b'0')
+        && parent_id.bytes().any(|b| b != b'0');
+    // Version 00 has exactly four fields; later versions may add more.
+    if !known_shape || (*version == "00" && !rest.is_empty()) {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// Checks a job type name: 1 to 200 bytes, a letter first, then letters,

@@ -119,3 +119,39 @@ fn named_offsets_point_at_the_id_and_the_attempt() {
     assert_eq!(attempt, &env.attempt.to_be_bytes());
     assert_eq!(id_bytes(&bytes[..ID_OFFSET + ID_LEN - 1]), None);
 }
+
+#[test]
+fn trace_contexts_are_w3c_traceparents() {
+    for good in [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00;vendor=abc",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+    ] {
+        assert!(check_traceparent(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "hello",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01",
+    ] {
+        assert!(check_traceparent(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn a_job_is_scheduled_at_most_366_days_ahead() {
+    let now = 1_700_000_000_000_000;
+    assert!(check_run_at(now + MAX_SCHEDULE_AHEAD_US, now).is_ok());
+    assert!(check_run_at(now + MAX_SCHEDULE_AHEAD_US + 1, now).is_err());
+    assert!(check_run_at(u64::MAX, now).is_err());
+    assert!(check_run_at(0, now).is_ok(), "in the past: due at once");
+    let mut env = sample();
+    env.run_at_us = Some(u64::MAX);
+    assert!(env.validate().is_err(), "not for a new job");
+    assert!(env.encode().is_ok(), "but an old record still re-encodes");
+}

@@ -16,7 +16,7 @@ use super::Gate;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::kafka::cluster_info;
-use crate::kafka::producer::TrySend;
+use crate::kafka::producer::{check_partition, TrySend};
 use crate::metrics::render_counter;
 
 impl Gate {
@@ -37,6 +37,24 @@ impl Gate {
                 Some((_, group)) => group.push((i, env)),
                 None => groups.push((key, vec![(i, env)])),
             }
+        }
+        // A batch is all or nothing: every topic is known to exist, and every
+        // pinned partition to be one of it, before any job is sent, so a
+        // refused batch never leaves part of itself in Kafka.
+        for ((topic, partition), _) in &groups {
+            let count = match self.producer.partition_count(topic) {
+                Some(count) => count,
+                None => {
+                    let (producer, name) = (self.producer.clone(), topic.clone());
+                    tokio::task::spawn_blocking(move || {
+                        producer.check_topic(&name)?;
+                        Ok::<_, Error>(producer.partition_count(&name).unwrap_or(0))
+                    })
+                    .await
+                    .map_err(|e| Refusal::from(Error::Internal(format!("metadata task: {e}"))))??
+                }
+            };
+            check_partition(topic, *partition, count)?;
         }
         for ((topic, partition), group) in groups {
             let (indexes, envelopes): (Vec<usize>, Vec<Envelope>) = group.into_iter().unzip();

@@ -9,10 +9,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{read, Gate};
-use crate::envelope::{validate_job_type, Envelope};
+use crate::envelope::{validate_job_type, Envelope, MAX_SCHEDULE_AHEAD_US};
 use crate::error::Error;
 use crate::id::now_us;
-use crate::payload::{check_size, write_call, NO_ARGS, NO_KWARGS};
+use crate::payload::{check_json, check_size, write_call, NO_ARGS, NO_KWARGS};
 
 /// One job as a client posts it.
 #[derive(Deserialize)]
@@ -145,6 +145,9 @@ impl Gate {
             })?;
         let args = raw_or(job.args, NO_ARGS, '[', "args must be a JSON array")?;
         let kwargs = raw_or(job.kwargs, NO_KWARGS, '{', "kwargs must be a JSON object")?;
+        // What a worker could not decode is refused here, not dead-lettered later.
+        check_json(args.as_bytes()).map_err(Refusal::from)?;
+        check_json(kwargs.as_bytes()).map_err(Refusal::from)?;
         // The caller's JSON bytes go through as they are: never re-encoded.
         let mut payload = Vec::with_capacity(args.len() + kwargs.len() + 20);
         write_call(
@@ -166,15 +169,22 @@ impl Gate {
             reason: e.to_string(),
             index: None,
         })?;
+        let ahead_s = MAX_SCHEDULE_AHEAD_US as f64 / 1e6;
+        let now = now_us();
         let run_at_us = match (job.delay, job.run_at) {
             (Some(_), Some(_)) => return Err(Refusal::bad("give delay or run_at, not both")),
-            (Some(d), None) if d.is_finite() && d >= 0.0 => Some(now_us() + (d * 1e6) as u64),
-            (None, Some(t)) if t.is_finite() && t >= 0.0 => Some((t * 1e6) as u64),
+            // Bounded before any arithmetic: a huge delay must neither wrap
+            // around to "now" nor park a job for ever.
+            (Some(d), None) if (0.0..=ahead_s).contains(&d) => Some(now + (d * 1e6) as u64),
+            (None, Some(t)) if t.is_finite() && t >= 0.0 && t <= now as f64 / 1e6 + ahead_s => {
+                Some((t * 1e6) as u64)
+            }
             (None, None) => None,
             _ => {
-                return Err(Refusal::bad(
-                    "delay and run_at must be non-negative numbers",
-                ))
+                return Err(Refusal::bad(format!(
+                    "delay must be 0 to {ahead_s:.0} seconds (366 days), and run_at a time \
+                     in seconds since the epoch no more than 366 days ahead"
+                )))
             }
         };
         if job.partition.is_some_and(|p| p < 0) {

@@ -44,6 +44,8 @@ impl State {
 struct Topic {
     /// Partitions that had a leader at the last refresh.
     led: Vec<i32>,
+    /// How many partitions the topic had at the last refresh.
+    count: i32,
     refreshed: Instant,
     state: HashMap<i32, State>,
 }
@@ -84,6 +86,8 @@ pub struct Pick {
     pub stale: bool,
     /// The partition chosen for the records that may go anywhere.
     pub partition: Option<i32>,
+    /// How many partitions the topic has (as of the last refresh).
+    pub partitions: i32,
 }
 
 /// Per-topic partition health, fed by sends and delivery reports.
@@ -97,15 +101,18 @@ impl PartitionHealth {
         f(&mut self.topics.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Records the partitions of `topic` that have a leader now.
-    pub fn set_led(&self, topic: &str, led: Vec<i32>) {
+    /// Records the partitions of `topic` that have a leader now, and how
+    /// many partitions it has.
+    pub fn set_led(&self, topic: &str, led: Vec<i32>, count: i32) {
         self.with(|topics| {
             let entry = topics.entry(topic.to_owned()).or_insert_with(|| Topic {
                 led: Vec::new(),
+                count: 0,
                 refreshed: Instant::now(),
                 state: HashMap::new(),
             });
             entry.led = led;
+            entry.count = count;
             entry.refreshed = Instant::now();
         });
     }
@@ -134,6 +141,7 @@ impl PartitionHealth {
                 known: true,
                 stale,
                 partition,
+                partitions: t.count,
             }
         })
     }
@@ -183,7 +191,7 @@ mod tests {
             None,
             "unknown topic: librdkafka chooses"
         );
-        health.set_led("t", vec![0, 1]);
+        health.set_led("t", vec![0, 1], 2);
         health.sent("t", 0, 5);
         // Make partition 0's wait look older than STALL.
         health.with(|t| {
@@ -213,7 +221,7 @@ mod tests {
     fn pick_reports_the_topic_counts_the_send_and_hands_out_one_refresh() {
         let health = PartitionHealth::default();
         assert_eq!(health.pick("t", 1), Pick::default(), "unknown topic");
-        health.set_led("t", vec![3]);
+        health.set_led("t", vec![3], 4);
         let pick = health.pick("t", 4);
         assert_eq!(
             (pick.known, pick.stale, pick.partition),
@@ -233,7 +241,7 @@ mod tests {
     #[test]
     fn partitions_without_a_leader_are_never_chosen() {
         let health = PartitionHealth::default();
-        health.set_led("t", vec![2]);
+        health.set_led("t", vec![2], 4);
         assert!((0..50).all(|_| health.choose("t") == Some(2)));
     }
 }

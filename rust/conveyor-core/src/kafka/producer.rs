@@ -231,6 +231,13 @@ impl JobProducer {
         self.read_topic(topic)
     }
 
+    /// How many partitions `topic` has, if its metadata was read already
+    /// (no round trip; see [`JobProducer::check_topic`] for one).
+    pub fn partition_count(&self, topic: &str) -> Option<i32> {
+        let pick = self.health.pick(topic, 0);
+        pick.known.then_some(pick.partitions)
+    }
+
     /// Reads `topic`'s partitions for the first time.
     fn read_topic(&self, topic: &str) -> Result<()> {
         let metadata = self
@@ -241,7 +248,8 @@ impl JobProducer {
         let found = metadata.topics().iter().find(|t| t.name() == topic);
         match found {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                self.health.set_led(topic, led_partitions(t));
+                self.health
+                    .set_led(topic, led_partitions(t), t.partitions().len() as i32);
                 Ok(())
             }
             _ => Err(Error::UnknownTopic(topic.to_owned())),
@@ -257,7 +265,8 @@ impl JobProducer {
             .fetch_metadata(Some(topic), Duration::from_secs(1));
         if let Ok(metadata) = metadata {
             if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
-                self.health.set_led(topic, led_partitions(t));
+                self.health
+                    .set_led(topic, led_partitions(t), t.partitions().len() as i32);
             }
         }
     }
@@ -282,6 +291,7 @@ impl JobProducer {
         } else if pick.stale {
             self.refresh_partitions(topic);
         }
+        check_partition(topic, partition, pick.partitions)?;
         Ok(self.enqueue_all(topic, envelopes, &encoded, partition, pick.partition, None))
     }
 
@@ -302,6 +312,7 @@ impl JobProducer {
         if !pick.known {
             return Ok(TrySend::NeedsMetadata);
         }
+        check_partition(topic, partition, pick.partitions)?;
         // An elapsed deadline: no waiting for room.
         let no_wait = Some(Instant::now());
         let pending = self.enqueue_all(
@@ -447,6 +458,18 @@ impl JobProducer {
             return Err(delivery_error(unobserved.count, &unobserved.samples));
         }
         Ok(())
+    }
+}
+
+/// Refuses a pinned partition the topic does not have: no delivery timeout
+/// can fix it, so it is the caller's error, not Kafka's.
+pub(crate) fn check_partition(topic: &str, partition: Option<i32>, count: i32) -> Result<()> {
+    match partition {
+        Some(p) if p < 0 || p >= count => Err(Error::InvalidJob(format!(
+            "partition {p} is outside topic {topic:?}, which has partitions 0 to {}",
+            count - 1
+        ))),
+        _ => Ok(()),
     }
 }
 

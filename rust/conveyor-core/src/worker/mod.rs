@@ -378,6 +378,17 @@ impl WorkQueues {
         }
     }
 
+    /// Stops renewing `batch`'s lease without settling it: the lease then
+    /// expires and the reaper (of any worker) gives its jobs back. For a
+    /// batch that cannot be settled (Redis away longer than the lease), so
+    /// its jobs are not held for ever by heartbeats.
+    pub fn abandon(&self, batch: &Batch) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&batch.token);
+    }
+
     /// Extends every lease this process holds; returns the tokens lost (their
     /// lease had expired and was reaped: those jobs may run twice).
     pub fn heartbeat(&self) -> Result<Vec<String>> {
