@@ -182,3 +182,23 @@ def test_a_fault_of_the_worker_itself_costs_one_attempt_and_no_thread(
     assert all(t.is_alive() for t in worker._threads)
     assert ran.count("fails") == 3, "the fault counted as one of its three attempts"
     assert store.depth(ns, "default")["leases"] == 0
+
+
+def test_the_reaper_survives_a_malformed_lease_entry(
+    app: conveyor.Conveyor, servers: DevServers
+) -> None:
+    import redis
+
+    ns = app.settings.namespace
+    store = _core.RedisStore(app.settings.redis_url)
+    client = redis.Redis.from_url(servers.redis.url)
+    good = conveyor.Envelope("p.x", b'{"args":[],"kwargs":{}}').encode()
+    # Two expired leases: one holds an entry too short to be an envelope
+    # (written around Conveyor, or cut short), the other a real job.
+    for token, entry in (("bad", b"short"), ("good", good)):
+        client.zadd(f"cv:{ns}:{{default}}:leases", {token: 1})
+        client.hset(f"cv:{ns}:{{default}}:lease:{token}", "1", entry)
+    assert store.reap(ns, "default") == 2
+    ready = store.peek_ready(ns, "default", 10)
+    assert sorted(ready) == sorted([b"short", good[:28] + (1).to_bytes(4, "big") + good[32:]])
+    assert store.depth(ns, "default")["leases"] == 0

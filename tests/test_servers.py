@@ -127,3 +127,11 @@ def test_a_port_taken_by_someone_else_is_refused_clearly(
         other.redis.up()
     with pytest.raises(DevServerError, match="already in use"):
         other.kafka.up()
+
+
+def test_a_new_kafka_cluster_id_never_starts_with_a_dash() -> None:
+    from conveyor.devservers.kafka import new_cluster_id
+
+    draws = iter([b"\xf8" + bytes(15), bytes(16)])  # the first encodes to "-AAA..."
+    cid = new_cluster_id(lambda: next(draws))
+    assert cid == "AAAAAAAAAAAAAAAAAAAAAA"

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,18 @@ class KafkaNode:
         return f"127.0.0.1:{self.port}"
 
 
+def new_cluster_id(draw: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A cluster id as Kafka wants it: a base64url-encoded UUID, 22 characters,
+    never starting with `-` (the storage tool would read one as an option; one
+    id in 64 did, and formatting failed)."""
+    import base64
+
+    while True:
+        cid = base64.urlsafe_b64encode(draw()).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 class KafkaCluster:
     """One or more Kafka nodes on loopback, started and stopped as a unit."""
 
@@ -185,10 +198,7 @@ class KafkaCluster:
         id_file = self.nodes[0].home / "cluster.id"
         if id_file.exists():
             return id_file.read_text().strip()
-        # Kafka wants a base64url-encoded UUID, 22 characters.
-        import base64
-
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cid = new_cluster_id()
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(cid + "\n")
         return cid

@@ -16,7 +16,8 @@
   An expired lease counts as an attempt for each of its jobs (the job may have
   been what killed the worker); the worker dead-letters a job that comes back
   with no attempts left instead of running it again. The attempt is a u32 at
-  bytes 29..32 of the envelope (docs/envelope.md).
+  bytes 29..32 of the envelope (docs/envelope.md). An entry too short to hold
+  one goes back unchanged (the worker dead-letters it), never stopping a reap.
 
   `allow-oom`: moves jobs, adds none.
 ]]
@@ -38,9 +39,15 @@ for i, token in ipairs(ARGV) do
     local back = {}
     for _, entry in ipairs(by_slot) do
       local envelope = entry[2]
-      local attempt = struct.unpack('>I4', envelope, ATTEMPT_FIRST)
-      back[#back + 1] = string.sub(envelope, 1, ATTEMPT_FIRST - 1)
-        .. struct.pack('>I4', attempt + 1) .. string.sub(envelope, ATTEMPT_FIRST + 4)
+      if #envelope >= ATTEMPT_FIRST + 3 then
+        local attempt = struct.unpack('>I4', envelope, ATTEMPT_FIRST)
+        back[#back + 1] = string.sub(envelope, 1, ATTEMPT_FIRST - 1)
+          .. struct.pack('>I4', attempt + 1) .. string.sub(envelope, ATTEMPT_FIRST + 4)
+      else
+        -- Too short to be an envelope: back as it is, so that the next fetch
+        -- dead-letters it with the reason, and the reap goes on.
+        back[#back + 1] = envelope
+      end
     end
     if #back > 0 then
       redis.call('LPUSH', KEYS[2], unpack(back))
