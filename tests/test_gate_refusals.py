@@ -144,3 +144,32 @@ def test_the_client_refuses_the_same_schedules_and_trace_contexts(app: conveyor.
         with pytest.raises(InvalidJobError):
             app.enqueue("t.x", [], **options)
     app.enqueue("t.x", [], delay=60, trace_context=TRACE).wait(30)
+
+
+def test_a_body_over_its_routes_limit_is_refused_before_it_is_read(
+    app: conveyor.Conveyor,
+) -> None:
+    import socket
+
+    s = app.settings
+    gate = _core.Gate(
+        "127.0.0.1:0",
+        s.kafka_bootstrap,
+        namespace=s.namespace,
+        routes={"t.x": "default"},
+        max_payload_bytes=4096,
+        max_batch=1000,
+    )
+    try:
+        host, port = gate.address.rsplit(":", 1)
+        # A single job announced at 4 MB (the batch route allows a thousand
+        # jobs, not the single one); the body never comes.
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(
+                b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 4000000\r\n\r\n{"
+            )
+            answer = conn.recv(200)
+        assert answer.startswith(b"HTTP/1.1 413"), answer
+    finally:
+        gate.stop()

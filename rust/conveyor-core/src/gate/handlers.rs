@@ -5,13 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::requests::{json_body, parse, BatchRequest, JobRequest, Refusal};
+use super::requests::{json_body, parse, read_body, BatchRequest, JobRequest, Refusal};
 use super::Gate;
 use crate::envelope::Envelope;
 use crate::error::Error;
@@ -115,12 +114,9 @@ impl Gate {
     }
 }
 
-pub(super) async fn enqueue_one(
-    State(gate): State<Arc<Gate>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub(super) async fn enqueue_one(State(gate): State<Arc<Gate>>, request: Request) -> Response {
     let outcome = async {
+        let (headers, body) = read_body(request, gate.limits.0).await?;
         gate.authorize(&headers)?;
         let job: JobRequest<'_> = parse(&body)?;
         let partition = job.partition;
@@ -132,12 +128,9 @@ pub(super) async fn enqueue_one(
     respond(&gate, outcome)
 }
 
-pub(super) async fn enqueue_batch(
-    State(gate): State<Arc<Gate>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub(super) async fn enqueue_batch(State(gate): State<Arc<Gate>>, request: Request) -> Response {
     let outcome = async {
+        let (headers, body) = read_body(request, gate.limits.1).await?;
         gate.authorize(&headers)?;
         let batch: BatchRequest<'_> = parse(&body)?;
         if batch.jobs.is_empty() || batch.jobs.len() > gate.config.max_batch {

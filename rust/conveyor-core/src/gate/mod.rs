@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::Value;
@@ -102,6 +101,8 @@ struct Gate {
     registry: RwLock<HashMap<String, String>>,
     counters: Counters,
     stopping: AtomicBool,
+    /// Body limits of `/v1/jobs` and `/v1/jobs/batch`, in bytes.
+    limits: (usize, usize),
 }
 
 /// A running gate. Dropping it does not stop it; call [`GateHandle::stop`].
@@ -140,6 +141,23 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Room in a request body for what surrounds a job's arguments: its type,
+/// dedup key, trace context, schedule and the JSON around them.
+const REQUEST_OVERHEAD: usize = 4 * 1024;
+
+/// Largest batch body accepted, whatever `max_batch` times the payload limit
+/// would allow: a gateway need not hold a gigabyte to enqueue a batch.
+const MAX_BATCH_BODY: usize = 32 * 1024 * 1024;
+
+/// The body limits of `/v1/jobs` and `/v1/jobs/batch`.
+fn body_limits(max_payload_bytes: usize, max_batch: usize) -> (usize, usize) {
+    let one_job = max_payload_bytes.saturating_add(REQUEST_OVERHEAD);
+    let batch = max_batch
+        .saturating_mul(one_job)
+        .clamp(one_job, MAX_BATCH_BODY.max(one_job));
+    (one_job, batch)
+}
+
 /// Reads a `HOST:PORT` to bind (an IP address; names are refused).
 pub fn parse_bind(bind: &str) -> Result<SocketAddr> {
     bind.parse()
@@ -164,6 +182,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         producer,
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
+        limits: body_limits(config.max_payload_bytes, config.max_batch),
         config,
     });
     if gate.config.registry_url.is_some() {
@@ -179,14 +198,13 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
             })
             .map_err(|e| Error::Internal(format!("cannot start registry thread: {e}")))?;
     }
-    let body_limit = gate.config.max_batch * (gate.config.max_payload_bytes + 1024);
+    // (The handlers read bodies themselves, against `Gate::limits`.)
     let app = Router::new()
         .route("/v1/jobs", post(enqueue_one))
         .route("/v1/jobs/batch", post(enqueue_batch))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::clone(&gate));
     let listener = runtime::block_on(tokio::net::TcpListener::bind(gate.config.bind))
         .map_err(|e| Error::InvalidJob(format!("cannot listen on {}: {e}", gate.config.bind)))?;

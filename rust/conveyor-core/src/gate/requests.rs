@@ -2,6 +2,8 @@
 //! the refusal (status, stable code, reason), the bearer token check, and
 //! turning one posted job into an envelope and its topic.
 
+use axum::body::Bytes;
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -218,6 +220,35 @@ fn raw_or<'a>(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The headers and body of a request whose body may be at most `limit`
+/// bytes: a body announced (by `Content-Length`) over it is refused at once,
+/// before a byte of it is read, and one that turns out longer as soon as it
+/// passes the limit.
+pub(super) async fn read_body(
+    request: Request,
+    limit: usize,
+) -> std::result::Result<(HeaderMap, Bytes), Refusal> {
+    let too_large = || Refusal {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: "too_large",
+        reason: format!("request body over this route's limit of {limit} bytes"),
+        index: None,
+    };
+    let (parts, body) = request.into_parts();
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    Ok((parts.headers, bytes))
 }
 
 pub(super) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> std::result::Result<T, Refusal> {
