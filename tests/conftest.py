@@ -77,3 +77,12 @@ def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
     app.ensure_topics()
     yield app
     app.close()
+
+
+@pytest.fixture
+def running() -> Iterator[list[conveyor.Worker]]:
+    """Workers a test starts; stopped at its end whatever happens."""
+    workers: list[conveyor.Worker] = []
+    yield workers
+    for w in workers:
+        w.stop(grace_s=2)

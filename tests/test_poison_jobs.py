@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,34 +12,9 @@ import pytest
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture
-def app(servers: DevServers, namespace: str) -> conveyor.Conveyor:
-    return conveyor.Conveyor(
-        conveyor.Settings(
-            kafka_bootstrap=servers.kafka.bootstrap,
-            redis_url=servers.redis.url,
-            namespace=namespace,
-        )
-    )
-
-
-@pytest.fixture
-def running() -> Iterator[list[conveyor.Worker]]:
-    workers: list[conveyor.Worker] = []
-    yield workers
-    for w in workers:
-        w.stop(grace_s=2)
-
-
-def wait_until(check: Any, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def dead_errors(app: conveyor.Conveyor) -> list[dict[str, Any]]:
@@ -77,8 +51,8 @@ def test_payloads_that_cannot_be_decoded_are_dead_and_the_queue_keeps_moving(
     worker = conveyor.Worker(app, threads=4, lease_s=2)
     running.append(worker)
     worker.start()
-    wait_until(lambda: len(ran) == 500, what="the 500 ordinary jobs")
-    wait_until(lambda: store.depth(ns, "default")["dead"] == 40, what="40 dead letters")
+    wait_until(lambda: len(ran) == 500, 30, "the 500 ordinary jobs")
+    wait_until(lambda: store.depth(ns, "default")["dead"] == 40, 30, "40 dead letters")
     errors = dead_errors(app)
     assert {e["type"] for e in errors} == {"PermanentError"}
     assert all(e["attempt"] == 1 for e in errors), "dead at once, not retried"
@@ -132,8 +106,8 @@ def test_a_handler_raising_anything_is_a_failed_attempt(
     worker = conveyor.Worker(app, threads=2, lease_s=2)
     running.append(worker)
     worker.start()
-    wait_until(lambda: len(ran) == len(kinds) * 2, what="every job to run once")
-    wait_until(lambda: store.depth(ns, "default")["dead"] == 2 * len(raised), what="dead")
+    wait_until(lambda: len(ran) == len(kinds) * 2, 30, "every job to run once")
+    wait_until(lambda: store.depth(ns, "default")["dead"] == 2 * len(raised), 30, "dead")
     time.sleep(0.3)
     assert sorted(ran) == sorted(kinds * 2), "each ran exactly once"
     types = sorted(e["type"] for e in dead_errors(app))
@@ -176,8 +150,8 @@ def test_a_fault_of_the_worker_itself_costs_one_attempt_and_no_thread(
     )
     running.append(worker)
     worker.start()
-    wait_until(lambda: ran.count("fine") == 25, what="the ordinary jobs")
-    wait_until(lambda: store.depth(ns, "default")["dead"] == 1, what="the failing job, dead")
+    wait_until(lambda: ran.count("fine") == 25, 30, "the ordinary jobs")
+    wait_until(lambda: store.depth(ns, "default")["dead"] == 1, 30, "the failing job, dead")
     assert worker.stats()["thread_faults"] == 1
     assert all(t.is_alive() for t in worker._threads)
     assert ran.count("fails") == 3, "the fault counted as one of its three attempts"

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from conveyor.devservers import DevServers
 from conveyor.retry import JITTER_FLOOR, nominal_delay, retry_delay
 from conveyor.schedules import Cron, Schedule
 from tests.helpers.relay import start_relay
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.servers
 
@@ -54,22 +54,6 @@ def admit(
     store = _core.RedisStore(app.settings.redis_url)
     for i in range(0, len(envelopes), 5000):
         store.admit(app.settings.namespace, queue, envelopes[i : i + 5000])
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def running() -> Iterator[list[conveyor.Worker]]:
-    """Workers a test starts; stopped at its end whatever happens."""
-    workers: list[conveyor.Worker] = []
-    yield workers
-    for w in workers:
-        w.stop(grace_s=2)
 
 
 def test_handlers_run_with_their_arguments_and_know_their_job(
@@ -322,7 +306,7 @@ def test_sigkilled_workers_lose_nothing(app: conveyor.Conveyor, servers: DevServ
                 kills += 1
                 workers.append(_spawn_worker(env, "--lease", "1", "--threads", "4"))
         store = _core.RedisStore(servers.redis.url)
-        wait_until(lambda: store.depth(ns, "default")["leases"] == 0, timeout=30)
+        wait_until(lambda: store.depth(ns, "default")["leases"] == 0, timeout_s=30)
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
@@ -383,7 +367,7 @@ def test_jobs_enqueued_through_kafka_run_through_the_relay(
         worker = conveyor.Worker(app, threads=2)
         running.append(worker)
         worker.start()
-        wait_until(lambda: len(seen) == 500, timeout=60)
+        wait_until(lambda: len(seen) == 500, timeout_s=60)
     finally:
         relay.stop()
     assert {h.id: c for h, c in zip(handles, calls, strict=True)} == seen

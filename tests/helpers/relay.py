@@ -1,12 +1,12 @@
-"""Starting a relay of an app's default queue, and waiting for a condition."""
+"""Starting a relay of an app's default queue (and `wait_until`, for its callers)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import conveyor
 from conveyor import _core
+from tests.helpers.waiting import wait_until
+
+__all__ = ["start_relay", "wait_until"]
 
 
 def start_relay(app: conveyor.Conveyor, group: str = "relay") -> _core.Relay:
@@ -18,11 +18,3 @@ def start_relay(app: conveyor.Conveyor, group: str = "relay") -> _core.Relay:
         namespace=s.namespace,
         group_id=f"{group}-{s.namespace}",
     )
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
