@@ -97,6 +97,10 @@ def test_the_reaper_returns_expired_leases_and_heartbeats_keep_them(
     kept = alive.fetch(3)
     assert lost is not None
     assert kept is not None
+    # The dying worker got as far as its second job and said so in a heartbeat.
+    lost.begin(0)
+    lost.begin(1)
+    assert dying.heartbeat() == []
     for _ in range(6):
         time.sleep(0.1)
         assert alive.heartbeat() == []
@@ -104,15 +108,33 @@ def test_the_reaper_returns_expired_leases_and_heartbeats_keep_them(
     back = alive.fetch(10)
     assert back is not None
     assert args_of(back) == [0, 1, 2]
-    assert [attempt for _, _, attempt, _ in back.jobs] == [1, 1, 1], (
-        "an expired lease is an attempt"
+    assert [attempt for _, _, attempt, _ in back.jobs] == [1, 1, 0], (
+        "an expired lease is an attempt for each job that had started, and only for those"
     )
     assert store.counts(namespace, Q)["reaped"] == 3
     # The dead worker's late settle is refused slot by slot, and its
     # heartbeat reports the lease lost.
     assert dying.heartbeat() == [lost.token]
+    assert dying.stats()["lost_leases"] == 1
     assert dying.settle(lost, [time.time()] * 3, {}) == (0, 0, 0, 3)
     assert alive.settle(kept, [time.time()] * 3, {}) == (3, 0, 0, 0)
+
+
+def test_a_reaped_lease_charges_its_first_job_even_before_any_heartbeat(
+    servers: DevServers, store: _core.RedisStore, namespace: str
+) -> None:
+    # A job that kills its worker at once must still use up its attempts.
+    store.admit(namespace, Q, [job(i) for i in range(2)])
+    dying = queues(servers, namespace, lease_s=0.2)
+    assert dying.fetch(2) is not None
+    time.sleep(0.3)
+    alive = queues(servers, namespace)
+    assert alive.reap() == 2
+    back = alive.fetch(10)
+    assert back is not None
+    assert [attempt for _, _, attempt, _ in back.jobs] == [1, 0]
+    client = redis.Redis.from_url(servers.redis.url)
+    assert not client.hlen(f"cv:{namespace}:{{{Q}}}:progress"), "the reaper cleans up"
 
 
 def test_delayed_jobs_wait_in_scheduled_until_due(

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,10 +23,9 @@ from conveyor.retry import JITTER_FLOOR, nominal_delay, retry_delay
 from conveyor.schedules import Cron, Schedule
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
+from tests.helpers.workers import admit, spawn_worker
 
 pytestmark = pytest.mark.servers
-
-TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -42,18 +37,6 @@ def app(servers: DevServers, namespace: str) -> conveyor.Conveyor:
             namespace=namespace,
         )
     )
-
-
-def admit(
-    app: conveyor.Conveyor, job_type: str, calls: list[list[Any]], queue: str = "default"
-) -> None:
-    envelopes = [
-        conveyor.Envelope(job_type, json.dumps({"args": c, "kwargs": {}}).encode()).encode()
-        for c in calls
-    ]
-    store = _core.RedisStore(app.settings.redis_url)
-    for i in range(0, len(envelopes), 5000):
-        store.admit(app.settings.namespace, queue, envelopes[i : i + 5000])
 
 
 def test_handlers_run_with_their_arguments_and_know_their_job(
@@ -265,24 +248,6 @@ def test_backoff_is_exponential_capped_and_jittered(
     assert nominal * JITTER_FLOOR <= delay <= nominal <= cap
 
 
-def _spawn_worker(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "conveyor",
-            "worker",
-            "tests.helpers.worker_app:app",
-            "--no-setup",
-            *extra,
-        ],
-        cwd=TESTS.parent,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
 def test_sigkilled_workers_lose_nothing(app: conveyor.Conveyor, servers: DevServers) -> None:
     """50,000 jobs; worker processes are SIGKILLed again and again while they
     run. Every job runs at least once, none is left in flight, and the test
@@ -293,7 +258,7 @@ def test_sigkilled_workers_lose_nothing(app: conveyor.Conveyor, servers: DevServ
     env = {"CONVEYOR_REDIS_URL": servers.redis.url, "CONVEYOR_NAMESPACE": ns}
     client = redis.Redis.from_url(servers.redis.url)
     runs_key = f"test:{ns}:runs"
-    workers = [_spawn_worker(env, "--lease", "1", "--threads", "4") for _ in range(2)]
+    workers = [spawn_worker(env, "--lease", "1", "--threads", "4") for _ in range(2)]
     kills = 0
     try:
         deadline = time.monotonic() + 180
@@ -304,7 +269,7 @@ def test_sigkilled_workers_lose_nothing(app: conveyor.Conveyor, servers: DevServ
                 victim.send_signal(signal.SIGKILL)
                 victim.wait()
                 kills += 1
-                workers.append(_spawn_worker(env, "--lease", "1", "--threads", "4"))
+                workers.append(spawn_worker(env, "--lease", "1", "--threads", "4"))
         store = _core.RedisStore(servers.redis.url)
         wait_until(lambda: store.depth(ns, "default")["leases"] == 0, timeout_s=30)
     finally:
@@ -330,7 +295,7 @@ def test_the_worker_command_stops_gracefully_on_sigterm(
     ns = app.settings.namespace
     admit(app, "test.sleep", [[i, 0.5] for i in range(40)])
     env = {"CONVEYOR_REDIS_URL": servers.redis.url, "CONVEYOR_NAMESPACE": ns}
-    proc = _spawn_worker(env, "--threads", "2", "--processes", "2", "--grace", "10")
+    proc = spawn_worker(env, "--threads", "2", "--processes", "2", "--grace", "10")
     client = redis.Redis.from_url(servers.redis.url)
     wait_until(lambda: client.hlen(f"test:{ns}:runs") >= 4)
     proc.send_signal(signal.SIGTERM)

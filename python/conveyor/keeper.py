@@ -1,7 +1,8 @@
-"""The keeper: a worker process's housekeeping thread. It extends the leases
-the process holds (heartbeats), returns the jobs of expired leases of dead
-workers (reaping), and enqueues the occurrences of periodic jobs as they come
-due, each exactly once across all workers."""
+"""The keeper: a worker process's Python housekeeping thread. It logs the
+lease events of the native keeper (which renews the process's leases and
+reaps dead workers' leases without the GIL, `worker/keeper.rs`), and enqueues
+the occurrences of periodic jobs as they come due, each exactly once across
+all workers."""
 
 from __future__ import annotations
 
@@ -19,31 +20,22 @@ log = logging.getLogger("conveyor.worker")
 
 
 class Keeper:
-    """Heartbeats, reaping and periodic jobs for one worker process."""
+    """Lease events and periodic jobs for one worker process."""
 
-    def __init__(self, app: Conveyor, queues: _core.WorkQueues, lease_s: float) -> None:
+    def __init__(self, app: Conveyor, queues: _core.WorkQueues) -> None:
         self.app = app
         self.queues = queues
-        self.lease_s = lease_s
-        #: Leases that expired before their jobs ended (they may run twice).
-        self.lost_leases = 0
         #: Periodic occurrences this process enqueued.
         self.periodic_enqueued = 0
 
     def run(self, stopped: threading.Event) -> None:
         """Keeps until `stopped` is set."""
-        # Heartbeat well inside the lease; reap at least once a second; look
-        # at periodic schedules four times a second.
-        beat_every = max(0.05, min(self.lease_s / 3, 1.0))
+        # Look at periodic schedules four times a second.
         schedules = list(self.app.schedules.values())
-        tick = min(beat_every, 0.25) if schedules else beat_every
         stores: dict[str, _core.RedisStore] = {}
         checked_until = time.time()
-        last_beat = time.monotonic()
-        while not stopped.wait(tick):
-            if time.monotonic() - last_beat >= beat_every:
-                last_beat = time.monotonic()
-                self.beat()
+        while not stopped.wait(0.25):
+            self.log_events()
             if schedules:
                 try:
                     checked_until = self.enqueue_due(stores, schedules, checked_until)
@@ -51,16 +43,12 @@ class Keeper:
                     stores.clear()
                     log.warning("periodic jobs: %s (trying again)", err)
 
-    def beat(self) -> None:
-        """Extends this process's leases, then reaps expired ones."""
-        try:
-            lost = self.queues.heartbeat()
-            if lost:
-                self.lost_leases += len(lost)
-                log.warning("leases expired before their jobs ended (may run twice): %s", lost)
-            self.queues.reap()
-        except ConveyorError as err:
-            log.warning("keeper: %s", err)
+        self.log_events()
+
+    def log_events(self) -> None:
+        """Logs what the native keeper saw since the last call."""
+        for event in self.queues.take_events():
+            log.warning("%s", event)
 
     def enqueue_due(
         self, stores: dict[str, _core.RedisStore], schedules: list[Schedule], after: float

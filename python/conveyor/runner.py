@@ -102,6 +102,7 @@ class Runner:
                 break
             jt = handlers.get(job_type)
             info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
+            batch.begin(i)
             if (
                 simple
                 and jt is not None

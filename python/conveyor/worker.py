@@ -2,9 +2,10 @@
 
 Each worker thread loops: lease a batch (Rust, GIL released), run its jobs one
 after another (`conveyor.runner`), settle the batch in one call (Rust:
-attempts, stage stamps, retries, dead letters, in one Lua script). A keeper
-thread (`conveyor.keeper`) extends the leases the process holds, reaps the
-expired leases of dead workers and enqueues periodic jobs; a watchdog
+attempts, stage stamps, retries, dead letters, in one Lua script). A native
+keeper thread extends the leases the process holds and reaps the expired
+leases of dead workers without needing the GIL; a Python keeper
+(`conveyor.keeper`) logs its events and enqueues periodic jobs; a watchdog
 (`conveyor.timeouts`) enforces per-job timeouts. Nothing here runs per job but
 the handler call and its bookkeeping, so no-op jobs cost a few microseconds of
 Python each.
@@ -48,6 +49,9 @@ class Worker:
     the first non-empty queue in the order given. `threads` jobs run at once.
     A job runs under a lease of `lease_s`, extended while it runs; if the
     process dies, another worker takes the job back when the lease expires.
+    A job's lease is extended for at most its timeout plus `lease_s`, or
+    `max_job_s` for job types without a timeout: a handler blocked past that
+    (in a call that ignores the timeout) loses its job to another worker.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class Worker:
         grace_s: float = 30.0,
         middleware: Iterable[Middleware] = (),
         worker_id: str | None = None,
+        max_job_s: float = 3600.0,
     ) -> None:
         if threads < 1:
             raise ConfigError(f"threads must be at least 1, not {threads}")
@@ -94,11 +99,17 @@ class Worker:
             strict=strict,
             worker_id=worker_id,
             lease_s=lease_s,
+            max_age_s={
+                name: jt.options.timeout_s + lease_s
+                for name, jt in app.registry.items()
+                if jt.options.timeout_s is not None
+            },
+            max_age_default_s=max_job_s,
         )
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._keeper = Keeper(app, self._queues, lease_s)
+        self._keeper = Keeper(app, self._queues)
         self._keeper_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Faults that escaped a batch or a worker loop (bugs, never a
@@ -117,6 +128,9 @@ class Worker:
                 target=self._loop.run_forever, name="conveyor-async", daemon=True
             )
             loop_thread.start()
+        # The native keeper first: a worker thread's first job may hold the
+        # GIL for long, and nothing would renew its lease meanwhile.
+        self._queues.start_keeper()
         for i in range(self.threads):
             t = threading.Thread(target=self._work, name=f"conveyor-worker-{i}", daemon=True)
             t.start()
@@ -141,6 +155,7 @@ class Worker:
         if self._keeper_thread is not None:
             # It may be mid-call (a heartbeat, a periodic occurrence): let it end.
             self._keeper_thread.join(5.0)
+        self._queues.stop_keeper()
         self._runner.timeouts.stop()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -163,10 +178,10 @@ class Worker:
 
     def stats(self) -> dict[str, int]:
         """Counters of this process: fetched, done, retried, dead, stale,
-        released, leases lost to the reaper, periodic occurrences enqueued,
-        and faults a worker thread survived."""
+        released, leases lost to the reaper (`lost_leases`), leases let go
+        past their maximum age (`overdue_leases`), failed keeper beats,
+        periodic occurrences enqueued, and faults a worker thread survived."""
         out = dict(self._queues.stats())
-        out["lost_leases"] = self._keeper.lost_leases
         out["periodic_enqueued"] = self._keeper.periodic_enqueued
         out["thread_faults"] = self._thread_faults
         return out

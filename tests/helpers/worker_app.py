@@ -36,3 +36,21 @@ def sleep(i: int, seconds: float) -> None:
 def pid() -> None:
     """Records which process ran it."""
     _client.rpush(f"{RUNS_KEY}:pids", os.getpid())
+
+
+@app.job("test.hold_gil", max_attempts=5)
+def hold_gil(i: int, n: int) -> None:
+    """Holds the GIL in one C call (`sum` over a range) for as long as `n`
+    takes, then counts one execution of job `i`."""
+    sum(range(n))
+    _client.hincrby(RUNS_KEY, str(i), 1)
+
+
+@app.job("test.block_once", max_attempts=5, timeout_s=0.5)
+def block_once(i: int) -> None:
+    """On its first attempt, blocks in a call the timeout cannot interrupt;
+    later attempts count one execution of job `i`."""
+    job = conveyor.current_job()
+    if job is not None and job.attempt == 1:
+        time.sleep(60)  # the timeout's exception waits for the call to return
+    _client.hincrby(RUNS_KEY, str(i), 1)

@@ -31,6 +31,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     worker.add_argument(
         "--grace", type=float, default=30.0, help="seconds running jobs get at shutdown"
     )
+    worker.add_argument(
+        "--max-job",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="longest a job without a timeout keeps its lease (default 3600); one with a "
+        "timeout keeps it for the timeout plus the lease",
+    )
     worker.add_argument("--batch", type=int, default=100, help="most jobs per fetch (default 100)")
     worker.add_argument(
         "--report-every", type=float, default=10.0, metavar="SECONDS", help="log counts this often"
@@ -82,6 +90,7 @@ def _worker(args: argparse.Namespace) -> int:
             strict=args.strict,
             max_batch=args.batch,
             grace_s=args.grace,
+            max_job_s=args.max_job,
         )
         names = ", ".join(f"{q}:{w}" for q, w in worker.queues)
         print(f"worker: {args.threads} threads on {names} (lease {args.lease}s)", flush=True)

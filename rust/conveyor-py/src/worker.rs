@@ -3,12 +3,14 @@
 //! one list of ready jobs per batch and hands back one list of outcomes.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use conveyor_core::config::{duration, positive_duration};
 use conveyor_core::id::new_process_id;
 use conveyor_core::store::keys::QueueKeys;
+use conveyor_core::worker::keeper::Keeper;
 use conveyor_core::worker::outcomes::{outcomes, Failure};
-use conveyor_core::worker::{self, Batch, WeightedQueue};
+use conveyor_core::worker::{self, Batch, MaxAges, WeightedQueue};
 use conveyor_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
@@ -18,7 +20,8 @@ use crate::errors::IntoPyResult;
 /// A worker process's connection to its queues, shared by its threads.
 #[pyclass(frozen, module = "conveyor._core")]
 pub struct WorkQueues {
-    inner: worker::WorkQueues,
+    inner: Arc<worker::WorkQueues>,
+    keeper: Mutex<Option<Keeper>>,
 }
 
 /// Jobs leased by one fetch. `jobs[i]` is `(job_type, payload, attempt, id)`.
@@ -55,6 +58,11 @@ impl LeasedBatch {
         self.batch.jobs.len()
     }
 
+    /// Marks job `index` as starting now (see `Batch::begin`).
+    fn begin(&self, index: usize) {
+        self.batch.begin(index);
+    }
+
     /// The decoded envelope of job `index` (its timestamps and stage stamps),
     /// built only when asked for.
     fn envelope(&self, index: usize) -> PyResult<crate::envelope::Envelope> {
@@ -78,7 +86,11 @@ impl LeasedBatch {
 #[pymethods]
 impl WorkQueues {
     #[new]
-    #[pyo3(signature = (redis_url, namespace, queues, *, strict=false, worker_id=None, lease_s=30.0))]
+    #[pyo3(signature = (
+        redis_url, namespace, queues, *, strict=false, worker_id=None, lease_s=30.0,
+        max_age_s=HashMap::new(), max_age_default_s=3600.0,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         redis_url: &str,
@@ -87,8 +99,18 @@ impl WorkQueues {
         strict: bool,
         worker_id: Option<String>,
         lease_s: f64,
+        max_age_s: HashMap<String, f64>,
+        max_age_default_s: f64,
     ) -> PyResult<Self> {
         let lease = positive_duration("lease_s", lease_s).py()?;
+        let max_ages = MaxAges {
+            by_type: max_age_s
+                .into_iter()
+                .map(|(job_type, s)| Ok((job_type, positive_duration("max_age_s", s)?)))
+                .collect::<conveyor_core::Result<_>>()
+                .py()?,
+            default: positive_duration("max_age_default_s", max_age_default_s).py()?,
+        };
         let queues = queues
             .into_iter()
             .map(|(name, weight)| {
@@ -103,8 +125,12 @@ impl WorkQueues {
         let id = worker_id.unwrap_or_else(new_process_id);
         let inner = py
             .detach(|| worker::WorkQueues::new(redis_url, queues, strict, &id, lease))
-            .py()?;
-        Ok(Self { inner })
+            .py()?
+            .with_max_ages(max_ages);
+        Ok(Self {
+            inner: Arc::new(inner),
+            keeper: Mutex::new(None),
+        })
     }
 
     /// Leases up to `max_jobs` (1 to 1000) from the queues; `None` when all are empty.
@@ -114,7 +140,7 @@ impl WorkQueues {
         };
         let mut types: HashMap<&str, Bound<'_, PyString>> = HashMap::new();
         let jobs = PyList::empty(py);
-        for job in &batch.jobs {
+        for job in batch.jobs.iter() {
             let env = &job.envelope;
             let job_type = types
                 .entry(env.job_type.as_str())
@@ -166,6 +192,33 @@ impl WorkQueues {
         self.inner.abandon(&batch.batch);
     }
 
+    /// Starts the native keeper thread: heartbeats and reaping without the
+    /// GIL. Does nothing if it runs already.
+    fn start_keeper(&self) -> PyResult<()> {
+        let mut keeper = self.keeper.lock().unwrap_or_else(|e| e.into_inner());
+        if keeper.is_none() {
+            let started = Keeper::start(Arc::clone(&self.inner));
+            let started = started
+                .map_err(|err| Error::Internal(format!("cannot start the keeper thread: {err}")));
+            *keeper = Some(started.py()?);
+        }
+        Ok(())
+    }
+
+    /// Stops the keeper thread, waiting (GIL released) for its beat to end.
+    fn stop_keeper(&self, py: Python<'_>) {
+        let keeper = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut keeper) = keeper {
+            py.detach(move || keeper.stop());
+        }
+    }
+
+    /// Lease events since the last call (lost leases, leases let go past
+    /// their maximum age, failed keeper beats), for the log.
+    fn take_events(&self) -> Vec<String> {
+        self.inner.take_events()
+    }
+
     /// Extends every lease this process holds; returns the tokens that were
     /// lost (expired and reaped: their jobs may run twice).
     fn heartbeat(&self, py: Python<'_>) -> PyResult<Vec<String>> {
@@ -190,9 +243,13 @@ impl WorkQueues {
         self.inner.held()
     }
 
-    /// Counters of this process: fetched, done, retried, dead, stale, released.
+    /// Counters of this process: fetched, done, retried, dead, stale,
+    /// released, lost_leases, overdue_leases, keeper_errors.
     fn stats(&self) -> HashMap<&'static str, u64> {
-        HashMap::from(self.inner.stats().counters())
+        let stats = self.inner.stats();
+        let mut out = HashMap::from(stats.counters());
+        out.extend(stats.lease_events());
+        out
     }
 
     /// Prometheus text for this process's worker metrics.

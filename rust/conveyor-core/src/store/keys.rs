@@ -88,8 +88,14 @@ impl QueueKeys {
         format!("{}:wake", self.base)
     }
 
+    /// Hash: lease token -> the slot its worker last reported running, so
+    /// that the reaper charges an attempt only to jobs that had started.
+    pub fn progress(&self) -> String {
+        format!("{}:progress", self.base)
+    }
+
     /// Every key of the queue that is not per lease.
-    pub fn all(&self) -> [String; 10] {
+    pub fn all(&self) -> [String; 11] {
         [
             self.ready(),
             self.relayed(),
@@ -101,6 +107,7 @@ impl QueueKeys {
             self.counts(),
             self.periodic(),
             self.wake(),
+            self.progress(),
         ]
     }
 }

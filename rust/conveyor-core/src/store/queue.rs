@@ -44,7 +44,7 @@ pub enum Settlement {
         /// Its dedup key, released if it still holds it.
         dedup_key: Option<String>,
     },
-    /// Failed, to be tried again at `due_ms`.
+    /// Failed, to be tried again `delay_ms` after settling (Redis' clock).
     Retry {
         /// Its slot in the lease (1-based).
         slot: u32,
@@ -52,8 +52,8 @@ pub enum Settlement {
         id: [u8; 16],
         /// The envelope to store: attempt counted, stage stamps appended.
         envelope: Vec<u8>,
-        /// When to try again (ms since the epoch).
-        due_ms: u64,
+        /// How long after settling to try again (ms).
+        delay_ms: u64,
         /// The error, as JSON text.
         error: String,
     },
@@ -166,6 +166,7 @@ impl RedisStore {
             .key(keys.errors())
             .key(keys.unique())
             .key(keys.counts())
+            .key(keys.progress())
             .arg(token);
         for outcome in outcomes {
             match outcome {
@@ -183,7 +184,7 @@ impl RedisStore {
                     slot,
                     id,
                     envelope,
-                    due_ms,
+                    delay_ms,
                     error,
                 } => {
                     call.arg("R")
@@ -191,7 +192,7 @@ impl RedisStore {
                         .arg(&id[..])
                         .arg("")
                         .arg(envelope.as_slice())
-                        .arg(*due_ms)
+                        .arg(*delay_ms)
                         .arg(error);
                 }
                 Settlement::Dead {
@@ -213,20 +214,22 @@ impl RedisStore {
         Ok(call.invoke(self.connection())?)
     }
 
-    /// Extends leases to `lease_ms` from now; returns the tokens no longer held.
+    /// Extends leases to `lease_ms` from now and records, per lease token,
+    /// the slot of the job running now (0: none yet); returns the tokens no
+    /// longer held.
     pub fn heartbeat(
         &mut self,
         keys: &QueueKeys,
-        tokens: &[String],
+        tokens: &[(String, u32)],
         lease_ms: u64,
     ) -> Result<Vec<String>> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
         let mut call = scripts::HEARTBEAT.key(keys.leases());
-        call.arg(lease_ms);
-        for token in tokens {
-            call.arg(token);
+        call.key(keys.progress()).arg(lease_ms);
+        for (token, slot) in tokens {
+            call.arg(token).arg(*slot);
         }
         Ok(call.invoke(self.connection())?)
     }
@@ -243,6 +246,7 @@ impl RedisStore {
         call.key(keys.leases())
             .key(keys.ready())
             .key(keys.wake())
+            .key(keys.progress())
             .arg(token);
         for slot in sorted {
             call.arg(slot);
@@ -250,8 +254,10 @@ impl RedisStore {
         Ok(call.invoke(self.connection())?)
     }
 
-    /// Returns the jobs of up to `max_leases` expired leases to ready, each
-    /// with an attempt counted; returns `(leases, jobs)` reaped.
+    /// Returns the jobs of up to `max_leases` expired leases to ready, with
+    /// an attempt counted for each job that had started (the slots up to the
+    /// last one its worker reported running, and at least the first);
+    /// returns `(leases, jobs)` reaped.
     pub fn reap(&mut self, keys: &QueueKeys, max_leases: usize) -> Result<(u64, u64)> {
         let expired: Vec<String> = Cmd::new()
             .arg("ZRANGE")
@@ -267,7 +273,10 @@ impl RedisStore {
             return Ok((0, 0));
         }
         let mut call = scripts::REAP.key(keys.leases());
-        call.key(keys.ready()).key(keys.counts()).key(keys.wake());
+        call.key(keys.ready())
+            .key(keys.counts())
+            .key(keys.wake())
+            .key(keys.progress());
         for token in &expired {
             call.key(keys.lease(token));
         }

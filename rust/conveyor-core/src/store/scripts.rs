@@ -20,14 +20,14 @@ script!(
     "Admits new jobs into a queue (relay and direct path)."
 );
 script!(FETCH, "fetch-5.lua", "Leases a batch of jobs to a worker.");
-script!(SETTLE, "settle-7.lua", "Records how leased jobs ended.");
-script!(HEARTBEAT, "heartbeat-1.lua", "Extends a worker's leases.");
+script!(SETTLE, "settle-8.lua", "Records how leased jobs ended.");
+script!(HEARTBEAT, "heartbeat-2.lua", "Extends a worker's leases.");
 script!(
     RELEASE,
-    "release-4.lua",
+    "release-5.lua",
     "Gives unstarted leased jobs back."
 );
-script!(REAP, "reap-4.lua", "Returns the jobs of expired leases.");
+script!(REAP, "reap-5.lua", "Returns the jobs of expired leases.");
 script!(
     REPLAY_DEAD,
     "replay_dead-2.lua",
@@ -72,10 +72,10 @@ mod tests {
     const SOURCES: [(&str, &str); 10] = [
         ("admit-6.lua", include_str!("scripts/admit-6.lua")),
         ("fetch-5.lua", include_str!("scripts/fetch-5.lua")),
-        ("settle-7.lua", include_str!("scripts/settle-7.lua")),
-        ("heartbeat-1.lua", include_str!("scripts/heartbeat-1.lua")),
-        ("release-4.lua", include_str!("scripts/release-4.lua")),
-        ("reap-4.lua", include_str!("scripts/reap-4.lua")),
+        ("settle-8.lua", include_str!("scripts/settle-8.lua")),
+        ("heartbeat-2.lua", include_str!("scripts/heartbeat-2.lua")),
+        ("release-5.lua", include_str!("scripts/release-5.lua")),
+        ("reap-5.lua", include_str!("scripts/reap-5.lua")),
         (
             "replay_dead-2.lua",
             include_str!("scripts/replay_dead-2.lua"),

@@ -3,12 +3,16 @@
 //! with the leases held tracked for heartbeats. Handlers run in Python; this
 //! side does everything per batch so Python only loops over ready jobs.
 
+pub mod keeper;
+mod leases;
 mod metrics;
 pub mod outcomes;
 
+pub use leases::{MaxAges, Progress};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -42,6 +46,8 @@ pub struct ReadyJob {
     pub envelope: Envelope,
     /// The bytes as stored (the base of a retried or dead-lettered copy).
     pub raw: Vec<u8>,
+    /// Longest this job may hold the lease once started (ms).
+    pub max_age_ms: u64,
 }
 
 /// A batch of jobs leased by one fetch.
@@ -53,10 +59,13 @@ pub struct Batch {
     pub token: String,
     /// When the fetch returned (µs since the epoch).
     pub fetched_at_us: u64,
-    /// Jobs for handlers, in slot order.
-    pub jobs: Vec<ReadyJob>,
+    /// Jobs for handlers, in slot order (shared with the keeper, which names
+    /// a job that overstays).
+    pub jobs: Arc<Vec<ReadyJob>>,
     /// Leased bytes that are not a valid envelope: dead-lettered at settle.
     pub malformed: Vec<(u32, Vec<u8>, String)>,
+    /// How far it has got (`begin`), shared with the keeper.
+    pub progress: Arc<Progress>,
 }
 
 /// How a handler's attempt at one job ended.
@@ -99,6 +108,12 @@ pub struct WorkerStats {
     pub released: AtomicU64,
     /// Jobs leased.
     pub fetched: AtomicU64,
+    /// Leases found expired and reaped while their jobs still ran.
+    pub lost_leases: AtomicU64,
+    /// Leases let go because their running job passed its maximum age.
+    pub overdue_leases: AtomicU64,
+    /// Heartbeats or reaps that failed (Redis away).
+    pub keeper_errors: AtomicU64,
     /// Enqueue (the producer's clock) to the start of an attempt.
     pub wait: Histogram,
     /// Start to end of an attempt.
@@ -115,10 +130,12 @@ pub struct WorkQueues {
     strict: bool,
     worker_id: String,
     lease: Duration,
+    max_ages: MaxAges,
     sequence: AtomicU64,
     pool: Mutex<Vec<RedisStore>>,
-    /// Token -> queue index of every lease held now.
-    held: Mutex<HashMap<String, usize>>,
+    /// Every lease held now, by token.
+    held: Mutex<HashMap<String, leases::Held>>,
+    events: leases::Events,
     stats: WorkerStats,
 }
 
@@ -149,11 +166,19 @@ impl WorkQueues {
             strict,
             worker_id: worker_id.to_owned(),
             lease,
+            max_ages: MaxAges::default(),
             sequence: AtomicU64::new(0),
             pool: Mutex::new(vec![first]),
             held: Mutex::new(HashMap::new()),
+            events: Default::default(),
             stats: WorkerStats::default(),
         })
+    }
+
+    /// Sets how long a started job may hold its lease (see `MaxAges`).
+    pub fn with_max_ages(mut self, max_ages: MaxAges) -> Self {
+        self.max_ages = max_ages;
+        self
     }
 
     /// The queues, in the order given.
@@ -225,32 +250,43 @@ impl WorkQueues {
             if lease.jobs.is_empty() {
                 continue;
             }
-            self.held
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(token.clone(), index);
             let fetched_at_us = now_us();
             self.stats
                 .fetched
                 .fetch_add(lease.jobs.len() as u64, Ordering::Relaxed);
-            let mut batch = Batch {
-                queue: index,
-                token,
-                fetched_at_us,
-                jobs: Vec::with_capacity(lease.jobs.len()),
-                malformed: Vec::new(),
-            };
+            let mut jobs = Vec::with_capacity(lease.jobs.len());
+            let mut malformed = Vec::new();
             for (i, raw) in lease.jobs.into_iter().enumerate() {
                 let slot = i as u32 + 1;
                 match Envelope::decode(&raw) {
-                    Ok(envelope) => batch.jobs.push(ReadyJob {
+                    Ok(envelope) => jobs.push(ReadyJob {
                         slot,
+                        max_age_ms: self.max_ages.for_type(&envelope.job_type),
                         envelope,
                         raw,
                     }),
-                    Err(err) => batch.malformed.push((slot, raw, err.to_string())),
+                    Err(err) => malformed.push((slot, raw, err.to_string())),
                 }
             }
+            let first = jobs
+                .first()
+                .map_or(self.lease.as_millis() as u64, |j| j.max_age_ms);
+            let batch = Batch {
+                queue: index,
+                token,
+                fetched_at_us,
+                jobs: Arc::new(jobs),
+                malformed,
+                progress: Arc::new(Progress::new(first)),
+            };
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                batch.token.clone(),
+                leases::Held {
+                    queue: index,
+                    progress: Arc::clone(&batch.progress),
+                    jobs: Arc::clone(&batch.jobs),
+                },
+            );
             return Ok(Some(batch));
         }
         Ok(None)
@@ -347,7 +383,7 @@ impl WorkQueues {
                         slot: job.slot,
                         id: env.id.0,
                         envelope: stored,
-                        due_ms: (ended_us + delay.as_micros() as u64) / 1000,
+                        delay_ms: delay.as_millis().min(u64::MAX as u128) as u64,
                         error: error.clone(),
                     }),
                     None => {
@@ -378,57 +414,12 @@ impl WorkQueues {
         }
     }
 
-    /// Stops renewing `batch`'s lease without settling it: the lease then
-    /// expires and the reaper (of any worker) gives its jobs back. For a
-    /// batch that cannot be settled (Redis away longer than the lease), so
-    /// its jobs are not held for ever by heartbeats.
-    pub fn abandon(&self, batch: &Batch) {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&batch.token);
-    }
-
-    /// Extends every lease this process holds; returns the tokens lost (their
-    /// lease had expired and was reaped: those jobs may run twice).
-    pub fn heartbeat(&self) -> Result<Vec<String>> {
-        let mut by_queue: HashMap<usize, Vec<String>> = HashMap::new();
-        for (token, &queue) in self.held.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            by_queue.entry(queue).or_default().push(token.clone());
-        }
-        let lease_ms = self.lease.as_millis() as u64;
-        let mut lost = Vec::new();
-        for (queue, tokens) in by_queue {
-            let keys = &self.queues[queue].keys;
-            lost.extend(self.with_store(|s| s.heartbeat(keys, &tokens, lease_ms))?);
-        }
-        // A lease settled between the snapshot above and the script is gone
-        // from Redis too, but was not lost: only tokens still held count.
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        lost.retain(|token| held.contains_key(token));
-        Ok(lost)
-    }
-
-    /// Reaps expired leases on every queue; returns the jobs returned to ready.
-    pub fn reap(&self) -> Result<u64> {
-        let mut jobs = 0;
-        for queue in &self.queues {
-            jobs += self.with_store(|s| s.reap(&queue.keys, 100))?.1;
-        }
-        Ok(jobs)
-    }
-
     /// Blocks until new jobs are signalled on any of the queues or `timeout`
     /// (at most 2 s, inside the connection's reply timeout) passes.
     pub fn wait_for_work(&self, timeout: Duration) -> Result<bool> {
         let keys: Vec<&QueueKeys> = self.queues.iter().map(|q| &q.keys).collect();
         let timeout = timeout.clamp(Duration::from_millis(10), Duration::from_secs(2));
         self.with_store(|s| s.wait_for_work(&keys, timeout))
-    }
-
-    /// How many leases this process holds now.
-    pub fn held(&self) -> usize {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

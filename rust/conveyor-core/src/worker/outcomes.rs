@@ -76,14 +76,18 @@ mod tests {
             queue: 0,
             token: "tok".to_owned(),
             fetched_at_us: 1_000_000,
-            jobs: (0..jobs)
-                .map(|slot| super::super::ReadyJob {
-                    slot: slot as u32,
-                    envelope: envelope.clone(),
-                    raw: Vec::new(),
-                })
-                .collect(),
+            jobs: std::sync::Arc::new(
+                (0..jobs)
+                    .map(|slot| super::super::ReadyJob {
+                        slot: slot as u32,
+                        envelope: envelope.clone(),
+                        raw: Vec::new(),
+                        max_age_ms: 1000,
+                    })
+                    .collect(),
+            ),
             malformed: Vec::new(),
+            progress: Default::default(),
         }
     }
 

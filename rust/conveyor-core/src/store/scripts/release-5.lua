@@ -7,6 +7,7 @@
   KEYS[2]   cv:[<ns>:]{<queue>}:leases          zset: lease token -> deadline (ms)
   KEYS[3]   cv:[<ns>:]{<queue>}:ready           list of envelopes
   KEYS[4]   cv:[<ns>:]{<queue>}:wake            list of at most one token for idle workers
+  KEYS[5]   cv:[<ns>:]{<queue>}:progress        hash: lease token -> slot running
   ARGV[1]   the lease token
   ARGV[2..] slots to give back, in ascending order
 
@@ -29,5 +30,6 @@ if #back > 0 then
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
 end
 return #back

@@ -1,21 +1,27 @@
 #!lua flags=allow-oom
 --[[
   reap: return the jobs of expired leases (their worker died or hung) to the
-  head of ready, each with one more attempt counted.
+  head of ready, with one more attempt counted for each job that had started.
 
   KEYS[1]   cv:[<ns>:]{<queue>}:leases   zset: lease token -> deadline (ms)
   KEYS[2]   cv:[<ns>:]{<queue>}:ready    list of envelopes
   KEYS[3]   cv:[<ns>:]{<queue>}:counts   hash: counter name -> count
   KEYS[4]   cv:[<ns>:]{<queue>}:wake     list of at most one token for idle workers
-  KEYS[5..] cv:[<ns>:]{<queue>}:lease:<token> for each token in ARGV
+  KEYS[5]   cv:[<ns>:]{<queue>}:progress hash: lease token -> slot running (heartbeat)
+  KEYS[6..] cv:[<ns>:]{<queue>}:lease:<token> for each token in ARGV
   ARGV[1..] lease tokens the caller found expired (ZRANGEBYSCORE leases);
             each is checked again here, atomically
 
   Returns: { leases reaped, jobs returned }
 
-  An expired lease counts as an attempt for each of its jobs (the job may have
-  been what killed the worker); the worker dead-letters a job that comes back
-  with no attempts left instead of running it again. The attempt is a u32 at
+  An expired lease counts as an attempt for each of its jobs that had started
+  (the job may have been what killed the worker): the slots up to the one its
+  worker last reported running, and always the first (a job that kills its
+  worker at once, before any heartbeat, must still use up its attempts; it
+  reaches the first slot of some batch, since reaped jobs go to the head).
+  Jobs after that never started and go back uncharged. The worker
+  dead-letters a job that comes back with no attempts left instead of running
+  it again. The attempt is a u32 at
   bytes 29..32 of the envelope (docs/envelope.md). An entry too short to hold
   one goes back unchanged (the worker dead-letters it), never stopping a reap.
 
@@ -30,7 +36,8 @@ local leases, jobs = 0, 0
 for i, token in ipairs(ARGV) do
   local deadline = redis.call('ZSCORE', KEYS[1], token)
   if deadline and tonumber(deadline) < now_ms then
-    local flat = redis.call('HGETALL', KEYS[4 + i])
+    local started = math.max(1, tonumber(redis.call('HGET', KEYS[5], token)) or 0)
+    local flat = redis.call('HGETALL', KEYS[5 + i])
     local by_slot = {}
     for j = 1, #flat, 2 do
       by_slot[#by_slot + 1] = { tonumber(flat[j]), flat[j + 1] }
@@ -39,7 +46,9 @@ for i, token in ipairs(ARGV) do
     local back = {}
     for _, entry in ipairs(by_slot) do
       local envelope = entry[2]
-      if #envelope >= ATTEMPT_FIRST + 3 then
+      if entry[1] > started then
+        back[#back + 1] = envelope
+      elseif #envelope >= ATTEMPT_FIRST + 3 then
         local attempt = struct.unpack('>I4', envelope, ATTEMPT_FIRST)
         back[#back + 1] = string.sub(envelope, 1, ATTEMPT_FIRST - 1)
           .. struct.pack('>I4', attempt + 1) .. string.sub(envelope, ATTEMPT_FIRST + 4)
@@ -52,8 +61,9 @@ for i, token in ipairs(ARGV) do
     if #back > 0 then
       redis.call('LPUSH', KEYS[2], unpack(back))
     end
-    redis.call('DEL', KEYS[4 + i])
+    redis.call('DEL', KEYS[5 + i])
     redis.call('ZREM', KEYS[1], token)
+    redis.call('HDEL', KEYS[5], token)
     leases = leases + 1
     jobs = jobs + #back
   end

@@ -9,10 +9,11 @@
   KEYS[5]   cv:[<ns>:]{<queue>}:errors          hash: job id -> last error (JSON)
   KEYS[6]   cv:[<ns>:]{<queue>}:unique          hash: dedup key -> job id
   KEYS[7]   cv:[<ns>:]{<queue>}:counts          hash: counter name -> count
+  KEYS[8]   cv:[<ns>:]{<queue>}:progress        hash: lease token -> slot running
   ARGV[1]   the lease token
   ARGV[2..] records, each starting with its kind:
               'D', slot, id, dedup key                            done
-              'R', slot, id, dedup key, envelope, due ms, error   retry at due ms
+              'R', slot, id, dedup key, envelope, delay ms, error retry after delay
               'X', slot, id, dedup key, envelope, error           dead letter
             id is the 16-byte job id, or "" for a done job that never failed
             and has no dedup key (nothing to clean up). envelope is the job
@@ -24,6 +25,9 @@
             was settled before. Nothing is changed for them.
 
   When the last slot of a lease is settled, the lease is deleted.
+
+  A retry's due time is Redis' clock plus its delay, never the worker's
+  clock: a worker whose clock is off neither retries at once nor parks a job.
 
   `allow-oom`: settling frees the lease; a retry or dead letter moves the same
   bytes (plus a few stage stamps and the error) elsewhere. A full Redis must
@@ -39,19 +43,28 @@ local function release_unique(id, key)
   end
 end
 
+-- Check every record before changing anything: a script that stops half way
+-- leaves its earlier writes in place.
+local WIDTH = { D = 4, R = 7, X = 6 }
 local i = 2
 while i <= #ARGV do
-  local kind, slot, id, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local width
-  if kind == 'D' then
-    width = 4
-  elseif kind == 'R' then
-    width = 7
-  elseif kind == 'X' then
-    width = 6
-  else
-    return redis.error_reply('CVARGS unknown settle record kind ' .. tostring(kind))
+  local width = WIDTH[ARGV[i]]
+  if not width then
+    return redis.error_reply('CVARGS unknown settle record kind ' .. tostring(ARGV[i]))
   end
+  if ARGV[i] == 'R' then
+    local delay = tonumber(ARGV[i + 5])
+    if not delay or delay < 0 then
+      return redis.error_reply('CVARGS a retry delay is a number of ms, not ' .. tostring(ARGV[i + 5]))
+    end
+  end
+  i = i + width
+end
+
+i = 2
+while i <= #ARGV do
+  local kind, slot, id, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local width = WIDTH[kind]
   if redis.call('HDEL', KEYS[1], slot) == 0 then
     stale = stale + 1
   elseif kind == 'D' then
@@ -62,7 +75,7 @@ while i <= #ARGV do
     end
   elseif kind == 'R' then
     retried = retried + 1
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[i + 5]), ARGV[i + 4])
+    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[i + 5]), ARGV[i + 4])
     redis.call('HSET', KEYS[5], id, ARGV[i + 6])
   else
     dead = dead + 1
@@ -75,6 +88,7 @@ end
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[8], ARGV[1])
 end
 for name, n in pairs({ done = done, retried = retried, dead = dead }) do
   if n > 0 then

@@ -1,0 +1,96 @@
+"""Leases under handlers that misbehave: one holding the GIL in a long C call
+keeps its lease (the keeper is native), one blocked for ever in a call its
+timeout cannot interrupt loses its lease after its maximum age, so that the
+job runs elsewhere."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+import redis
+
+import conveyor
+from conveyor import _core
+from conveyor.devservers import DevServers
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import admit, spawn_worker
+
+pytestmark = pytest.mark.servers
+
+
+def _gil_hold_size(seconds: float) -> int:
+    """An `n` for which `sum(range(n))` holds the GIL about `seconds`."""
+    n = 2_000_000
+    began = time.perf_counter()
+    sum(range(n))
+    return int(n * seconds / max(time.perf_counter() - began, 1e-6))
+
+
+def test_a_handler_holding_the_gil_keeps_its_lease_and_runs_once(
+    app: conveyor.Conveyor, servers: DevServers
+) -> None:
+    ns = app.settings.namespace
+    client = redis.Redis.from_url(servers.redis.url)
+    runs_key = f"test:{ns}:runs"
+    admit(app, "test.hold_gil", [[0, _gil_hold_size(4.0)]])
+    worker = spawn_worker(
+        {"CONVEYOR_REDIS_URL": servers.redis.url, "CONVEYOR_NAMESPACE": ns},
+        "--lease",
+        "1",
+        "--threads",
+        "2",
+    )
+    # Another process reaps all along, as other workers would: a lease the
+    # GIL-bound worker failed to renew would be taken back and run again.
+    reaper = _core.WorkQueues(servers.redis.url, ns, [("default", 1)], lease_s=1.0)
+    try:
+        deadline = time.monotonic() + 60
+        while not client.hget(runs_key, "0") and time.monotonic() < deadline:
+            reaper.reap()
+            time.sleep(0.2)
+        for _ in range(10):  # a second run would follow at once
+            reaper.reap()
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    assert client.hget(runs_key, "0") == b"1", stderr.decode()[-2000:]
+    counts = _core.RedisStore(servers.redis.url).counts(ns, "default")
+    assert counts.get("reaped", 0) == 0, "the lease never expired"
+    assert counts["done"] == 1
+
+
+def test_a_handler_blocked_past_its_maximum_age_loses_its_job_to_another_thread(
+    app: conveyor.Conveyor, servers: DevServers
+) -> None:
+    ns = app.settings.namespace
+    client = redis.Redis.from_url(servers.redis.url)
+    admit(app, "test.block_once", [[7]])
+    worker = spawn_worker(
+        {"CONVEYOR_REDIS_URL": servers.redis.url, "CONVEYOR_NAMESPACE": ns},
+        "--lease",
+        "1",
+        "--threads",
+        "2",
+        "--grace",
+        "0.5",
+    )
+    try:
+        # timeout 0.5 s + lease 1 s of maximum age, then 1 s for the lease to
+        # expire: the second attempt runs on the other thread.
+        wait_until(
+            lambda: client.hget(f"test:{ns}:runs", "7") == b"1",
+            timeout_s=20,
+            what="the blocked job's second attempt",
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    log = stderr.decode()
+    assert "maximum age" in log, log[-2000:]
+    assert "test.block_once" in log, "the event names the job"
+    counts = _core.RedisStore(servers.redis.url).counts(ns, "default")
+    assert counts["reaped"] == 1
+    assert counts["done"] == 1
