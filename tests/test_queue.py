@@ -87,6 +87,21 @@ def test_a_retry_comes_back_when_due_with_its_attempt_counted(
     assert args_of(back) == [1]
 
 
+def test_a_retry_is_due_by_redis_clock_not_the_workers(
+    servers: DevServers, store: _core.RedisStore, namespace: str
+) -> None:
+    # A worker whose clock is an hour behind reports its job ended an hour
+    # ago; the retry must still wait its backoff (it once came due at once).
+    store.admit(namespace, Q, [job(1)])
+    wq = queues(servers, namespace)
+    batch = wq.fetch(1)
+    assert batch is not None
+    wq.settle(batch, [time.time() - 3600], {0: ("{}", 0.5)})
+    assert wq.fetch(1) is None, "not due before its backoff"
+    time.sleep(0.6)
+    assert wq.fetch(1) is not None
+
+
 def test_the_reaper_returns_expired_leases_and_heartbeats_keep_them(
     servers: DevServers, store: _core.RedisStore, namespace: str
 ) -> None:

@@ -371,6 +371,44 @@ def test_periodic_jobs_run_once_per_occurrence_with_several_workers(
     assert min(gaps) > 0.25, "an occurrence ran twice"
 
 
+class _SkewedClock:
+    """A `time` module whose wall clock is an hour ahead."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 3600
+
+
+def test_periodic_jobs_follow_redis_clock_not_the_workers(
+    app: conveyor.Conveyor, running: list[conveyor.Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The keeper once read its host's clock: a worker an hour ahead claimed
+    # the occurrences of the coming hour, so when it stopped, the workers
+    # with right clocks skipped every occurrence for an hour.
+    runs: list[float] = []
+    app.job("w.skewed_tick")(lambda: runs.append(time.time()))
+    app.periodic("w.skewed_tick", every=0.5)
+    with monkeypatch.context() as patch:
+        patch.setattr("conveyor.keeper.time", _SkewedClock(), raising=False)
+        ahead = conveyor.Worker(app, threads=1)
+        running.append(ahead)
+        ahead.start()
+        wait_until(lambda: len(runs) >= 2, timeout_s=10, what="the skewed worker's occurrences")
+        ahead.stop()
+    before = len(runs)
+    right = conveyor.Worker(app, threads=1)
+    running.append(right)
+    right.start()
+    wait_until(
+        lambda: len(runs) >= before + 3,
+        timeout_s=10,
+        what="occurrences once the worker an hour ahead stopped",
+    )
+
+
 def test_cron_expressions_match_like_cron() -> None:
     from datetime import UTC, datetime
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from conveyor import _core
 from conveyor.app import Conveyor
@@ -33,12 +32,12 @@ class Keeper:
         # Look at periodic schedules four times a second.
         schedules = list(self.app.schedules.values())
         stores: dict[str, _core.RedisStore] = {}
-        checked_until = time.time()
+        checked_until: dict[str, float] = {}
         while not stopped.wait(0.25):
             self.log_events()
             if schedules:
                 try:
-                    checked_until = self.enqueue_due(stores, schedules, checked_until)
+                    self.enqueue_due(stores, schedules, checked_until)
                 except ConveyorError as err:
                     stores.clear()
                     log.warning("periodic jobs: %s (trying again)", err)
@@ -51,23 +50,32 @@ class Keeper:
             log.warning("%s", event)
 
     def enqueue_due(
-        self, stores: dict[str, _core.RedisStore], schedules: list[Schedule], after: float
-    ) -> float:
-        """Enqueues the occurrences due in `(after, now]`; returns now. Each
+        self,
+        stores: dict[str, _core.RedisStore],
+        schedules: list[Schedule],
+        checked_until: dict[str, float],
+    ) -> None:
+        """Enqueues the occurrences that came due since the last call, by the
+        clock of the Redis each schedule's queue lives on (never this host's:
+        a worker whose clock is off must neither skip nor repeat occurrences).
+        `checked_until` maps a Redis URL to the time checked up to. Each
         occurrence goes in once across all workers (the script claims it)."""
-        now = time.time()
         namespace = self.app.settings.namespace
         limit = self.app.settings.max_payload_bytes
+        now: dict[str, float] = {}
         for schedule in schedules:
-            for occurrence_ms in schedule.occurrences(after, now):
+            url = self.app.settings.redis_url_for(schedule.queue)
+            store = stores.get(url) or stores.setdefault(url, _core.RedisStore(url))
+            if url not in now:
+                now[url] = store.now_ms() / 1000
+            after = checked_until.setdefault(url, now[url])
+            for occurrence_ms in schedule.occurrences(after, now[url]):
                 payload = encode_call(schedule.args, schedule.kwargs, limit)
                 envelope = _core.Envelope(
                     schedule.job_type, payload, run_at_us=occurrence_ms * 1000
                 ).encode()
-                url = self.app.settings.redis_url_for(schedule.queue)
-                store = stores.get(url) or stores.setdefault(url, _core.RedisStore(url))
                 if store.enqueue_occurrence(
                     namespace, schedule.queue, schedule.name, occurrence_ms, envelope
                 ):
                     self.periodic_enqueued += 1
-        return now
+        checked_until.update(now)

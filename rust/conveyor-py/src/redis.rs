@@ -150,6 +150,11 @@ impl RedisStore {
         Ok((a.queued, a.scheduled, a.duplicates, a.skipped))
     }
 
+    /// Redis' clock, in ms since the epoch (the clock periodic jobs follow).
+    fn now_ms(&self, py: Python<'_>) -> PyResult<u64> {
+        self.with(py, |s| s.now_ms())
+    }
+
     /// Jobs per state: `{"queued", "scheduled", "leases", "dead"}`.
     fn depth(
         &self,

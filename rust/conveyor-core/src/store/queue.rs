@@ -214,6 +214,13 @@ impl RedisStore {
         Ok(call.invoke(self.connection())?)
     }
 
+    /// Redis' clock (ms since the epoch): the one clock workers share for
+    /// lease deadlines, retries and periodic occurrences.
+    pub fn now_ms(&mut self) -> Result<u64> {
+        let (secs, micros): (u64, u64) = Cmd::new().arg("TIME").query(self.connection())?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
     /// Extends leases to `lease_ms` from now and records, per lease token,
     /// the slot of the job running now (0: none yet); returns the tokens no
     /// longer held.
@@ -263,7 +270,7 @@ impl RedisStore {
             .arg("ZRANGE")
             .arg(keys.leases())
             .arg("-inf")
-            .arg(format!("({}", redis_now_ms(self)?))
+            .arg(format!("({}", self.now_ms()?))
             .arg("BYSCORE")
             .arg("LIMIT")
             .arg(0)
@@ -403,8 +410,3 @@ impl RedisStore {
     }
 }
 
-/// Redis' clock in ms: lease deadlines are kept by it, never by a worker's.
-fn redis_now_ms(store: &mut RedisStore) -> Result<u64> {
-    let (secs, micros): (u64, u64) = Cmd::new().arg("TIME").query(store.connection())?;
-    Ok(secs * 1000 + micros / 1000)
-}
