@@ -409,4 +409,3 @@ impl RedisStore {
         Ok(out)
     }
 }
-
