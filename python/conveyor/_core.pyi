@@ -308,6 +308,9 @@ class Gate:
         max_batch: int = 1000,
         token: str | None = None,
         properties: list[tuple[str, str]] | None = None,
+        max_connections: int = 1024,
+        header_timeout_s: float = 30.0,
+        body_timeout_s: float = 30.0,
     ) -> Gate: ...
     @property
     def address(self) -> str: ...

@@ -30,6 +30,27 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=5.0,
         help="seconds to wait for Kafka before answering 503 (default 5)",
     )
+    gate.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="connections served at once; one more is answered 503 (default 1024)",
+    )
+    gate.add_argument(
+        "--header-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a connection closes if a request's headers take longer, idle time included "
+        "(default 30)",
+    )
+    gate.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a request whose body takes longer is answered 408 (default 30)",
+    )
     gate.set_defaults(run=_gate)
 
 
@@ -60,6 +81,9 @@ def _gate(args: argparse.Namespace) -> int:
         max_payload_bytes=settings.max_payload_bytes,
         token=os.environ.get("CONVEYOR_GATE_TOKEN") or None,
         properties=list(settings.kafka_properties),
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
     )
     stop = stop_on_signals()
     print(

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use conveyor_core::config::duration;
-use conveyor_core::gate::{self, GateConfig, GateHandle};
+use conveyor_core::config::{duration, positive_duration};
+use conveyor_core::gate::{self, ConnectionLimits, GateConfig, GateHandle};
 use conveyor_core::kafka::producer::ProducerOptions;
 use conveyor_core::kafka::KafkaConfig;
 use pyo3::prelude::*;
@@ -20,7 +20,7 @@ pub struct Gate {
 #[pymethods]
 impl Gate {
     #[new]
-    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="leader", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, properties=None))]
+    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="leader", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -38,6 +38,9 @@ impl Gate {
         max_batch: usize,
         token: Option<String>,
         properties: Option<Vec<(String, String)>>,
+        max_connections: usize,
+        header_timeout_s: f64,
+        body_timeout_s: f64,
     ) -> PyResult<Self> {
         let config = GateConfig {
             bind: gate::parse_bind(bind).py()?,
@@ -60,6 +63,11 @@ impl Gate {
             max_payload_bytes,
             max_batch,
             token,
+            connections: ConnectionLimits {
+                max_connections,
+                header_timeout: positive_duration("header_timeout_s", header_timeout_s).py()?,
+                body_timeout: positive_duration("body_timeout_s", body_timeout_s).py()?,
+            },
         };
         let handle = py.detach(|| gate::start(config)).py()?;
         Ok(Self {

@@ -14,7 +14,6 @@ use super::requests::{json_body, parse, read_body, BatchRequest, JobRequest, Ref
 use super::Gate;
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::kafka::cluster_info;
 use crate::kafka::producer::{check_partition, TrySend};
 use crate::metrics::render_counter;
 
@@ -116,7 +115,8 @@ impl Gate {
 
 pub(super) async fn enqueue_one(State(gate): State<Arc<Gate>>, request: Request) -> Response {
     let outcome = async {
-        let (headers, body) = read_body(request, gate.limits.0).await?;
+        let (headers, body) =
+            read_body(request, gate.limits.0, gate.config.connections.body_timeout).await?;
         gate.authorize(&headers)?;
         let job: JobRequest<'_> = parse(&body)?;
         let partition = job.partition;
@@ -130,7 +130,8 @@ pub(super) async fn enqueue_one(State(gate): State<Arc<Gate>>, request: Request)
 
 pub(super) async fn enqueue_batch(State(gate): State<Arc<Gate>>, request: Request) -> Response {
     let outcome = async {
-        let (headers, body) = read_body(request, gate.limits.1).await?;
+        let (headers, body) =
+            read_body(request, gate.limits.1, gate.config.connections.body_timeout).await?;
         gate.authorize(&headers)?;
         let batch: BatchRequest<'_> = parse(&body)?;
         if batch.jobs.is_empty() || batch.jobs.len() > gate.config.max_batch {
@@ -167,15 +168,38 @@ fn respond(gate: &Gate, outcome: std::result::Result<Value, Refusal>) -> Respons
     }
 }
 
+/// Ready when Kafka answered the producer's metadata request. The answer is
+/// cached for `READY_FOR`, and at most one probe runs at a time (others get
+/// the last answer), so probes at any rate cost the brokers one request a
+/// second and the gate no new client.
 pub(super) async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
-    let kafka = gate.config.kafka.clone();
-    let probe =
-        tokio::task::spawn_blocking(move || cluster_info(&kafka, Duration::from_secs(2))).await;
-    match probe {
-        Ok(Ok(info)) if !info.brokers.is_empty() => (StatusCode::OK, "ready\n").into_response(),
-        _ => Refusal::from(Error::Timeout("Kafka is not reachable".to_owned())).into_response(),
+    let fresh = gate
+        .readiness
+        .cached()
+        .filter(|(at, _)| at.elapsed() < READY_FOR);
+    let ready = match fresh {
+        Some((_, ready)) => ready,
+        None if gate.readiness.begin_probe() => {
+            let probing = Arc::clone(&gate);
+            let probe = tokio::task::spawn_blocking(move || {
+                probing.producer.broker_count(Duration::from_secs(2))
+            })
+            .await;
+            let ready = matches!(probe, Ok(Ok(brokers)) if brokers > 0);
+            gate.readiness.end_probe(ready);
+            ready
+        }
+        None => gate.readiness.cached().is_some_and(|(_, ready)| ready),
+    };
+    if ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        Refusal::from(Error::Timeout("Kafka is not reachable".to_owned())).into_response()
     }
 }
+
+/// How long a readiness answer is reused.
+const READY_FOR: Duration = Duration::from_secs(1);
 
 pub(super) async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
     let c = &gate.counters;

@@ -21,11 +21,15 @@
 //! job in time. A 2xx always means every job in it was written.
 //!
 //! Rooms: this file wires the gate (configuration, start, stop, the
-//! registry refresh); [`requests`] reads and refuses what clients send;
-//! [`handlers`] serves the routes and sends to Kafka.
+//! registry refresh); [`server`] accepts connections under their limits;
+//! [`requests`] reads and refuses what clients send; [`handlers`] serves the
+//! routes and sends to Kafka.
 
 mod handlers;
 mod requests;
+mod server;
+
+pub use server::ConnectionLimits;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -76,6 +80,8 @@ pub struct GateConfig {
     pub max_batch: usize,
     /// Required bearer token, if set.
     pub token: Option<String>,
+    /// Connections at once, and how long each part of a request may take.
+    pub connections: ConnectionLimits,
 }
 
 impl GateConfig {
@@ -103,6 +109,31 @@ struct Gate {
     stopping: AtomicBool,
     /// Body limits of `/v1/jobs` and `/v1/jobs/batch`, in bytes.
     limits: (usize, usize),
+    readiness: Readiness,
+}
+
+/// The last readiness answer and whether a probe runs now.
+#[derive(Default)]
+struct Readiness {
+    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    probing: AtomicBool,
+}
+
+impl Readiness {
+    fn cached(&self) -> Option<(std::time::Instant, bool)> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True if this caller should probe (nobody else is).
+    fn begin_probe(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    fn end_probe(&self, ready: bool) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), ready));
+        self.probing.store(false, Ordering::Release);
+    }
 }
 
 /// A running gate. Dropping it does not stop it; call [`GateHandle::stop`].
@@ -166,6 +197,11 @@ pub fn parse_bind(bind: &str) -> Result<SocketAddr> {
 
 /// Binds, starts serving in the background, and returns once listening.
 pub fn start(config: GateConfig) -> Result<GateHandle> {
+    if config.connections.max_connections == 0 {
+        return Err(Error::Config(
+            "the gate needs max_connections of at least 1".into(),
+        ));
+    }
     for (job_type, queue) in &config.routes {
         validate_job_type(job_type)?;
         crate::store::keys::validate_name("queue", queue)?;
@@ -183,6 +219,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
         limits: body_limits(config.max_payload_bytes, config.max_batch),
+        readiness: Readiness::default(),
         config,
     });
     if gate.config.registry_url.is_some() {
@@ -213,15 +250,9 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         .map_err(|e| Error::InvalidJob(format!("no local address: {e}")))?;
     let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done) = std::sync::mpsc::channel();
+    let limits = gate.config.connections;
     runtime::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = on_shutdown.await;
-            })
-            .await;
-        if let Err(err) = served {
-            eprintln!("conveyor gate: server stopped: {err}");
-        }
+        server::serve(listener, app, limits, on_shutdown).await;
         let _ = done_tx.send(());
     });
     Ok(GateHandle {

@@ -229,6 +229,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub(super) async fn read_body(
     request: Request,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> std::result::Result<(HeaderMap, Bytes), Refusal> {
     let too_large = || Refusal {
         status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -245,8 +246,14 @@ pub(super) async fn read_body(
     if announced.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
+    let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
         .await
+        .map_err(|_| Refusal {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "body_timeout",
+            reason: format!("request body not received within {timeout:?}"),
+            index: None,
+        })?
         .map_err(|_| too_large())?;
     Ok((parts.headers, bytes))
 }

@@ -256,6 +256,17 @@ impl JobProducer {
         }
     }
 
+    /// How many brokers answer this producer's client now (a metadata round
+    /// trip on its existing connections), for readiness probes.
+    pub fn broker_count(&self, timeout: Duration) -> Result<usize> {
+        let metadata = self
+            .inner
+            .client()
+            .fetch_metadata(None, timeout)
+            .map_err(Error::kafka("metadata"))?;
+        Ok(metadata.brokers().len())
+    }
+
     /// Re-reads which partitions of `topic` have a leader (a metadata round
     /// trip). A failed read keeps the old list: sending goes on.
     pub fn refresh_partitions(&self, topic: &str) {
