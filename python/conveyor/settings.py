@@ -9,6 +9,7 @@ SASL credentials) belong in them or in a config file, never in code.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,11 @@ class Settings:
     #: One Kafka cluster can feed several independent Redis servers this way;
     #: relays, workers and the direct path all follow it.
     queue_redis: tuple[tuple[str, str], ...] = ()
+    #: Dead-lettered jobs each queue keeps, and for how long (seconds): the
+    #: oldest beyond either limit are forgotten as new ones die, so failures
+    #: cannot fill Redis. `conveyor dead purge` forgets them on demand.
+    dead_max: int = 100_000
+    dead_max_age_s: float = 30 * 24 * 3600.0
 
     def redis_url_for(self, queue: str) -> str:
         """The Redis deployment that holds `queue`."""
@@ -90,7 +96,8 @@ class Settings:
         (`queue=redis://...` pairs separated by spaces), and for SASL
         `CONVEYOR_KAFKA_SASL_MECHANISM`, `CONVEYOR_KAFKA_SASL_USERNAME`,
         `CONVEYOR_KAFKA_SASL_PASSWORD` (with `CONVEYOR_KAFKA_SECURITY_PROTOCOL`,
-        default `SASL_SSL`), `CONVEYOR_ROUTE_REFRESH_S` (seconds, or "off").
+        default `SASL_SSL`), `CONVEYOR_ROUTE_REFRESH_S` (seconds, or "off"),
+        `CONVEYOR_DEAD_MAX` and `CONVEYOR_DEAD_MAX_AGE_S` (dead-letter retention).
         """
         env = os.environ
         default = cls()
@@ -115,6 +122,8 @@ class Settings:
             ),
             kafka_properties=tuple(properties),
             route_refresh_s=_route_refresh(env.get("CONVEYOR_ROUTE_REFRESH_S")),
+            dead_max=int(_number(env, "CONVEYOR_DEAD_MAX", default.dead_max)),
+            dead_max_age_s=_number(env, "CONVEYOR_DEAD_MAX_AGE_S", default.dead_max_age_s),
         )
 
     def topic_for(self, queue: str) -> str:
@@ -142,3 +151,17 @@ def _route_refresh(text: str | None) -> float | None:
     if not seconds > 0:
         raise ConfigError(f"CONVEYOR_ROUTE_REFRESH_S must be seconds or 'off', not {text!r}")
     return seconds
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number of at least 0 from the environment, or `default` if unset."""
+    text = env.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a finite number of at least 0, not {text!r}")
+    return value

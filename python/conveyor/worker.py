@@ -105,6 +105,8 @@ class Worker:
                 if jt.options.timeout_s is not None
             },
             max_age_default_s=max_job_s,
+            dead_max=s.dead_max,
+            dead_max_age_s=s.dead_max_age_s,
         )
         self._stopping = threading.Event()
         self._stopped = threading.Event()

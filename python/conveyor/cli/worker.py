@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from conveyor.errors import ConveyorError
+
+if TYPE_CHECKING:
+    from conveyor import _core
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,10 +63,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     queues.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
     queues.set_defaults(run=_queues)
 
-    dead = commands.add_parser("dead", help="list or replay a queue's dead-lettered jobs")
-    dead.add_argument("action", choices=["list", "replay"])
+    dead = commands.add_parser("dead", help="list, replay or purge a queue's dead-lettered jobs")
+    dead.add_argument("action", choices=["list", "replay", "purge"])
     dead.add_argument("queue")
     dead.add_argument("--limit", type=int, default=100, help="most jobs (default 100)")
+    dead.add_argument(
+        "--older-than",
+        type=float,
+        metavar="SECONDS",
+        help="purge: only jobs dead for longer than this (default: every dead job)",
+    )
     dead.set_defaults(run=_dead)
 
 
@@ -160,6 +170,8 @@ def _dead(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     store = _core.RedisStore(settings.redis_url_for(args.queue))
+    if args.action == "purge":
+        return _purge(store, settings.namespace, args.queue, args.older_than)
     if args.action == "replay":
         moved = 0
         while moved < args.limit:
@@ -177,4 +189,21 @@ def _dead(args: argparse.Namespace) -> int:
             f"{env.id}  {env.job_type:<24} attempts {env.attempt}  died {when}  "
             f"{reason.get('type', '?')}: {reason.get('message', '')}"
         )
+    return 0
+
+
+def _purge(store: _core.RedisStore, namespace: str, queue: str, older_than: float | None) -> int:
+    from conveyor.errors import ConfigError
+
+    if older_than is not None and not 0 <= older_than < float("inf"):
+        raise ConfigError(f"--older-than must be seconds of at least 0, not {older_than}")
+    # Redis' clock decides what is old, as it stamped when each job died.
+    before_ms = store.now_ms() - int((older_than or 0) * 1000)
+    if older_than is None:
+        before_ms += 1
+    purged = 0
+    while n := store.purge_dead(namespace, queue, before_ms, 1000):
+        purged += n
+        print(f"\r{queue}: {purged} dead jobs purged ...", end="", flush=True)
+    print(f"\r{queue}: {purged} dead jobs purged, with their error records")
     return 0

@@ -213,6 +213,20 @@ impl RedisStore {
         self.with(py, |s| s.replay_dead(&keys, count))
     }
 
+    /// Forgets up to `count` (1 to 1000) dead letters that died before
+    /// `before_ms` (Redis' clock), with their error records; returns how many.
+    fn purge_dead(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        before_ms: u64,
+        count: usize,
+    ) -> PyResult<u64> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        self.with(py, |s| s.purge_dead(&keys, before_ms, count))
+    }
+
     /// Enqueues occurrence `occurrence_ms` of periodic schedule `name` once,
     /// however many workers call this; True if this call enqueued it.
     fn enqueue_occurrence(

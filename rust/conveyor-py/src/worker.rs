@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use conveyor_core::config::{duration, positive_duration};
 use conveyor_core::id::new_process_id;
 use conveyor_core::store::keys::QueueKeys;
+use conveyor_core::store::queue::DeadRetention;
 use conveyor_core::worker::keeper::Keeper;
 use conveyor_core::worker::outcomes::{outcomes, Failure};
 use conveyor_core::worker::{self, Batch, MaxAges, WeightedQueue};
@@ -89,6 +90,7 @@ impl WorkQueues {
     #[pyo3(signature = (
         redis_url, namespace, queues, *, strict=false, worker_id=None, lease_s=30.0,
         max_age_s=HashMap::new(), max_age_default_s=3600.0,
+        dead_max=100_000, dead_max_age_s=2_592_000.0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -101,6 +103,8 @@ impl WorkQueues {
         lease_s: f64,
         max_age_s: HashMap<String, f64>,
         max_age_default_s: f64,
+        dead_max: u64,
+        dead_max_age_s: f64,
     ) -> PyResult<Self> {
         let lease = positive_duration("lease_s", lease_s).py()?;
         let max_ages = MaxAges {
@@ -110,6 +114,10 @@ impl WorkQueues {
                 .collect::<conveyor_core::Result<_>>()
                 .py()?,
             default: positive_duration("max_age_default_s", max_age_default_s).py()?,
+        };
+        let retention = DeadRetention {
+            max_jobs: dead_max,
+            max_age: positive_duration("dead_max_age_s", dead_max_age_s).py()?,
         };
         let queues = queues
             .into_iter()
@@ -126,7 +134,8 @@ impl WorkQueues {
         let inner = py
             .detach(|| worker::WorkQueues::new(redis_url, queues, strict, &id, lease))
             .py()?
-            .with_max_ages(max_ages);
+            .with_max_ages(max_ages)
+            .with_dead_retention(retention);
         Ok(Self {
             inner: Arc::new(inner),
             keeper: Mutex::new(None),

@@ -32,6 +32,26 @@ pub struct Lease {
     pub jobs: Vec<Vec<u8>>,
 }
 
+/// How many dead-lettered jobs a queue keeps, and for how long: the oldest
+/// beyond either limit are forgotten with their error records as new ones
+/// die, so a failure storm cannot fill Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadRetention {
+    /// Most dead jobs kept.
+    pub max_jobs: u64,
+    /// Longest a dead job is kept.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for DeadRetention {
+    fn default() -> Self {
+        DeadRetention {
+            max_jobs: 100_000,
+            max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
 /// How one leased job ended, for [`RedisStore::settle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -45,6 +65,7 @@ pub enum Settlement {
         dedup_key: Option<String>,
     },
     /// Failed, to be tried again `delay_ms` after settling (Redis' clock).
+    /// An empty `error` keeps no error record.
     Retry {
         /// Its slot in the lease (1-based).
         slot: u32,
@@ -149,12 +170,14 @@ impl RedisStore {
         })
     }
 
-    /// Records how leased jobs ended, in one atomic step.
+    /// Records how leased jobs ended, in one atomic step; a settle that
+    /// dead-letters also forgets dead jobs past `retention`.
     pub fn settle(
         &mut self,
         keys: &QueueKeys,
         token: &str,
         outcomes: &[Settlement],
+        retention: DeadRetention,
     ) -> Result<Settled> {
         if outcomes.is_empty() {
             return Ok(Settled::default());
@@ -167,7 +190,9 @@ impl RedisStore {
             .key(keys.unique())
             .key(keys.counts())
             .key(keys.progress())
-            .arg(token);
+            .arg(token)
+            .arg(retention.max_jobs)
+            .arg(retention.max_age.as_millis().min(u64::MAX as u128) as u64);
         for outcome in outcomes {
             match outcome {
                 Settlement::Done {
@@ -291,6 +316,18 @@ impl RedisStore {
             call.arg(token);
         }
         Ok(call.invoke(self.connection())?)
+    }
+
+    /// Forgets up to `max` (1 to 1000) dead-lettered jobs that died before
+    /// `before_ms`, oldest first, with their error records; returns how many.
+    pub fn purge_dead(&mut self, keys: &QueueKeys, before_ms: u64, max: usize) -> Result<u64> {
+        Ok(scripts::PURGE_DEAD
+            .key(keys.dead())
+            .key(keys.errors())
+            .key(keys.counts())
+            .arg(before_ms)
+            .arg(max.clamp(1, MAX_FETCH))
+            .invoke(self.connection())?)
     }
 
     /// Moves up to `max` dead-lettered jobs (1 to 1000) back to ready with a

@@ -34,13 +34,18 @@ script!(
     "Moves dead letters back to ready."
 );
 script!(
+    PURGE_DEAD,
+    "purge_dead-3.lua",
+    "Forgets dead-lettered jobs that died before a time."
+);
+script!(
     PERIODIC,
     "periodic-3.lua",
     "Enqueues one occurrence of a periodic job once."
 );
 
 /// Every script, to load them all when a connection opens.
-pub(crate) static ALL: LazyLock<[&'static Script; 10]> = LazyLock::new(|| {
+pub(crate) static ALL: LazyLock<[&'static Script; 11]> = LazyLock::new(|| {
     [
         &ADMIT,
         &FETCH,
@@ -49,6 +54,7 @@ pub(crate) static ALL: LazyLock<[&'static Script; 10]> = LazyLock::new(|| {
         &RELEASE,
         &REAP,
         &REPLAY_DEAD,
+        &PURGE_DEAD,
         &PERIODIC,
         &CONTROL,
         &PUBLISH_REGISTRY,
@@ -69,7 +75,7 @@ mod tests {
     use crate::envelope::{ATTEMPT_OFFSET, ID_LEN, ID_OFFSET};
 
     /// Every script's source, by file name.
-    const SOURCES: [(&str, &str); 10] = [
+    const SOURCES: [(&str, &str); 11] = [
         ("admit-6.lua", include_str!("scripts/admit-6.lua")),
         ("fetch-5.lua", include_str!("scripts/fetch-5.lua")),
         ("settle-8.lua", include_str!("scripts/settle-8.lua")),
@@ -81,6 +87,7 @@ mod tests {
             include_str!("scripts/replay_dead-2.lua"),
         ),
         ("periodic-3.lua", include_str!("scripts/periodic-3.lua")),
+        ("purge_dead-3.lua", include_str!("scripts/purge_dead-3.lua")),
         ("control-1.lua", include_str!("scripts/control-1.lua")),
         (
             "publish_registry-1.lua",
@@ -122,8 +129,8 @@ mod tests {
             }
         }
         assert_eq!(
-            checked, 3,
-            "admit names the id; reap and replay_dead the attempt"
+            checked, 5,
+            "admit, settle and purge_dead name the id; reap and replay_dead the attempt"
         );
     }
 

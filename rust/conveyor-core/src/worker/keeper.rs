@@ -63,10 +63,14 @@ impl Drop for Keeper {
     }
 }
 
-/// One heartbeat and one reap; a Redis error is counted and logged, and the
-/// next beat tries again (a lease outlives two missed beats).
+/// One heartbeat, one reap and a look at Redis' memory; a Redis error is
+/// counted and logged, and the next beat tries again (a lease outlives two
+/// missed beats).
 fn beat(queues: &WorkQueues) {
-    let result = queues.heartbeat().and_then(|_| queues.reap());
+    let result = queues
+        .heartbeat()
+        .and_then(|_| queues.reap())
+        .and_then(|_| queues.check_memory());
     if let Err(err) = result {
         queues.stats.keeper_errors.fetch_add(1, Ordering::Relaxed);
         queues.event(format!("keeper: {err} (trying again)"));

@@ -12,6 +12,9 @@ use super::{Batch, ReadyJob, WorkQueues};
 use crate::error::Result;
 use crate::id::now_ms;
 
+/// Share of `maxmemory` from which Redis counts as nearly full.
+const TIGHT_AT: f64 = 0.9;
+
 /// Most lease events kept for Python to log; older ones are dropped (and
 /// counted), so a worker nobody drains cannot grow without bound.
 const MAX_EVENTS: usize = 1000;
@@ -166,6 +169,17 @@ impl WorkQueues {
             jobs += self.with_store(|s| s.reap(&queue.keys, 100))?.1;
         }
         Ok(jobs)
+    }
+
+    /// Reads Redis' memory: from `TIGHT_AT` of `maxmemory`, settles keep no
+    /// error record for retries and a short one for dead letters, so a
+    /// storm of failures cannot push Redis past its limit (settling must
+    /// work over it, and so is allowed to grow it).
+    pub(super) fn check_memory(&self) -> Result<()> {
+        let (used, max) = self.with_store(|s| s.memory())?;
+        let tight = max > 0 && used as f64 >= max as f64 * TIGHT_AT;
+        self.tight.store(tight, Ordering::Relaxed);
+        Ok(())
     }
 
     /// How many leases this process holds now.

@@ -7,8 +7,10 @@ pub mod keeper;
 mod leases;
 mod metrics;
 pub mod outcomes;
+pub mod records;
 
 pub use leases::{MaxAges, Progress};
+pub use records::{cap_error, error_json, MAX_ERROR_BYTES};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::metrics::Histogram;
 use crate::store::keys::QueueKeys;
-use crate::store::queue::{Settled, Settlement};
+use crate::store::queue::{DeadRetention, Settled, Settlement};
 use crate::store::RedisStore;
 
 /// One queue a worker takes jobs from, with its weight.
@@ -131,6 +133,10 @@ pub struct WorkQueues {
     worker_id: String,
     lease: Duration,
     max_ages: MaxAges,
+    retention: DeadRetention,
+    /// Redis is nearly full (see `leases::check_memory`): retries keep no
+    /// error record and dead letters a short one, so failures cannot grow it.
+    tight: std::sync::atomic::AtomicBool,
     sequence: AtomicU64,
     pool: Mutex<Vec<RedisStore>>,
     /// Every lease held now, by token.
@@ -167,6 +173,8 @@ impl WorkQueues {
             worker_id: worker_id.to_owned(),
             lease,
             max_ages: MaxAges::default(),
+            retention: DeadRetention::default(),
+            tight: Default::default(),
             sequence: AtomicU64::new(0),
             pool: Mutex::new(vec![first]),
             held: Mutex::new(HashMap::new()),
@@ -178,6 +186,12 @@ impl WorkQueues {
     /// Sets how long a started job may hold its lease (see `MaxAges`).
     pub fn with_max_ages(mut self, max_ages: MaxAges) -> Self {
         self.max_ages = max_ages;
+        self
+    }
+
+    /// Sets how many dead jobs each queue keeps, and for how long.
+    pub fn with_dead_retention(mut self, retention: DeadRetention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -321,19 +335,35 @@ impl WorkQueues {
                 id,
                 dedup_key: None,
                 envelope: raw.clone(),
-                error: error_json("EnvelopeDecodeError", reason),
+                error: cap_error(error_json("EnvelopeDecodeError", reason), self.error_cap()),
             });
         }
         let keys = &self.queues[batch.queue].keys;
-        let (settled, back) = self.with_store(|s| {
-            let settled = s.settle(keys, &batch.token, &records)?;
-            let back = s.release(keys, &batch.token, &released)?;
-            Ok((settled, back))
-        })?;
-        self.held
+        // Out of `held` while settling: a heartbeat meanwhile would find the
+        // lease gone and report it lost. Back in if settling failed, so the
+        // lease is renewed while the caller retries.
+        let held = self
+            .held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&batch.token);
+        let result = self.with_store(|s| {
+            let settled = s.settle(keys, &batch.token, &records, self.retention)?;
+            let back = s.release(keys, &batch.token, &released)?;
+            Ok((settled, back))
+        });
+        let (settled, back) = match result {
+            Ok(counts) => counts,
+            Err(err) => {
+                if let Some(held) = held {
+                    self.held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(batch.token.clone(), held);
+                }
+                return Err(err);
+            }
+        };
         let stats = &self.stats;
         stats.done.fetch_add(settled.done, Ordering::Relaxed);
         stats.retried.fetch_add(settled.retried, Ordering::Relaxed);
@@ -368,13 +398,18 @@ impl WorkQueues {
                 retry_in,
             } => {
                 self.observe(env, *started_us, *ended_us, false);
+                // Redis nearly full: a failure adds nothing to the job but its
+                // attempt count, so a storm of them cannot grow Redis.
+                let tight = self.tight.load(Ordering::Relaxed);
                 let mut stored = job.raw.clone();
                 set_attempt(&mut stored, attempt);
-                append_stage(&mut stored, Stage::Started as u8, *started_us);
-                append_stage(&mut stored, Stage::Failed as u8, *ended_us);
+                if !tight {
+                    append_stage(&mut stored, Stage::Started as u8, *started_us);
+                    append_stage(&mut stored, Stage::Failed as u8, *ended_us);
+                }
                 // A job out of stamp room still retries; its history is full.
-                let full = Envelope::decode(&stored).is_err();
-                if full {
+                let full = tight || Envelope::decode(&stored).is_err();
+                if full && !tight {
                     stored = job.raw.clone();
                     set_attempt(&mut stored, attempt);
                 }
@@ -384,7 +419,12 @@ impl WorkQueues {
                         id: env.id.0,
                         envelope: stored,
                         delay_ms: delay.as_millis().min(u64::MAX as u128) as u64,
-                        error: error.clone(),
+                        // The attempt count and stage stamps still say it failed.
+                        error: if tight {
+                            String::new()
+                        } else {
+                            cap_error(error.clone(), MAX_ERROR_BYTES)
+                        },
                     }),
                     None => {
                         if !full {
@@ -395,7 +435,7 @@ impl WorkQueues {
                             id: env.id.0,
                             dedup_key: env.dedup_key.clone(),
                             envelope: stored,
-                            error: error.clone(),
+                            error: cap_error(error.clone(), self.error_cap()),
                         })
                     }
                 }
@@ -421,9 +461,4 @@ impl WorkQueues {
         let timeout = timeout.clamp(Duration::from_millis(10), Duration::from_secs(2));
         self.with_store(|s| s.wait_for_work(&keys, timeout))
     }
-}
-
-/// The error record kept with a failed job, as JSON text.
-pub fn error_json(kind: &str, message: &str) -> String {
-    serde_json::json!({ "type": kind, "message": message }).to_string()
 }
