@@ -223,7 +223,7 @@ def test_replayed_dead_letters_get_fresh_attempts(
     batch = wq.fetch(10)
     assert batch is not None
     wq.settle(batch, [time.time()] * 3, {i: ("{}", None) for i in range(3)})
-    assert store.replay_dead(namespace, Q, 1000) == 3
+    assert store.replay_dead(namespace, Q, 1000) == (3, 0)
     back = wq.fetch(10)
     assert back is not None
     assert sorted(args_of(back)) == [0, 1, 2]

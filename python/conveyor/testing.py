@@ -149,13 +149,14 @@ class CaptureTransport:
         ids = [_core.new_job_id() for _ in payloads]
         keys = options.keys(len(payloads))
         captured = self._captured
-        held = {j.dedup_key for j in captured.jobs if j.dedup_key is not None}
+        # A dedup key is held per job type, as in Redis (`keys::unique_field`).
+        held = {(j.job_type, j.dedup_key) for j in captured.jobs if j.dedup_key is not None}
         for job_id, payload, key in zip(ids, payloads, keys, strict=True):
-            if key is not None and key in held:
+            if key is not None and (type_name, key) in held:
                 captured.duplicates += 1
                 continue
             if key is not None:
-                held.add(key)
+                held.add((type_name, key))
             captured.jobs.append(CapturedJob(job_id, type_name, payload, key, options.run_at_us))
         return InlineHandle(ids)
 

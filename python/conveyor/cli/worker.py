@@ -173,13 +173,13 @@ def _dead(args: argparse.Namespace) -> int:
     if args.action == "purge":
         return _purge(store, settings.namespace, args.queue, args.older_than)
     if args.action == "replay":
-        moved = 0
-        while moved < args.limit:
-            n = store.replay_dead(settings.namespace, args.queue, min(1000, args.limit - moved))
-            moved += n
-            if n == 0:
-                break
+        moved, kept = store.replay_dead(settings.namespace, args.queue, args.limit)
         print(f"{args.queue}: {moved} dead jobs back in the queue with fresh attempts")
+        if kept:
+            print(
+                f"{args.queue}: {kept} unique jobs left dead: another job of their type "
+                "holds their dedup key now (replaying them would run duplicates)"
+            )
         return 0
     for raw, at, error in store.dead_letters(settings.namespace, args.queue, args.limit):
         env = Envelope.decode(raw)

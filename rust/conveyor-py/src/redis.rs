@@ -200,15 +200,16 @@ impl RedisStore {
             .collect())
     }
 
-    /// Moves up to `count` (1 to 1000) dead letters back to ready with fresh
-    /// attempts; returns how many moved.
+    /// Moves up to `count` dead letters back to ready with fresh attempts (a
+    /// unique one takes its key again, or stays dead if another job of its
+    /// type holds it); returns `(moved, kept)`.
     fn replay_dead(
         &self,
         py: Python<'_>,
         namespace: &str,
         queue: &str,
-        count: usize,
-    ) -> PyResult<u64> {
+        count: u64,
+    ) -> PyResult<(u64, u64)> {
         let keys = QueueKeys::new(namespace, queue).py()?;
         self.with(py, |s| s.replay_dead(&keys, count))
     }

@@ -126,6 +126,14 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A unique job's field in its queue's `unique` hash (see
+    /// [`crate::store::keys::unique_field`]); `None` for other jobs.
+    pub fn unique_field(&self) -> Option<String> {
+        self.dedup_key
+            .as_deref()
+            .map(|key| crate::store::keys::unique_field(&self.job_type, key))
+    }
+
     /// A new job as a producer makes it: a fresh id, enqueued now, attempt 0,
     /// no stages. Not yet validated: [`Envelope::encode`] checks it.
     pub fn new_job(

@@ -23,7 +23,7 @@ use crate::envelope::{append_stage, EnvelopeView, Stage, STAGE_LEN};
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::store::admission::Admission;
-use crate::store::keys::QueueKeys;
+use crate::store::keys::{unique_field, QueueKeys};
 use crate::store::RedisStore;
 
 /// The relay's consume loop, on its own thread.
@@ -259,7 +259,7 @@ impl Reader {
             let fields = EnvelopeView::parse(&value).map(|e| {
                 (
                     e.run_at_us.map_or(0, |us| us / 1000),
-                    e.dedup_key.map(str::to_owned),
+                    e.dedup_key.map(|key| unique_field(e.job_type, key)),
                 )
             });
             match fields {
@@ -268,13 +268,13 @@ impl Reader {
                 Ok(_) if self.flow.shadowed(&topic) => {
                     self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok((run_at_ms, dedup_key)) => {
+                Ok((run_at_ms, unique)) => {
                     append_stage(&mut value, Stage::Kafka as u8, kafka_us);
                     append_stage(&mut value, Stage::Relayed as u8, relayed_at);
                     batch.jobs.push(Admission {
                         offset,
                         run_at_ms,
-                        dedup_key,
+                        unique,
                         envelope: value,
                     });
                 }

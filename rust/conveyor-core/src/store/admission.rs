@@ -6,7 +6,7 @@
 use redis::{Cmd, FromRedisValue};
 
 use super::conn::RedisConn;
-use super::keys::QueueKeys;
+use super::keys::{unique_field, QueueKeys};
 use super::{scripts, RedisStore};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -29,8 +29,8 @@ pub struct Admission {
     pub offset: i64,
     /// Do not run before this time, in ms since the epoch (0: now).
     pub run_at_ms: u64,
-    /// The job's dedup key, if it is a unique job.
-    pub dedup_key: Option<String>,
+    /// A unique job's field in the `unique` hash (`keys::unique_field`).
+    pub unique: Option<String>,
     /// The encoded envelope, stored as is.
     pub envelope: Vec<u8>,
 }
@@ -48,7 +48,10 @@ impl Admission {
         Admission {
             offset,
             run_at_ms: decoded.run_at_us.map_or(0, |us| us / 1000),
-            dedup_key: decoded.dedup_key.clone(),
+            unique: decoded
+                .dedup_key
+                .as_deref()
+                .map(|key| unique_field(&decoded.job_type, key)),
             envelope,
         }
     }
@@ -158,7 +161,7 @@ impl RedisStore {
                 !b.jobs.is_empty()
                     && b.jobs
                         .iter()
-                        .all(|j| j.dedup_key.is_none() && j.run_at_ms == 0)
+                        .all(|j| j.unique.is_none() && j.run_at_ms == 0)
             });
         let RedisConn::Server(conn) = self.connection() else {
             return Ok(None);
@@ -244,7 +247,7 @@ pub(crate) fn admit_command(
     for job in jobs {
         cmd.arg(job.offset)
             .arg(job.run_at_ms)
-            .arg(job.dedup_key.as_deref().unwrap_or(""))
+            .arg(job.unique.as_deref().unwrap_or(""))
             .arg(job.envelope.as_slice());
     }
     cmd

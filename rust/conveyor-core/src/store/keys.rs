@@ -112,6 +112,13 @@ impl QueueKeys {
     }
 }
 
+/// A unique job's field in its queue's `unique` hash: its job type, a space
+/// (no job type has one) and its dedup key, so that two job types never drop
+/// each other's jobs for sharing a key.
+pub fn unique_field(job_type: &str, dedup_key: &str) -> String {
+    format!("{job_type} {dedup_key}")
+}
+
 /// The hash of job types that applications publish and the gate reads:
 /// field = job type name, value = JSON `{"queue": …, "max_attempts": …, …}`.
 pub fn registry_key(namespace: &str) -> Result<String> {

@@ -62,7 +62,7 @@ pub enum Settlement {
         /// The 16-byte id, needed only if the job failed before or is unique.
         id: Option<[u8; 16]>,
         /// Its dedup key, released if it still holds it.
-        dedup_key: Option<String>,
+        unique: Option<String>,
     },
     /// Failed, to be tried again `delay_ms` after settling (Redis' clock).
     /// An empty `error` keeps no error record.
@@ -85,7 +85,7 @@ pub enum Settlement {
         /// The 16-byte id (zeros when the envelope was unreadable).
         id: [u8; 16],
         /// Its dedup key, released if it still holds it.
-        dedup_key: Option<String>,
+        unique: Option<String>,
         /// The envelope to store: attempt counted, stage stamps appended.
         envelope: Vec<u8>,
         /// The error, as JSON text.
@@ -195,15 +195,11 @@ impl RedisStore {
             .arg(retention.max_age.as_millis().min(u64::MAX as u128) as u64);
         for outcome in outcomes {
             match outcome {
-                Settlement::Done {
-                    slot,
-                    id,
-                    dedup_key,
-                } => {
+                Settlement::Done { slot, id, unique } => {
                     call.arg("D")
                         .arg(*slot)
                         .arg(id.as_ref().map_or(&[][..], |id| &id[..]))
-                        .arg(dedup_key.as_deref().unwrap_or(""));
+                        .arg(unique.as_deref().unwrap_or(""));
                 }
                 Settlement::Retry {
                     slot,
@@ -223,14 +219,14 @@ impl RedisStore {
                 Settlement::Dead {
                     slot,
                     id,
-                    dedup_key,
+                    unique,
                     envelope,
                     error,
                 } => {
                     call.arg("X")
                         .arg(*slot)
                         .arg(&id[..])
-                        .arg(dedup_key.as_deref().unwrap_or(""))
+                        .arg(unique.as_deref().unwrap_or(""))
                         .arg(envelope.as_slice())
                         .arg(error);
                 }
@@ -330,14 +326,40 @@ impl RedisStore {
             .invoke(self.connection())?)
     }
 
-    /// Moves up to `max` dead-lettered jobs (1 to 1000) back to ready with a
-    /// fresh set of attempts; returns how many moved.
-    pub fn replay_dead(&mut self, keys: &QueueKeys, max: usize) -> Result<u64> {
-        Ok(scripts::REPLAY_DEAD
-            .key(keys.dead())
-            .key(keys.ready())
-            .arg(max.clamp(1, MAX_FETCH))
-            .invoke(self.connection())?)
+    /// Moves up to `max` dead-lettered jobs back to ready, oldest first, each
+    /// with a fresh set of attempts; a unique job takes its dedup key again,
+    /// or stays dead if another job of its type holds the key now. Returns
+    /// `(moved, kept)`.
+    pub fn replay_dead(&mut self, keys: &QueueKeys, max: u64) -> Result<(u64, u64)> {
+        let (mut moved, mut kept) = (0u64, 0u64);
+        while moved + kept < max {
+            let want = (max - moved - kept).min(MAX_FETCH as u64);
+            // Jobs kept stay at the head of dead: read past them.
+            let dead: Vec<Vec<u8>> = Cmd::new()
+                .arg("ZRANGE")
+                .arg(keys.dead())
+                .arg(kept)
+                .arg(kept + want - 1)
+                .query(self.connection())?;
+            if dead.is_empty() {
+                break;
+            }
+            let mut call = scripts::REPLAY_DEAD.key(keys.dead());
+            call.key(keys.ready()).key(keys.unique()).key(keys.wake());
+            for raw in &dead {
+                let decoded = Envelope::decode(raw).ok();
+                let id = crate::envelope::id_bytes(raw).unwrap_or_default();
+                let field = decoded.and_then(|e| e.unique_field()).unwrap_or_default();
+                call.arg(raw.as_slice()).arg(id).arg(field);
+            }
+            let (now_moved, now_kept): (u64, u64) = call.invoke(self.connection())?;
+            if now_moved + now_kept == 0 {
+                break;
+            }
+            moved += now_moved;
+            kept += now_kept;
+        }
+        Ok((moved, kept))
     }
 
     /// Enqueues occurrence `occurrence_ms` of the periodic schedule `name`

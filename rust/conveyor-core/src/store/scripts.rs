@@ -30,7 +30,7 @@ script!(
 script!(REAP, "reap-5.lua", "Returns the jobs of expired leases.");
 script!(
     REPLAY_DEAD,
-    "replay_dead-2.lua",
+    "replay_dead-4.lua",
     "Moves dead letters back to ready."
 );
 script!(
@@ -83,8 +83,8 @@ mod tests {
         ("release-5.lua", include_str!("scripts/release-5.lua")),
         ("reap-5.lua", include_str!("scripts/reap-5.lua")),
         (
-            "replay_dead-2.lua",
-            include_str!("scripts/replay_dead-2.lua"),
+            "replay_dead-4.lua",
+            include_str!("scripts/replay_dead-4.lua"),
         ),
         ("periodic-3.lua", include_str!("scripts/periodic-3.lua")),
         ("purge_dead-3.lua", include_str!("scripts/purge_dead-3.lua")),

@@ -333,7 +333,7 @@ impl WorkQueues {
             records.push(Settlement::Dead {
                 slot: *slot,
                 id,
-                dedup_key: None,
+                unique: None,
                 envelope: raw.clone(),
                 error: cap_error(error_json("EnvelopeDecodeError", reason), self.error_cap()),
             });
@@ -388,7 +388,7 @@ impl WorkQueues {
                 Some(Settlement::Done {
                     slot: job.slot,
                     id: needs_id.then_some(env.id.0),
-                    dedup_key: env.dedup_key.clone(),
+                    unique: env.unique_field(),
                 })
             }
             Outcome::Failed {
@@ -433,7 +433,7 @@ impl WorkQueues {
                         Some(Settlement::Dead {
                             slot: job.slot,
                             id: env.id.0,
-                            dedup_key: env.dedup_key.clone(),
+                            unique: env.unique_field(),
                             envelope: stored,
                             error: cap_error(error.clone(), self.error_cap()),
                         })

@@ -6,18 +6,18 @@
   KEYS[1]   cv:[<ns>:]{<queue>}:ready       list of envelopes, oldest at the head
   KEYS[2]   cv:[<ns>:]{<queue>}:relayed     hash: "<topic>:<partition>" -> next offset to relay
   KEYS[3]   cv:[<ns>:]{<queue>}:scheduled   zset: envelope -> due time (ms)
-  KEYS[4]   cv:[<ns>:]{<queue>}:unique      hash: dedup key -> id of the job holding it
+  KEYS[4]   cv:[<ns>:]{<queue>}:unique      hash: "<job type> <dedup key>" -> id of the job holding it
   KEYS[5]   cv:[<ns>:]{<queue>}:counts      hash: counter name -> count
   KEYS[6]   cv:[<ns>:]{<queue>}:wake        list of at most one token: BLPOPed by idle workers
   ARGV[1]   fence: "<topic>:<partition>", or "" for the direct path (no fence)
   ARGV[2]   with a fence: the offset after this batch's last record
   ARGV[3..] per job, four values: offset (ignored without a fence),
-            run_at in ms (0: now), dedup key ("" for none), envelope
+            run_at in ms (0: now), unique field ("<job type> <dedup key>", "" for none), envelope
 
   Returns: { queued, scheduled, duplicates, skipped }
     queued      appended to ready (state queued)
     scheduled   added to scheduled, run_at still in the future (state scheduled)
-    duplicates  dropped: another job holding the same dedup key is queued,
+    duplicates  dropped: another job of its type holding its dedup key is queued,
                 scheduled or running (unique jobs)
     skipped     below the fence: Redis has this record already
 

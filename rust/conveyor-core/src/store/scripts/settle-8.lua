@@ -7,18 +7,19 @@
   KEYS[3]   cv:[<ns>:]{<queue>}:scheduled       zset: envelope -> due time (ms)
   KEYS[4]   cv:[<ns>:]{<queue>}:dead            zset: envelope -> when it died (ms)
   KEYS[5]   cv:[<ns>:]{<queue>}:errors          hash: job id -> last error (JSON)
-  KEYS[6]   cv:[<ns>:]{<queue>}:unique          hash: dedup key -> job id
+  KEYS[6]   cv:[<ns>:]{<queue>}:unique          hash: "<job type> <dedup key>" -> job id
   KEYS[7]   cv:[<ns>:]{<queue>}:counts          hash: counter name -> count
   KEYS[8]   cv:[<ns>:]{<queue>}:progress        hash: lease token -> slot running
   ARGV[1]   the lease token
   ARGV[2]   most dead jobs the queue keeps (the oldest beyond go)
   ARGV[3]   longest a dead job is kept (ms)
   ARGV[4..] records, each starting with its kind:
-              'D', slot, id, dedup key                            done
-              'R', slot, id, dedup key, envelope, delay ms, error retry after delay
-              'X', slot, id, dedup key, envelope, error           dead letter
+              'D', slot, id, unique field                          done
+              'R', slot, id, unique field, envelope, delay ms, error retry after delay
+              'X', slot, id, unique field, envelope, error         dead letter
             id is the 16-byte job id, or "" for a done job that never failed
-            and has no dedup key (nothing to clean up). envelope is the job
+            and is not unique (nothing to clean up). The unique field is the
+            job's field in KEYS[6], or "". envelope is the job
             as it should be stored: attempt counted, stage stamps appended.
             error is the error record (JSON), or "" to keep none (the
             worker sends none for a retry while Redis is nearly full).
