@@ -1,19 +1,22 @@
-"""Leases under handlers that misbehave: one holding the GIL in a long C call
-keeps its lease (the keeper is native), one blocked for ever in a call its
-timeout cannot interrupt loses its lease after its maximum age, so that the
-job runs elsewhere."""
+"""Leases under handlers that misbehave and a Redis that goes away: a handler
+holding the GIL in a long C call keeps its lease (the keeper is native), one
+blocked for ever in a call its timeout cannot interrupt loses its lease after
+its maximum age, so that the job runs elsewhere, and a batch that cannot be
+settled is let go so that it runs again."""
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 import conveyor
 from conveyor import _core
-from conveyor.devservers import DevServers
+from conveyor.devservers import DevServers, RedisServer
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import admit, spawn_worker
 
@@ -94,3 +97,48 @@ def test_a_handler_blocked_past_its_maximum_age_loses_its_job_to_another_thread(
     counts = _core.RedisStore(servers.redis.url).counts(ns, "default")
     assert counts["reaped"] == 1
     assert counts["done"] == 1
+
+
+def test_a_batch_that_cannot_be_settled_is_let_go_and_runs_again(tmp_path: Path) -> None:
+    """Redis away longer than the lease while a job runs: the worker cannot
+    settle it, stops renewing its lease, and once Redis is back the reaper
+    gives the job back: it runs again (at least once), never held for ever."""
+    server = RedisServer(port=26683, home=tmp_path / "redis")
+    server.up()
+    try:
+        app = conveyor.Conveyor(conveyor.Settings(redis_url=server.url))
+        started = threading.Event()
+        runs: list[float] = []
+
+        @app.job("l.slow")
+        def slow() -> None:
+            runs.append(time.time())
+            started.set()
+            time.sleep(1.5)
+
+        admit(app, "l.slow", [[]])
+        worker = conveyor.Worker(app, threads=1, lease_s=1.0)
+        worker.start()
+        try:
+            assert started.wait(20)
+            server.down()  # the job ends, and its settle fails, while Redis is away
+            time.sleep(4)  # longer than the lease: the worker gives the batch up
+            server.up()
+            store = _core.RedisStore(server.url)
+            wait_until(
+                lambda: store.counts("", "default").get("done", 0) == 1,
+                timeout_s=30,
+                what="the job to run again and be settled",
+            )
+            assert store.counts("", "default")["reaped"] == 1
+            assert store.depth("", "default") == {
+                "queued": 0,
+                "scheduled": 0,
+                "leases": 0,
+                "dead": 0,
+            }
+            assert len(runs) == 2, "at least once: it ran again after its lease was let go"
+        finally:
+            worker.stop(grace_s=5)
+    finally:
+        server.down()
