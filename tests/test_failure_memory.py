@@ -16,6 +16,7 @@ import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from tests.helpers.cli import conveyor as run_cli
+from tests.helpers.full_redis import fill
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import admit
 
@@ -113,17 +114,12 @@ def test_a_failure_storm_on_a_full_redis_stays_near_its_limit(tmp_path: Path) ->
     full.up()
     try:
         store = _core.RedisStore(full.url)
-        admitted = 0
-
-        def fill(size: int) -> None:
-            nonlocal admitted
-            for _ in range(100_000):  # bounded: 16 MiB fills long before this
-                chunk = [envelope(admitted + i, padding=1000) for i in range(size)]
-                admitted += store.admit("", Q, chunk)[0]
-
-        for size in (200, 10, 1):
-            with pytest.raises(conveyor.RedisError, match="OOM"):
-                fill(size)
+        admitted = fill(
+            store,
+            Q,
+            lambda first, size: [envelope(first + i, padding=1000) for i in range(size)],
+            sizes=(200, 10, 1),
+        )
         app = conveyor.Conveyor(conveyor.Settings(redis_url=full.url))
 
         @app.job("f.job", max_attempts=3, backoff_s=0.01, backoff_max_s=0.02)

@@ -7,6 +7,7 @@ settled is let go so that it runs again."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,14 @@ def _gil_hold_size(seconds: float) -> int:
     return int(n * seconds / max(time.perf_counter() - began, 1e-6))
 
 
+def _two_threads_one_second_lease(app: conveyor.Conveyor, *extra: str) -> subprocess.Popen[bytes]:
+    env = {
+        "CONVEYOR_REDIS_URL": app.settings.redis_url,
+        "CONVEYOR_NAMESPACE": app.settings.namespace,
+    }
+    return spawn_worker(env, "--lease", "1", "--threads", "2", *extra)
+
+
 def test_a_handler_holding_the_gil_keeps_its_lease_and_runs_once(
     app: conveyor.Conveyor, servers: DevServers
 ) -> None:
@@ -38,13 +47,7 @@ def test_a_handler_holding_the_gil_keeps_its_lease_and_runs_once(
     client = redis.Redis.from_url(servers.redis.url)
     runs_key = f"test:{ns}:runs"
     admit(app, "test.hold_gil", [[0, _gil_hold_size(4.0)]])
-    worker = spawn_worker(
-        {"CONVEYOR_REDIS_URL": servers.redis.url, "CONVEYOR_NAMESPACE": ns},
-        "--lease",
-        "1",
-        "--threads",
-        "2",
-    )
+    worker = _two_threads_one_second_lease(app)
     # Another process reaps all along, as other workers would: a lease the
     # GIL-bound worker failed to renew would be taken back and run again.
     reaper = _core.WorkQueues(servers.redis.url, ns, [("default", 1)], lease_s=1.0)
@@ -71,15 +74,7 @@ def test_a_handler_blocked_past_its_maximum_age_loses_its_job_to_another_thread(
     ns = app.settings.namespace
     client = redis.Redis.from_url(servers.redis.url)
     admit(app, "test.block_once", [[7]])
-    worker = spawn_worker(
-        {"CONVEYOR_REDIS_URL": servers.redis.url, "CONVEYOR_NAMESPACE": ns},
-        "--lease",
-        "1",
-        "--threads",
-        "2",
-        "--grace",
-        "0.5",
-    )
+    worker = _two_threads_one_second_lease(app, "--grace", "0.5")
     try:
         # timeout 0.5 s + lease 1 s of maximum age, then 1 s for the lease to
         # expire: the second attempt runs on the other thread.

@@ -14,6 +14,7 @@ import redis
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
+from tests.helpers.full_redis import fill
 
 pytestmark = pytest.mark.servers
 
@@ -237,19 +238,8 @@ def test_a_full_redis_still_serves_fetch_retry_and_ack_until_empty(tmp_path: Pat
     full.up()
     try:
         store = _core.RedisStore(full.url)
-        admitted = 0
-
-        def fill(size: int) -> None:
-            nonlocal admitted
-            chunk = [job(i) for i in range(size)]
-            for _ in range(100_000):  # bounded: 8 MiB fills long before this
-                admitted += store.admit("", Q, chunk)[0]
-
-        # Big batches first, then small ones to fill the last gap: a big
-        # command's own buffer counts against maxmemory while it is read.
-        for size in (2000, 20, 1):
-            with pytest.raises(conveyor.RedisError, match="OOM"):
-                fill(size)
+        chunk = [job(i) for i in range(2000)]
+        admitted = fill(store, Q, lambda _, size: chunk[:size], sizes=(2000, 20, 1))
         client = redis.Redis.from_url(full.url)
         info = client.info("memory")
         assert info["used_memory"] >= info["maxmemory"] * 0.9, "Redis is at its limit"

@@ -198,11 +198,12 @@ def _purge(store: _core.RedisStore, namespace: str, queue: str, older_than: floa
     if older_than is not None and not 0 <= older_than < float("inf"):
         raise ConfigError(f"--older-than must be seconds of at least 0, not {older_than}")
     # Redis' clock decides what is old, as it stamped when each job died.
-    before_ms = store.now_ms() - int((older_than or 0) * 1000)
-    if older_than is None:
-        before_ms += 1
+    if older_than is None:  # every dead job
+        older_than, keep = 0.0, 0
+    else:
+        keep = 2**63
     purged = 0
-    while n := store.purge_dead(namespace, queue, before_ms, 1000):
+    while n := store.purge_dead(namespace, queue, older_than_s=older_than, keep=keep, count=1000):
         purged += n
         print(f"\r{queue}: {purged} dead jobs purged ...", end="", flush=True)
     print(f"\r{queue}: {purged} dead jobs purged, with their error records")

@@ -3,6 +3,7 @@
 use conveyor_core::config::duration;
 use conveyor_core::store::admission::{Admission, Fenced};
 use conveyor_core::store::keys::QueueKeys;
+use conveyor_core::store::queue::{DeadRetention, Forgotten};
 use conveyor_core::store::RedisStore as CoreStore;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -214,18 +215,27 @@ impl RedisStore {
         self.with(py, |s| s.replay_dead(&keys, count))
     }
 
-    /// Forgets up to `count` (1 to 1000) dead letters that died before
-    /// `before_ms` (Redis' clock), with their error records; returns how many.
+    /// Forgets up to `count` (1 to 1000) dead letters dead for longer than
+    /// `older_than_s`, or the oldest beyond `keep`, with their error records;
+    /// returns how many (counted as purged).
+    #[pyo3(signature = (namespace, queue, *, older_than_s, keep, count))]
     fn purge_dead(
         &self,
         py: Python<'_>,
         namespace: &str,
         queue: &str,
-        before_ms: u64,
+        older_than_s: f64,
+        keep: u64,
         count: usize,
     ) -> PyResult<u64> {
         let keys = QueueKeys::new(namespace, queue).py()?;
-        self.with(py, |s| s.purge_dead(&keys, before_ms, count))
+        let retention = DeadRetention {
+            max_jobs: keep,
+            max_age: duration("older_than_s", older_than_s).py()?,
+        };
+        self.with(py, |s| {
+            s.purge_dead(&keys, retention, count, Forgotten::Purged)
+        })
     }
 
     /// Enqueues occurrence `occurrence_ms` of periodic schedule `name` once,

@@ -43,6 +43,24 @@ pub struct DeadRetention {
     pub max_age: std::time::Duration,
 }
 
+/// Why dead jobs were forgotten, and the counter that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgotten {
+    /// Past the retention, after new ones died (`dead_trimmed`).
+    Trimmed,
+    /// By an operator (`dead_purged`).
+    Purged,
+}
+
+impl Forgotten {
+    fn counter(self) -> &'static str {
+        match self {
+            Forgotten::Trimmed => "dead_trimmed",
+            Forgotten::Purged => "dead_purged",
+        }
+    }
+}
+
 impl Default for DeadRetention {
     fn default() -> Self {
         DeadRetention {
@@ -170,14 +188,12 @@ impl RedisStore {
         })
     }
 
-    /// Records how leased jobs ended, in one atomic step; a settle that
-    /// dead-letters also forgets dead jobs past `retention`.
+    /// Records how leased jobs ended, in one atomic step.
     pub fn settle(
         &mut self,
         keys: &QueueKeys,
         token: &str,
         outcomes: &[Settlement],
-        retention: DeadRetention,
     ) -> Result<Settled> {
         if outcomes.is_empty() {
             return Ok(Settled::default());
@@ -190,9 +206,7 @@ impl RedisStore {
             .key(keys.unique())
             .key(keys.counts())
             .key(keys.progress())
-            .arg(token)
-            .arg(retention.max_jobs)
-            .arg(retention.max_age.as_millis().min(u64::MAX as u128) as u64);
+            .arg(token);
         for outcome in outcomes {
             match outcome {
                 Settlement::Done { slot, id, unique } => {
@@ -314,15 +328,24 @@ impl RedisStore {
         Ok(call.invoke(self.connection())?)
     }
 
-    /// Forgets up to `max` (1 to 1000) dead-lettered jobs that died before
-    /// `before_ms`, oldest first, with their error records; returns how many.
-    pub fn purge_dead(&mut self, keys: &QueueKeys, before_ms: u64, max: usize) -> Result<u64> {
+    /// Forgets up to `max` (1 to 1000) dead-lettered jobs past `retention`
+    /// (dead longer than its age, or the oldest beyond its count), oldest
+    /// first, with their error records; returns how many, counted as `why`.
+    pub fn purge_dead(
+        &mut self,
+        keys: &QueueKeys,
+        retention: DeadRetention,
+        max: usize,
+        why: Forgotten,
+    ) -> Result<u64> {
         Ok(scripts::PURGE_DEAD
             .key(keys.dead())
             .key(keys.errors())
             .key(keys.counts())
-            .arg(before_ms)
+            .arg(retention.max_age.as_millis().min(u64::MAX as u128) as u64)
+            .arg(retention.max_jobs)
             .arg(max.clamp(1, MAX_FETCH))
+            .arg(why.counter())
             .invoke(self.connection())?)
     }
 

@@ -129,8 +129,8 @@ mod tests {
             }
         }
         assert_eq!(
-            checked, 5,
-            "admit, settle and purge_dead name the id; reap and replay_dead the attempt"
+            checked, 4,
+            "admit and purge_dead name the id; reap and replay_dead the attempt"
         );
     }
 

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::metrics::Histogram;
 use crate::store::keys::QueueKeys;
-use crate::store::queue::{DeadRetention, Settled, Settlement};
+use crate::store::queue::{DeadRetention, Forgotten, Settled, Settlement};
 use crate::store::RedisStore;
 
 /// One queue a worker takes jobs from, with its weight.
@@ -348,8 +348,13 @@ impl WorkQueues {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&batch.token);
         let result = self.with_store(|s| {
-            let settled = s.settle(keys, &batch.token, &records, self.retention)?;
+            let settled = s.settle(keys, &batch.token, &records)?;
             let back = s.release(keys, &batch.token, &released)?;
+            if settled.dead > 0 {
+                // The retention, so that failures cannot fill Redis. Best
+                // effort: the next dead letter tries again.
+                let _ = s.purge_dead(keys, self.retention, 100, Forgotten::Trimmed);
+            }
             Ok((settled, back))
         });
         let (settled, back) = match result {

@@ -11,9 +11,7 @@
   KEYS[7]   cv:[<ns>:]{<queue>}:counts          hash: counter name -> count
   KEYS[8]   cv:[<ns>:]{<queue>}:progress        hash: lease token -> slot running
   ARGV[1]   the lease token
-  ARGV[2]   most dead jobs the queue keeps (the oldest beyond go)
-  ARGV[3]   longest a dead job is kept (ms)
-  ARGV[4..] records, each starting with its kind:
+  ARGV[2..] records, each starting with its kind:
               'D', slot, id, unique field                          done
               'R', slot, id, unique field, envelope, delay ms, error retry after delay
               'X', slot, id, unique field, envelope, error         dead letter
@@ -29,10 +27,8 @@
             reaper put the job back in ready (it will run again), or the slot
             was settled before. Nothing is changed for them.
 
-  When the last slot of a lease is settled, the lease is deleted. A settle
-  that dead-letters forgets dead jobs past the retention (older than ARGV[3],
-  or the oldest beyond ARGV[2]) with their error records, at most 100 a call,
-  counted as `dead_trimmed`, so failures cannot fill Redis.
+  When the last slot of a lease is settled, the lease is deleted. (After a
+  settle that dead-letters, the worker runs `purge_dead` for the retention.)
 
   A retry's due time is Redis' clock plus its delay, never the worker's
   clock: a worker whose clock is off neither retries at once nor parks a job.
@@ -41,9 +37,6 @@
   bytes (plus a few stage stamps and the error) elsewhere. A full Redis must
   never stop jobs from finishing.
 ]]
--- The job id inside an envelope (1-based; envelope::ID_OFFSET, ID_LEN).
-local ID_FIRST, ID_LAST = 5, 20
-local TRIM_MAX = 100
 local done, retried, dead, stale = 0, 0, 0, 0
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -57,12 +50,7 @@ end
 -- Check every record before changing anything: a script that stops half way
 -- leaves its earlier writes in place.
 local WIDTH = { D = 4, R = 7, X = 6 }
-local dead_max, dead_age = tonumber(ARGV[2]), tonumber(ARGV[3])
-if not dead_max or dead_max < 0 or not dead_age or dead_age < 0 then
-  return redis.error_reply('CVARGS settle needs a dead-job count and age, not '
-    .. tostring(ARGV[2]) .. ', ' .. tostring(ARGV[3]))
-end
-local FIRST = 4
+local FIRST = 2
 local i = FIRST
 while i <= #ARGV do
   local width = WIDTH[ARGV[i]]
@@ -111,29 +99,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[8], ARGV[1])
 end
--- Forgets dead jobs (envelopes) and their error records; returns how many.
-local function forget(envelopes)
-  if #envelopes == 0 then
-    return 0
-  end
-  local ids = {}
-  for _, envelope in ipairs(envelopes) do
-    ids[#ids + 1] = string.sub(envelope, ID_FIRST, ID_LAST)
-  end
-  redis.call('HDEL', KEYS[5], unpack(ids))
-  redis.call('ZREM', KEYS[4], unpack(envelopes))
-  return #envelopes
-end
-local trimmed = 0
-if dead > 0 then
-  trimmed = forget(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. (now_ms - dead_age),
-    'LIMIT', 0, TRIM_MAX))
-  local excess = redis.call('ZCARD', KEYS[4]) - dead_max
-  if excess > 0 then
-    trimmed = trimmed + forget(redis.call('ZRANGE', KEYS[4], 0, math.min(excess, TRIM_MAX) - 1))
-  end
-end
-for name, n in pairs({ done = done, retried = retried, dead = dead, dead_trimmed = trimmed }) do
+for name, n in pairs({ done = done, retried = retried, dead = dead }) do
   if n > 0 then
     redis.call('HINCRBY', KEYS[7], name, n)
   end
