@@ -60,15 +60,17 @@ def test_envelopes_survive_kafka_and_redis_byte_for_byte(
         _core.append_stage(r.value, conveyor.Stage.KAFKA, (r.timestamp_ms or 0) * 1000)
         for r in records
     ]
-    # Unique jobs: while one job holds a dedup key, later ones are dropped.
-    first_of_key: dict[str | None, bytes] = {}
+    # Unique jobs: while one job holds a dedup key of its type, later ones
+    # of that type with that key are dropped.
+    first_of_key: dict[tuple[str, str], bytes] = {}
     kept = [
         raw
         for raw, env in zip(stamped, conveyor.decode_many(stamped), strict=True)
-        if env.dedup_key is None or first_of_key.setdefault(env.dedup_key, raw) is raw
+        if env.dedup_key is None
+        or first_of_key.setdefault((env.job_type, env.dedup_key), raw) is raw
     ]
     duplicates = len(stamped) - len(kept)
-    assert duplicates == 100 - 7
+    assert duplicates == 100 - 2 * 7, "7 keys in each of the 2 types"
     assert store.admit(namespace, "default", stamped) == (len(kept), 0, duplicates)
     back = store.peek_ready(namespace, "default", len(sent) + 10)
     assert back == kept

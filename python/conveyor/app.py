@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from conveyor import _core
+from conveyor.deliveries import DeliveryFailure, DeliveryWatcher, OnDeliveryFailure, let_go
 from conveyor.enqueue import Enqueued
 from conveyor.errors import ConveyorError, InvalidJobError
 from conveyor.jobs import JobOptions, JobType, P, R
@@ -44,11 +45,22 @@ class Conveyor:
     points at the servers `conveyor dev up` starts.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        on_delivery_failure: OnDeliveryFailure | None = None,
+    ) -> None:
         self.settings = settings or Settings.from_env()
         self._jobs: dict[str, JobType[Any, Any]] = {}
         self._lock = threading.Lock()
         self._producer: _core.KafkaProducer | None = None
+        #: Called with `[(job id, reason), ...]` when jobs sent without a
+        #: `wait()` were not written to Kafka (they are logged regardless).
+        self.on_delivery_failure = on_delivery_failure
+        self._watcher: DeliveryWatcher | None = None
+        self._let_go: weakref.finalize[Any, Any] | None = None
+        self._failures_before = 0
         #: Redis connections of the direct path, by deployment URL.
         self._stores: dict[str, _core.RedisStore] = {}
         self._routes = RouteTable(dict(self.settings.routes))
@@ -290,19 +302,52 @@ class Conveyor:
         with self._lock:
             if self._producer is None:
                 s = self.settings
-                self._producer = _core.KafkaProducer(
+                producer = _core.KafkaProducer(
                     s.kafka_bootstrap,
                     acks=s.acks,
                     delivery_timeout_s=s.delivery_timeout_s,
                     properties=list(s.kafka_properties),
                 )
+                # A weak reference: the watcher must not keep the app alive.
+                method = weakref.WeakMethod(self._delivery_failed)
+
+                def on_failure(failures: list[DeliveryFailure]) -> None:
+                    delivery_failed = method()
+                    if delivery_failed is not None:
+                        delivery_failed(failures)
+
+                self._watcher = DeliveryWatcher(producer, on_failure)
+                # Dropped without close(), or at exit: deliver what is
+                # pending, as long as a delivery may take, and say what failed.
+                self._let_go = weakref.finalize(
+                    self, let_go, producer, self._watcher, s.delivery_timeout_s + 5.0
+                )
+                self._producer = producer
             return self._producer
 
+    def _delivery_failed(self, failures: list[DeliveryFailure]) -> None:
+        callback = self.on_delivery_failure
+        if callback is not None:
+            callback(failures)
+
+    @property
+    def delivery_failures(self) -> int:
+        """Jobs sent without a `wait()` that Kafka did not take, since the
+        application began (each was logged, and offered to
+        `on_delivery_failure`)."""
+        producer = self._producer
+        return self._failures_before + (producer.unobserved_failures if producer else 0)
+
     def _forget_producer_after_fork(self) -> None:
-        # We are a forked child: the parent's client is dead here.
+        # We are a forked child: the parent's client is dead here, and so is
+        # its watcher thread; its pending jobs are the parent's to deliver.
         if self._producer is not None:
             _ORPHANED_BY_FORK.append(self._producer)
             self._producer = None
+        if self._let_go is not None:
+            self._let_go.detach()
+            self._let_go = None
+        self._watcher = None
         # A Redis connection shared with the parent would interleave replies.
         self._stores = {}
         self._lock = threading.Lock()
@@ -314,12 +359,24 @@ class Conveyor:
         if self._producer is not None:
             self._producer.flush(timeout_s)
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Flush, then let go of the producer."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Deliver what is pending (waiting up to `timeout_s`, by default as
+        long as a delivery may take), report what could not be delivered
+        (raises `DeliveryError`), then let go of the producer."""
+        if timeout_s is None:
+            timeout_s = self.settings.delivery_timeout_s + 5.0
         try:
             self.flush(timeout_s)
         finally:
-            self._producer = None
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                self._failures_before += producer.unobserved_failures
+            if self._let_go is not None:
+                self._let_go.detach()
+                self._let_go = None
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher = None
 
     def __enter__(self) -> Conveyor:
         return self
@@ -379,9 +436,10 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 @atexit.register
 def _flush_at_exit() -> None:
-    # Jobs handed to the producer but not yet written must not vanish at exit.
+    # Jobs handed to the producer but not yet written must not vanish at exit:
+    # wait as long as a delivery may take, then say what failed.
     for app in list(_LIVE_APPS):
         try:
-            app.flush(timeout_s=10.0)
+            app.flush(timeout_s=app.settings.delivery_timeout_s + 5.0)
         except ConveyorError as err:
             print(f"conveyor: at exit: {err}", file=sys.stderr)

@@ -289,6 +289,24 @@ impl KafkaProducer {
         py.detach(|| self.inner.check_topic(topic)).py()
     }
 
+    /// Failures of sends nobody waited for, as `(job id, reason)`, as they
+    /// happen: waits (GIL released) up to `timeout_s` for the first.
+    #[pyo3(signature = (timeout_s=1.0))]
+    fn take_failures(&self, py: Python<'_>, timeout_s: f64) -> PyResult<Vec<(String, String)>> {
+        let timeout = duration("timeout_s", timeout_s).py()?;
+        let failures = py.detach(|| self.inner.take_failures(timeout));
+        Ok(failures
+            .into_iter()
+            .map(|f| (f.id.to_string(), f.reason))
+            .collect())
+    }
+
+    /// How many jobs failed delivery with nobody waiting, since the start.
+    #[getter]
+    fn unobserved_failures(&self) -> u64 {
+        self.inner.unobserved_failures()
+    }
+
     /// Delivers everything pending; raises `DeliveryError` for failures that
     /// no handle reported.
     #[pyo3(signature = (timeout_s=30.0))]

@@ -30,19 +30,43 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// Most failures kept for a watcher to take; older ones are dropped (and
+/// counted) if nobody takes them.
+const MAX_RECENT: usize = 10_000;
+
+/// Failures of sends nobody waited for.
 #[derive(Default)]
 pub(super) struct Unobserved {
+    /// Since the last flush, which reports them.
     pub count: u64,
+    /// The first of those, for the flush's message.
     pub samples: Vec<Failure>,
+    /// Not yet taken by [`super::producer::JobProducer::take_failures`].
+    pub recent: std::collections::VecDeque<Failure>,
+    /// Since the producer began.
+    pub total: u64,
 }
 
-impl Unobserved {
-    pub(super) fn record(&mut self, failures: impl IntoIterator<Item = Failure>) {
+impl Shared {
+    /// Records failures nobody will see through a `Pending`, and wakes a
+    /// thread waiting to take them.
+    pub(super) fn record_unobserved(&self, failures: impl IntoIterator<Item = Failure>) {
+        let mut unobserved = lock(&self.unobserved);
+        let before = unobserved.total;
         for failure in failures {
-            self.count += 1;
-            if self.samples.len() < FAILURE_SAMPLES {
-                self.samples.push(failure);
+            unobserved.count += 1;
+            unobserved.total += 1;
+            if unobserved.samples.len() < FAILURE_SAMPLES {
+                unobserved.samples.push(failure.clone());
             }
+            if unobserved.recent.len() >= MAX_RECENT {
+                unobserved.recent.pop_front();
+            }
+            unobserved.recent.push_back(failure);
+        }
+        if unobserved.total > before {
+            drop(unobserved);
+            self.failed.notify_all();
         }
     }
 }
@@ -58,6 +82,8 @@ pub(super) struct Shared {
     pub unobserved: Mutex<Unobserved>,
     pub in_flight: Mutex<InFlight>,
     pub settled: Condvar,
+    /// Signalled when a failure nobody waited for is recorded.
+    pub failed: Condvar,
 }
 
 // Per-record helpers below are marked inline: they sit in another module
@@ -147,7 +173,7 @@ impl Batch {
         }
         if inner.abandoned {
             let results = outcomes(&inner.results);
-            lock(&shared.unobserved).record(failures(&self.ids, &results));
+            shared.record_unobserved(failures(&self.ids, &results));
         }
         let waited = inner.waiters > 0;
         drop(inner);
@@ -264,7 +290,8 @@ impl Drop for Pending {
             inner.abandoned = true;
         } else if !inner.observed {
             let results = outcomes(&inner.results);
-            lock(&self.shared.unobserved).record(failures(&self.batch.ids, &results));
+            self.shared
+                .record_unobserved(failures(&self.batch.ids, &results));
         }
     }
 }

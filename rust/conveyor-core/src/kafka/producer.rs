@@ -199,6 +199,7 @@ impl JobProducer {
             unobserved: Mutex::new(Unobserved::default()),
             in_flight: Mutex::new(InFlight::default()),
             settled: Condvar::new(),
+            failed: Condvar::new(),
         });
         let health = Arc::new(PartitionHealth::default());
         let activity = Arc::new(Activity::default());
@@ -440,6 +441,28 @@ impl JobProducer {
         }
     }
 
+    /// Failures of sends nobody waited for (their `Pending` was dropped), as
+    /// they happen: waits up to `timeout` for the first, then takes all there
+    /// are. A watcher thread logs them and offers them to the application.
+    pub fn take_failures(&self, timeout: Duration) -> Vec<Failure> {
+        let mut unobserved = lock(&self.shared.unobserved);
+        if unobserved.recent.is_empty() {
+            unobserved = self
+                .shared
+                .failed
+                .wait_timeout(unobserved, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        unobserved.recent.drain(..).collect()
+    }
+
+    /// How many jobs failed delivery with nobody waiting, since this
+    /// producer began.
+    pub fn unobserved_failures(&self) -> u64 {
+        lock(&self.shared.unobserved).total
+    }
+
     /// Delivers everything pending, then reports failures nobody waited for.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
@@ -464,9 +487,12 @@ impl JobProducer {
         }
         in_flight.flushers -= 1;
         drop(in_flight);
-        let unobserved = std::mem::take(&mut *lock(&self.shared.unobserved));
-        if unobserved.count > 0 {
-            return Err(delivery_error(unobserved.count, &unobserved.samples));
+        let mut unobserved = lock(&self.shared.unobserved);
+        let (count, samples) = (unobserved.count, std::mem::take(&mut unobserved.samples));
+        unobserved.count = 0;
+        drop(unobserved);
+        if count > 0 {
+            return Err(delivery_error(count, &samples));
         }
         Ok(())
     }

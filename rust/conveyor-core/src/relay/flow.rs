@@ -240,10 +240,14 @@ impl Flow {
     /// topics, and topics with a batch or more held for their rate) and which
     /// to resume, and records the change as applied.
     pub fn pauses(&mut self, assignment: &[(String, i32)]) -> PauseChange {
-        if assignment != self.assignment {
-            // A new assignment starts unpaused; held jobs of partitions gone
-            // elsewhere are their new owner's now.
-            self.paused_now.clear();
+        // After a rebalance nobody knows which partitions the consumer holds
+        // paused: librdkafka keeps a partition's pause across a revoke and a
+        // later assign, so one paused when it left may come back paused
+        // after its pause was lifted. Every partition is then told what it
+        // should be, paused or resumed.
+        let reassigned = assignment != self.assignment;
+        if reassigned {
+            // Held jobs of partitions gone elsewhere are their new owner's.
             let owned: HashSet<(&str, i32)> =
                 assignment.iter().map(|(t, p)| (t.as_str(), *p)).collect();
             for queue in self.held.values_mut() {
@@ -265,9 +269,20 @@ impl Flow {
             })
             .cloned()
             .collect();
-        let change = PauseChange {
-            pause: want.difference(&self.paused_now).cloned().collect(),
-            resume: self.paused_now.difference(&want).cloned().collect(),
+        let change = if reassigned {
+            PauseChange {
+                pause: want.iter().cloned().collect(),
+                resume: assignment
+                    .iter()
+                    .filter(|p| !want.contains(*p))
+                    .cloned()
+                    .collect(),
+            }
+        } else {
+            PauseChange {
+                pause: want.difference(&self.paused_now).cloned().collect(),
+                resume: self.paused_now.difference(&want).cloned().collect(),
+            }
         };
         self.paused_now = want;
         change
@@ -400,7 +415,10 @@ mod tests {
     fn paused_and_guarded_topics_hold_their_jobs_and_pause_their_partitions() {
         let mut f = flow(10);
         let owned = vec![("t".to_owned(), 0), ("u".to_owned(), 0)];
-        assert_eq!(f.pauses(&owned), PauseChange::default());
+        assert!(
+            f.pauses(&owned).pause.is_empty(),
+            "a new assignment is resumed"
+        );
         f.set_controls(Controls::parse(fields(&[("paused:t", "1")])));
         let change = f.pauses(&owned);
         assert_eq!(change.pause, vec![("t".to_owned(), 0)]);
@@ -430,6 +448,32 @@ mod tests {
         assert!(f.pauses(&owned).pause.is_empty());
         f.hold(vec![record("t", 0, 2)]);
         assert_eq!(f.pauses(&owned).pause, owned);
+    }
+
+    #[test]
+    fn a_partition_paused_when_it_left_is_resumed_when_it_comes_back() {
+        let mut f = flow(10);
+        let (p0, p1) = (("t".to_owned(), 0), ("t".to_owned(), 1));
+        f.set_controls(Controls::parse(fields(&[("paused:t", "1")])));
+        let both = vec![p0.clone(), p1.clone()];
+        assert_eq!(sorted(f.pauses(&both).pause), both);
+        // A rebalance takes p0 away (still paused in the consumer), the pause
+        // is lifted meanwhile, and p0 comes back.
+        let away = f.pauses(std::slice::from_ref(&p1));
+        assert!(away.pause.contains(&p1));
+        f.set_controls(Controls::default());
+        let back = f.pauses(&both);
+        assert_eq!(
+            sorted(back.resume),
+            both,
+            "p0 must be resumed: it was paused when it left"
+        );
+        assert!(back.pause.is_empty());
+    }
+
+    fn sorted(mut v: Vec<(String, i32)>) -> Vec<(String, i32)> {
+        v.sort();
+        v
     }
 
     #[test]
