@@ -3,7 +3,8 @@
 Run: `make bench` (or `.venv/bin/python bench/enqueue_bench.py [--jobs N] [--rounds R]`).
 Starts the `conveyor dev up` servers if needed. Each variant sends the same
 ~100-byte jobs to a fresh 3-partition topic and counts as done only when the
-broker acknowledged every job (leader acks, lz4, as Conveyor's defaults).
+broker acknowledged every job, with Conveyor's default acknowledgement for
+both (`acks=all` with idempotence since session 7; leader acks before) and lz4.
 The peer builds the same envelope in pure Python (bench/pure_envelope.py) and
 produces with confluent-kafka, the standard Python client; ratios are measured
 side by side in one run.
@@ -61,14 +62,18 @@ def core_many(producer: _core.KafkaProducer, topic: str, jobs: int) -> None:
         h.wait(60)
 
 
+#: Conveyor's default acknowledgement, which the peer is given too.
+ACKS = conveyor.Settings().acks
+
+
 def confluent_producer(bootstrap: str) -> Producer:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
-            "acks": "1",
+            "acks": "all" if ACKS == "all" else "1",
             "compression.type": "lz4",
             "linger.ms": 2,
-            "enable.idempotence": False,
+            "enable.idempotence": ACKS == "all",
         }
     )
     producer.list_topics(timeout=10)  # connect before timing
@@ -147,7 +152,7 @@ def main() -> None:
     }
     print(
         f"{jobs:,} jobs of ~100 bytes per variant into Kafka {bootstrap} "
-        f"(1 broker, 3 partitions, leader acks, lz4) on {os.cpu_count()} cores"
+        f"(1 broker, 3 partitions, acks={ACKS} for both, lz4) on {os.cpu_count()} cores"
     )
     # This machine's speed drifts by tens of percent from minute to minute:
     # variants take turns, round after round, and the table shows medians.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.errors import DeliveryError
@@ -56,3 +57,30 @@ def test_three_brokers_keep_every_acknowledged_job_when_one_stops(tmp_path: Path
     finally:
         cluster.down()
     assert time.monotonic() - started < 120
+
+
+def test_default_settings_keep_every_acknowledged_job_when_a_broker_is_killed(
+    tmp_path: Path,
+) -> None:
+    """Nothing chosen: topics get three copies and `min.insync.replicas=2`,
+    the producer `acks=all` with idempotence. A broker killed outright after
+    the jobs were acknowledged loses none of them (with the old defaults, one
+    copy and leader acks, the dead broker's partitions took their jobs)."""
+    cluster = DevServers.at(tmp_path, kafka_port=29310, redis_port=26698, kafka_nodes=3).kafka
+    try:
+        assert cluster.up(timeout_s=120)
+        app = conveyor.Conveyor(conveyor.Settings(kafka_bootstrap=cluster.bootstrap))
+        (topic,) = app.ensure_topics(["default"])
+        job = app.job("cluster.default")(lambda i: None)
+        handles = [job.enqueue_many([(i,) for i in range(b, b + 100)]) for b in range(0, 3000, 100)]
+        acked = [landed for h in handles for landed in h.wait(timeout_s=60)]
+        assert len(acked) == 3000
+        assert {p for p, _ in acked} == {0, 1, 2}, "every partition, so every broker, leads some"
+        cluster.kill_node(2)
+        records = read_all(cluster.bootstrap, topic, 3000, timeout_s=60)
+        assert len(records) == 3000, "every acknowledged job is still in Kafka"
+        # Two copies left of three: writes go on (min.insync.replicas=2).
+        assert len(job.enqueue_many([(i,) for i in range(100)]).wait(timeout_s=60)) == 100
+        app.close()
+    finally:
+        cluster.down()

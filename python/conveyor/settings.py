@@ -56,13 +56,18 @@ class Settings:
     topic_prefix: str = "conveyor."
     #: Largest payload (the encoded handler arguments) a job may carry.
     max_payload_bytes: int = 1024 * 1024
-    #: "leader" (lowest latency) or "all" (every in-sync replica) before a send counts.
-    acks: str = "leader"
+    #: "all" (every in-sync replica, with idempotence: an acknowledged job
+    #: survives losing a broker, and a retry never writes it twice) or
+    #: "leader" (lower latency; a leader that dies before its followers copied
+    #: a job loses it) before a send counts.
+    acks: str = "all"
     #: How long a job may wait for Kafka before its enqueue fails.
     delivery_timeout_s: float = 30.0
-    #: Partitions and replication of topics Conveyor creates.
+    #: Partitions and replication of topics Conveyor creates. Replication
+    #: None: three copies (with `min.insync.replicas=2`), or every broker of a
+    #: smaller cluster.
     topic_partitions: int = 3
-    topic_replication: int = 1
+    topic_replication: int | None = None
     #: Extra librdkafka properties (SASL, TLS, tuning).
     kafka_properties: tuple[tuple[str, str], ...] = ()
     #: Job type -> Route, for types not sent through Kafka only (migrations).

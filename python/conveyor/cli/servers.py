@@ -15,7 +15,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     topics.add_argument("action", choices=["create", "list"])
     topics.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
     topics.add_argument("--partitions", type=int, help="partitions of new topics (default 3)")
-    topics.add_argument("--replication", type=int, help="replication of new topics (default 1)")
+    topics.add_argument(
+        "--replication",
+        type=int,
+        help="replication of new topics (default: 3, or every broker of a smaller cluster)",
+    )
     topics.set_defaults(run=_topics)
 
 

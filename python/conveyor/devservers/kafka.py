@@ -292,10 +292,16 @@ class KafkaCluster:
         return [(n, self._process(n).pid()) for n in self.nodes]
 
     def stop_node(self, node_id: int) -> None:
-        """Stop one node (for failure tests)."""
+        """Stop one node gracefully (for failure tests)."""
         for node in self.nodes:
             if node.node_id == node_id:
                 self._process(node).stop()
+
+    def kill_node(self, node_id: int) -> None:
+        """Kill one node at once with SIGKILL (for failure tests)."""
+        for node in self.nodes:
+            if node.node_id == node_id:
+                self._process(node).kill()
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Wait until the cluster serves (after `up`)."""

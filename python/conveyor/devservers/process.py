@@ -80,6 +80,16 @@ class ServerProcess:
         self.wait_stopped(pid, timeout_s)
         return True
 
+    def kill(self) -> bool:
+        """SIGKILL at once, as a crash or a pulled plug would; returns whether
+        it was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        self.wait_stopped(pid, 0)
+        return True
+
     def request_stop(self) -> int | None:
         """Send SIGTERM without waiting; returns the pid, or None if not running."""
         pid = self.pid()

@@ -20,7 +20,7 @@ pub struct Gate {
 #[pymethods]
 impl Gate {
     #[new]
-    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="leader", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0))]
+    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="all", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,

@@ -37,15 +37,16 @@ fn kafka_cluster_info(
     Ok((info.cluster_id, info.brokers, info.topics))
 }
 
-/// Creates a topic; `False` if it already existed.
+/// Creates a topic (`replication=None`: three copies, or every broker of a
+/// smaller cluster); `False` if it already existed.
 #[pyfunction]
-#[pyo3(signature = (bootstrap, name, partitions, replication=1, timeout_s=10.0, properties=None))]
+#[pyo3(signature = (bootstrap, name, partitions, replication=None, timeout_s=10.0, properties=None))]
 fn kafka_create_topic(
     py: Python<'_>,
     bootstrap: &str,
     name: &str,
     partitions: i32,
-    replication: i32,
+    replication: Option<i32>,
     timeout_s: f64,
     properties: Option<Vec<(String, String)>>,
 ) -> PyResult<bool> {
@@ -148,7 +149,7 @@ pub struct KafkaProducer {
 #[pymethods]
 impl KafkaProducer {
     #[new]
-    #[pyo3(signature = (bootstrap, *, acks="leader", delivery_timeout_s=30.0, enqueue_timeout_s=5.0, properties=None))]
+    #[pyo3(signature = (bootstrap, *, acks="all", delivery_timeout_s=30.0, enqueue_timeout_s=5.0, properties=None))]
     fn new(
         py: Python<'_>,
         bootstrap: &str,

@@ -99,14 +99,26 @@ pub fn cluster_info(config: &KafkaConfig, timeout: Duration) -> Result<ClusterIn
 /// stage, not the producer's clock.
 pub const TOPIC_CONFIGS: &[(&str, &str)] = &[("message.timestamp.type", "LogAppendTime")];
 
-/// Creates a topic on purpose, with a chosen partition count and replication,
+/// Replication of topics created without a choice: three copies where the
+/// cluster has three brokers or more (every broker otherwise), so that an
+/// acknowledged job survives losing a broker.
+pub const DEFAULT_REPLICATION: i32 = 3;
+
+/// In-sync copies a write needs before it is acknowledged (with `acks=all`),
+/// set on topics of three copies or more: losing one broker then loses no
+/// acknowledged job and stops no writes.
+const MIN_INSYNC_REPLICAS: &str = "2";
+
+/// Creates a topic on purpose, with a chosen partition count and replication
+/// (`None`: [`DEFAULT_REPLICATION`], or every broker of a smaller cluster),
 /// and waits until every partition has a leader so the first write does not
-/// stall. Returns `false` when it already existed (its settings are left alone).
+/// stall. Topics of three copies or more take `min.insync.replicas=2`.
+/// Returns `false` when it already existed (its settings are left alone).
 pub fn create_topic(
     config: &KafkaConfig,
     name: &str,
     partitions: i32,
-    replication: i32,
+    replication: Option<i32>,
     timeout: Duration,
 ) -> Result<bool> {
     let deadline = std::time::Instant::now() + timeout;
@@ -114,9 +126,24 @@ pub fn create_topic(
         .client_config()
         .create()
         .map_err(Error::kafka("connect"))?;
+    let replication = match replication {
+        Some(n) => n,
+        None => {
+            let brokers = admin
+                .inner()
+                .fetch_metadata(None, timeout)
+                .map_err(Error::kafka("metadata"))?
+                .brokers()
+                .len() as i32;
+            brokers.clamp(1, DEFAULT_REPLICATION)
+        }
+    };
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
     for (key, value) in TOPIC_CONFIGS {
         topic = topic.set(key, value);
+    }
+    if replication >= DEFAULT_REPLICATION {
+        topic = topic.set("min.insync.replicas", MIN_INSYNC_REPLICAS);
     }
     let options = AdminOptions::new().operation_timeout(Some(timeout));
     let results =
@@ -158,6 +185,16 @@ pub fn create_topic(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// How many copies `topic` keeps (its first partition's replicas), if it
+/// exists: a dead-letter topic takes its job topic's.
+pub fn topic_replication(config: &KafkaConfig, topic: &str, timeout: Duration) -> Option<i32> {
+    let admin: AdminClient<DefaultClientContext> = config.client_config().create().ok()?;
+    let metadata = admin.inner().fetch_metadata(Some(topic), timeout).ok()?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+    let first = found.partitions().first()?;
+    Some(first.replicas().len() as i32)
 }
 
 /// Deletes `names` (benchmarks clean up after themselves: every partition a

@@ -68,7 +68,7 @@ pub struct ProducerOptions {
 impl Default for ProducerOptions {
     fn default() -> Self {
         Self {
-            acks: Acks::Leader,
+            acks: Acks::All,
             delivery_timeout: Duration::from_secs(30),
             enqueue_timeout: Duration::from_secs(5),
             reports: Reports::SendersFirst,

@@ -59,7 +59,7 @@ pub use stats::{render_metrics, ControlState, PartitionLag, RelayStats};
 use crate::error::{Error, Result};
 use crate::id::new_process_id;
 use crate::kafka::names::dead_letter_topic;
-use crate::kafka::{create_topic, KafkaConfig};
+use crate::kafka::{create_topic, topic_replication, KafkaConfig};
 use crate::store::keys::QueueKeys;
 use crate::store::RedisStore;
 
@@ -151,11 +151,13 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
     let mut queues = HashMap::new();
     for (topic, queue) in &config.routes {
         queues.insert(topic.clone(), QueueKeys::new(&config.namespace, queue)?);
+        // As many copies as its job topic: a dead letter is a job too.
+        let replication = topic_replication(&config.kafka, topic, Duration::from_secs(5));
         create_topic(
             &config.kafka,
             &dead_letter_topic(topic),
             1,
-            1,
+            replication,
             Duration::from_secs(10),
         )?;
     }
