@@ -200,7 +200,12 @@ class KafkaProducer:
         partition: int | None = None,
     ) -> DeliveryHandle: ...
     def send_envelopes(
-        self, topic: str, envelopes: list[Envelope], partition: int | None = None
+        self,
+        topic: str,
+        envelopes: list[Envelope],
+        partition: int | None = None,
+        *,
+        double_written: bool = False,
     ) -> DeliveryHandle: ...
     def check_topic(self, topic: str) -> None: ...
     def take_failures(self, timeout_s: float = 1.0) -> list[tuple[str, str]]: ...

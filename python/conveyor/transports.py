@@ -232,5 +232,10 @@ class RoutedTransport:
             self._app.store(target.queue).admit(self._app.settings.namespace, target.queue, direct)
         to_kafka = [e for e, kafka in zip(envelopes, via_kafka, strict=True) if kafka]
         producer = self._app.producer()
-        handle = producer.send_envelopes(target.topic, to_kafka) if to_kafka else None
+        # Double-written records are marked: a relay in shadow mode drops only those.
+        handle = (
+            producer.send_envelopes(target.topic, to_kafka, double_written=route.double_write)
+            if to_kafka
+            else None
+        )
         return RoutedHandle([e.id for e in envelopes], handle, via_kafka)

@@ -3,7 +3,7 @@
 use conveyor_core::config::duration;
 use conveyor_core::kafka::producer::{JobProducer, Pending, ProducerOptions};
 use conveyor_core::kafka::{self as core_kafka, KafkaConfig};
-use conveyor_core::Envelope;
+use conveyor_core::{Envelope, Error};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict};
@@ -271,18 +271,33 @@ impl KafkaProducer {
     }
 
     /// Hands ready-made envelopes to Kafka; returns at once with a handle.
-    #[pyo3(signature = (topic, envelopes, partition=None))]
+    /// `double_written`: the jobs went straight into Redis too, and their
+    /// records are marked so that a relay in shadow mode drops them.
+    #[pyo3(signature = (topic, envelopes, partition=None, *, double_written=false))]
     fn send_envelopes(
         &self,
         py: Python<'_>,
         topic: &str,
         envelopes: Vec<PyRef<'_, PyEnvelope>>,
         partition: Option<i32>,
+        double_written: bool,
     ) -> PyResult<DeliveryHandle> {
         let owned: Vec<Envelope> = envelopes.iter().map(|e| e.inner.clone()).collect();
-        py.detach(|| self.inner.send(topic, &owned, partition))
-            .py()
-            .map(|inner| DeliveryHandle { inner })
+        if double_written && partition.is_some() {
+            return Err(Error::InvalidJob(
+                "double-written jobs are not pinned to a partition".into(),
+            ))
+            .py();
+        }
+        py.detach(|| {
+            if double_written {
+                self.inner.send_double_written(topic, &owned)
+            } else {
+                self.inner.send(topic, &owned, partition)
+            }
+        })
+        .py()
+        .map(|inner| DeliveryHandle { inner })
     }
 
     /// Raises `UnknownTopicError` unless `topic` exists (checked once per topic).

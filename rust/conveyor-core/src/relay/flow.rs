@@ -326,6 +326,7 @@ mod tests {
             offset,
             kafka_us: 0,
             value: Vec::new(),
+            double_written: false,
         }
     }
 

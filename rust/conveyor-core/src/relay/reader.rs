@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::TopicPartitionList;
 
 use super::batch::{PartitionBatch, Record, Written};
@@ -20,6 +20,7 @@ use super::flow::{Controls, Flow, CONTROL_REFRESH, GUARD_REFRESH};
 use super::rebalance::RelayContext;
 use super::stats::{lock, RelayStats};
 use crate::envelope::{append_stage, EnvelopeView, Stage, STAGE_LEN};
+use crate::kafka::HEADER_DOUBLE_WRITTEN;
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::store::admission::Admission;
@@ -204,7 +205,8 @@ impl Reader {
 
     /// Copies what relaying needs out of a message librdkafka owns: one
     /// allocation per record (its value, with room for the two stage stamps),
-    /// no headers, the topic name shared.
+    /// one header looked at (the double-write mark comes first), the topic
+    /// name shared.
     fn record(&self, message: &BorrowedMessage<'_>) -> Record {
         let name = message.topic();
         let topic = self
@@ -222,6 +224,10 @@ impl Reader {
             offset: message.offset(),
             kafka_us: message.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000,
             value,
+            double_written: message
+                .headers()
+                .and_then(|h| h.try_get(0))
+                .is_some_and(|h| h.key == HEADER_DOUBLE_WRITTEN),
         }
     }
 
@@ -238,6 +244,7 @@ impl Reader {
                 offset,
                 kafka_us,
                 mut value,
+                double_written,
             } = record;
             let index = match batches
                 .iter()
@@ -265,7 +272,9 @@ impl Reader {
             match fields {
                 // Shadow mode: the job was written to Redis by the direct
                 // path too (double writes); count it and move the fence on.
-                Ok(_) if self.flow.shadowed(&topic) => {
+                // Any other job of the queue (the gate's, another type's) is
+                // relayed as always.
+                Ok(_) if double_written && self.flow.shadowed(&topic) => {
                     self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok((run_at_ms, unique)) => {
