@@ -18,3 +18,6 @@ class Stage(IntEnum):
     FINISHED = 4
     FAILED = 5
     DEAD_LETTERED = 6
+    #: Sent to Kafka while also written straight into Redis (a double write):
+    #: a relay in shadow mode drops only such copies.
+    DOUBLE_WRITTEN = 7

@@ -62,17 +62,22 @@ pub enum Stage {
     Failed = 5,
     /// Given up on and moved to the dead letters.
     DeadLettered = 6,
+    /// Sent to Kafka while also written straight into Redis (a double write,
+    /// as a job type moves to Kafka): a relay in shadow mode drops this copy,
+    /// and only records that carry it.
+    DoubleWritten = 7,
 }
 
 impl Stage {
     /// Every stage this build knows, in code order.
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Kafka,
         Stage::Relayed,
         Stage::Started,
         Stage::Finished,
         Stage::Failed,
         Stage::DeadLettered,
+        Stage::DoubleWritten,
     ];
 
     /// The stage for a wire code, if it is one this build knows.
@@ -89,6 +94,7 @@ impl Stage {
             Stage::Finished => "finished",
             Stage::Failed => "failed",
             Stage::DeadLettered => "dead_lettered",
+            Stage::DoubleWritten => "double_written",
         }
     }
 }

@@ -32,6 +32,13 @@ pub struct EnvelopeView<'a> {
 }
 
 impl<'a> EnvelopeView<'a> {
+    /// Whether a stamp of `stage` was recorded.
+    pub fn has_stage(&self, stage: super::Stage) -> bool {
+        self.stages
+            .chunks_exact(super::STAGE_LEN)
+            .any(|stamp| stamp[0] == stage as u8)
+    }
+
     /// Checks `bytes` as [`Envelope::decode`] does (same errors), borrowing
     /// instead of copying.
     pub fn parse(bytes: &'a [u8]) -> Result<EnvelopeView<'a>> {

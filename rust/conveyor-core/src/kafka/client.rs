@@ -26,11 +26,6 @@ pub const HEADER_ID: &str = "cv-id";
 pub const HEADER_TYPE: &str = "cv-type";
 /// Header carrying the W3C trace context.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
-/// Marks a record whose job was also written straight into Redis (a double
-/// write while a job type moves to Kafka): a relay in shadow mode drops only
-/// these, since Redis has them already. Always the first header, so a relay
-/// reads one header per record to know.
-pub const HEADER_DOUBLE_WRITTEN: &str = "cv-double-written";
 
 /// Where Kafka is and how to talk to it.
 #[derive(Debug, Clone)]

@@ -11,6 +11,5 @@ pub mod report_polling;
 
 pub use client::{
     cluster_info, create_topic, delete_topics, end_offsets, read_partition, topic_replication,
-    ClusterInfo, KafkaConfig, Record, HEADER_DOUBLE_WRITTEN, HEADER_ID, HEADER_TRACEPARENT,
-    HEADER_TYPE, TOPIC_CONFIGS,
+    ClusterInfo, KafkaConfig, Record, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE, TOPIC_CONFIGS,
 };

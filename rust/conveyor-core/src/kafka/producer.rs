@@ -18,12 +18,10 @@ use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::ClientContext;
 
-use super::client::{
-    KafkaConfig, HEADER_DOUBLE_WRITTEN, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE,
-};
+use super::client::{KafkaConfig, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE};
 use super::partitions::PartitionHealth;
 use super::report_polling::{Activity, PolledProducer, Reports};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Stage, StageStamp};
 use crate::error::{Error, Result};
 
 use super::delivery::{delivery_error, lock, Batch, InFlight, Shared, Unobserved};
@@ -129,13 +127,6 @@ impl ProducerContext for Context {
         batch.complete(index, outcome, &self.shared);
         self.activity.report_served();
     }
-}
-
-/// How one send's records are enqueued: marked as double-written or not,
-/// and how long to wait for room in librdkafka's queue.
-struct Mark {
-    double_written: bool,
-    deadline: Option<Instant>,
 }
 
 /// What [`JobProducer::try_send`] did.
@@ -303,23 +294,37 @@ impl JobProducer {
         envelopes: &[Envelope],
         partition: Option<i32>,
     ) -> Result<Pending> {
-        self.send_marked(topic, envelopes, partition, false)
+        let encoded = encode_all(envelopes)?;
+        self.send_encoded(topic, envelopes, &encoded, partition)
     }
 
-    /// [`JobProducer::send`] for jobs written straight into Redis too (double
-    /// writes): their records carry [`HEADER_DOUBLE_WRITTEN`].
+    /// [`JobProducer::send`] for jobs also written straight into Redis (a
+    /// double write): each record carries a [`Stage::DoubleWritten`] stamp,
+    /// which a relay in shadow mode looks for.
     pub fn send_double_written(&self, topic: &str, envelopes: &[Envelope]) -> Result<Pending> {
-        self.send_marked(topic, envelopes, None, true)
+        let now = crate::id::now_us();
+        let marked: Vec<Envelope> = envelopes
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e.stages.push(StageStamp {
+                    code: Stage::DoubleWritten as u8,
+                    at_us: now,
+                });
+                e
+            })
+            .collect();
+        let encoded = encode_all(&marked)?;
+        self.send_encoded(topic, &marked, &encoded, None)
     }
 
-    fn send_marked(
+    fn send_encoded(
         &self,
         topic: &str,
         envelopes: &[Envelope],
+        encoded: &[Vec<u8>],
         partition: Option<i32>,
-        double_written: bool,
     ) -> Result<Pending> {
-        let encoded = encode_all(envelopes)?;
         let free = free_records(envelopes, partition);
         let mut pick = self.health.pick(topic, free);
         if !pick.known {
@@ -329,11 +334,7 @@ impl JobProducer {
             self.refresh_partitions(topic);
         }
         check_partition(topic, partition, pick.partitions)?;
-        let mark = Mark {
-            double_written,
-            deadline: None,
-        };
-        Ok(self.enqueue_all(topic, envelopes, &encoded, partition, pick.partition, mark))
+        Ok(self.enqueue_all(topic, envelopes, encoded, partition, pick.partition, None))
     }
 
     /// [`JobProducer::send`] for callers on an async runtime (the gate): it
@@ -355,10 +356,7 @@ impl JobProducer {
         }
         check_partition(topic, partition, pick.partitions)?;
         // An elapsed deadline: no waiting for room.
-        let no_wait = Mark {
-            double_written: false,
-            deadline: Some(Instant::now()),
-        };
+        let no_wait = Some(Instant::now());
         let pending = self.enqueue_all(
             topic,
             envelopes,
@@ -374,7 +372,7 @@ impl JobProducer {
     }
 
     /// Enqueues every record; a record librdkafka refuses (after waiting for
-    /// room until `mark.deadline`, set at the first full queue when `None`)
+    /// room until `deadline`, set at the first full queue when `None`)
     /// completes with its error.
     fn enqueue_all(
         &self,
@@ -383,9 +381,8 @@ impl JobProducer {
         encoded: &[Vec<u8>],
         partition: Option<i32>,
         chosen: Option<i32>,
-        mark: Mark,
+        mut deadline: Option<Instant>,
     ) -> Pending {
-        let mut deadline = mark.deadline;
         let batch = Arc::new(Batch::new(envelopes.iter().map(|e| e.id).collect()));
         if !envelopes.is_empty() {
             lock(&self.shared.in_flight).batches += 1;
@@ -394,14 +391,7 @@ impl JobProducer {
         for (index, (env, value)) in envelopes.iter().zip(encoded).enumerate() {
             id_text.clear();
             let _ = write!(id_text, "{}", env.id);
-            let mut headers = OwnedHeaders::new_with_capacity(4);
-            if mark.double_written {
-                headers = headers.insert(Header {
-                    key: HEADER_DOUBLE_WRITTEN,
-                    value: Some("1"),
-                });
-            }
-            headers = headers
+            let mut headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
                     key: HEADER_ID,
                     value: Some(id_text.as_str()),

@@ -15,8 +15,6 @@ pub(super) struct Record {
     pub kafka_us: u64,
     /// The record's value, with capacity for the two stage stamps.
     pub value: Vec<u8>,
-    /// Its job was written straight into Redis too (a double write).
-    pub double_written: bool,
 }
 
 /// One partition's share of a batch.

@@ -326,7 +326,6 @@ mod tests {
             offset,
             kafka_us: 0,
             value: Vec::new(),
-            double_written: false,
         }
     }
 

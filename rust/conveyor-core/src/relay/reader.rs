@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::TopicPartitionList;
 
 use super::batch::{PartitionBatch, Record, Written};
@@ -20,7 +20,6 @@ use super::flow::{Controls, Flow, CONTROL_REFRESH, GUARD_REFRESH};
 use super::rebalance::RelayContext;
 use super::stats::{lock, RelayStats};
 use crate::envelope::{append_stage, EnvelopeView, Stage, STAGE_LEN};
-use crate::kafka::HEADER_DOUBLE_WRITTEN;
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::store::admission::Admission;
@@ -205,8 +204,7 @@ impl Reader {
 
     /// Copies what relaying needs out of a message librdkafka owns: one
     /// allocation per record (its value, with room for the two stage stamps),
-    /// one header looked at (the double-write mark comes first), the topic
-    /// name shared.
+    /// no headers, the topic name shared.
     fn record(&self, message: &BorrowedMessage<'_>) -> Record {
         let name = message.topic();
         let topic = self
@@ -224,10 +222,6 @@ impl Reader {
             offset: message.offset(),
             kafka_us: message.timestamp().to_millis().unwrap_or(0).max(0) as u64 * 1000,
             value,
-            double_written: message
-                .headers()
-                .and_then(|h| h.try_get(0))
-                .is_some_and(|h| h.key == HEADER_DOUBLE_WRITTEN),
         }
     }
 
@@ -244,7 +238,6 @@ impl Reader {
                 offset,
                 kafka_us,
                 mut value,
-                double_written,
             } = record;
             let index = match batches
                 .iter()
@@ -263,10 +256,13 @@ impl Reader {
             };
             let batch = &mut batches[index];
             batch.next_offset = offset + 1;
+            let shadowed = self.flow.shadowed(&topic);
             let fields = EnvelopeView::parse(&value).map(|e| {
                 (
                     e.run_at_us.map_or(0, |us| us / 1000),
                     e.dedup_key.map(|key| unique_field(e.job_type, key)),
+                    // Only a shadowed topic's records are looked at.
+                    shadowed && e.has_stage(Stage::DoubleWritten),
                 )
             });
             match fields {
@@ -274,10 +270,10 @@ impl Reader {
                 // path too (double writes); count it and move the fence on.
                 // Any other job of the queue (the gate's, another type's) is
                 // relayed as always.
-                Ok(_) if double_written && self.flow.shadowed(&topic) => {
+                Ok((_, _, true)) => {
                     self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok((run_at_ms, unique)) => {
+                Ok((run_at_ms, unique, _)) => {
                     append_stage(&mut value, Stage::Kafka as u8, kafka_us);
                     append_stage(&mut value, Stage::Relayed as u8, relayed_at);
                     batch.jobs.push(Admission {
