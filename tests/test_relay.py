@@ -259,6 +259,34 @@ def test_pause_and_resume_take_effect_without_a_restart(app: conveyor.Conveyor) 
     assert_exactly_once_in_order(app, sent)
 
 
+def test_a_partition_paused_when_a_rebalance_took_it_is_resumed_when_it_returns(
+    app: conveyor.Conveyor,
+) -> None:
+    # librdkafka keeps a partition's pause across revoke and assign: the
+    # partitions the second relay held came back to the first still paused,
+    # and their jobs were never relayed.
+    first = start_relay(app)
+    second = None
+    try:
+        wait_until(lambda: len(first.assignment()) == 3, 20, "the first relay to own all")
+        control(app, "pause", "default")
+        time.sleep(1.2)  # relays re-read their controls twice a second
+        second = start_relay(app)
+        wait_until(lambda: len(second.assignment()) > 0, 60, "a rebalance to share them")
+        control(app, "resume", "default")
+        time.sleep(1.2)
+        second.stop()
+        wait_until(lambda: len(first.assignment()) == 3, 60, "the partitions to come back")
+        sent = send(app, 1000)
+        wait_until(lambda: ready_len(app) >= 1000, 20, "every partition relaying again")
+        time.sleep(0.3)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert_exactly_once_in_order(app, sent)
+
+
 def test_a_rate_limit_holds_and_changes_at_run_time(app: conveyor.Conveyor) -> None:
     relay = start_relay(app)
     try:
