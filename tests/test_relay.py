@@ -170,6 +170,34 @@ def test_undecodable_records_are_dead_lettered_without_blocking(app: conveyor.Co
     assert b"not a Conveyor envelope" in dead.headers["cv-dead-reason"]
 
 
+def test_a_dead_letter_kafka_refuses_is_not_counted_and_does_not_block(
+    app: conveyor.Conveyor,
+) -> None:
+    # The dead-letter topic takes records of 200 bytes at most: each of these
+    # is refused for good. The relay used to count it as dead-lettered (a
+    # flush "succeeds" on failed deliveries) or retry it for ever.
+    topic = app.settings.topic_for("default")
+    assert _core.kafka_create_topic(
+        app.settings.kafka_bootstrap, f"{topic}.dead", 1, 1, configs=[("max.message.bytes", "200")]
+    )
+    raw = Producer({"bootstrap.servers": app.settings.kafka_bootstrap})
+    for _ in range(3):
+        raw.produce(topic, b"x" * 400, partition=0)  # not an envelope, and too big
+    raw.flush(10)
+    sent = send(app, 300)
+    relay = start_relay(app)
+    try:
+        wait_until(lambda: ready_len(app) >= 300, 40, "good jobs after the refused ones")
+        wait_until(lambda: relay.stats()["dead_letter_failed"] == 3, 20, "three refusals")
+        assert relay.stats()["dead_lettered"] == 0, "nothing Kafka refused counts as dead-lettered"
+        failures = relay.dead_letter_failures()
+        assert len(failures) == 3
+        assert all(f.startswith(f"{topic}[0]@") for f in failures), failures
+    finally:
+        relay.stop()
+    assert_exactly_once_in_order(app, sent)
+
+
 def test_sigkilled_relays_lose_and_double_nothing(app: conveyor.Conveyor) -> None:
     env = {
         **os.environ,

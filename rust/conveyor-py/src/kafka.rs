@@ -40,7 +40,8 @@ fn kafka_cluster_info(
 /// Creates a topic (`replication=None`: three copies, or every broker of a
 /// smaller cluster); `False` if it already existed.
 #[pyfunction]
-#[pyo3(signature = (bootstrap, name, partitions, replication=None, timeout_s=10.0, properties=None))]
+#[pyo3(signature = (bootstrap, name, partitions, replication=None, timeout_s=10.0, properties=None, configs=None))]
+#[allow(clippy::too_many_arguments)]
 fn kafka_create_topic(
     py: Python<'_>,
     bootstrap: &str,
@@ -49,11 +50,15 @@ fn kafka_create_topic(
     replication: Option<i32>,
     timeout_s: f64,
     properties: Option<Vec<(String, String)>>,
+    configs: Option<Vec<(String, String)>>,
 ) -> PyResult<bool> {
     let cfg = config(bootstrap, properties);
     let timeout = duration("timeout_s", timeout_s).py()?;
-    py.detach(|| core_kafka::create_topic(&cfg, name, partitions, replication, timeout))
-        .py()
+    let configs = configs.unwrap_or_default();
+    py.detach(|| {
+        core_kafka::create_topic_with(&cfg, name, partitions, replication, &configs, timeout)
+    })
+    .py()
 }
 
 /// Deletes topics; returns how many were deleted (gone already: not counted).

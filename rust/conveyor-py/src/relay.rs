@@ -65,12 +65,26 @@ impl Relay {
         })
     }
 
-    /// Counters: relayed, skipped, duplicates, shadowed, dead_lettered, batches, redis_errors;
+    /// Counters: relayed, skipped, duplicates, shadowed, dead_lettered,
+    /// dead_letter_failed, batches, redis_errors;
     /// held (jobs read but waiting for their topic's rate or pause);
     /// memory_guarded (1 while Redis is over its high-water mark) and
     /// depth_guarded (queues over their depth high-water mark).
     fn stats(&self) -> HashMap<&'static str, u64> {
         HashMap::from(self.handle().stats().counters())
+    }
+
+    /// The latest records a dead-letter topic refused or did not take in
+    /// time, as `topic[partition]@offset: reason` (each still in its job
+    /// topic at that offset).
+    fn dead_letter_failures(&self) -> Vec<String> {
+        let handle = self.handle();
+        let failures = handle
+            .stats()
+            .dead_letter_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failures.iter().cloned().collect()
     }
 
     /// The `(topic, partition)`s this relay owns now.

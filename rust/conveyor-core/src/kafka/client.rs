@@ -121,6 +121,19 @@ pub fn create_topic(
     replication: Option<i32>,
     timeout: Duration,
 ) -> Result<bool> {
+    create_topic_with(config, name, partitions, replication, &[], timeout)
+}
+
+/// [`create_topic`] with topic configs of the caller's besides Conveyor's
+/// (tests make topics that refuse writes this way).
+pub fn create_topic_with(
+    config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+    replication: Option<i32>,
+    configs: &[(String, String)],
+    timeout: Duration,
+) -> Result<bool> {
     let deadline = std::time::Instant::now() + timeout;
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
@@ -144,6 +157,9 @@ pub fn create_topic(
     }
     if replication >= DEFAULT_REPLICATION {
         topic = topic.set("min.insync.replicas", MIN_INSYNC_REPLICAS);
+    }
+    for (key, value) in configs {
+        topic = topic.set(key, value);
     }
     let options = AdminOptions::new().operation_timeout(Some(timeout));
     let results =

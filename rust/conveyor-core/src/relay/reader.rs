@@ -283,7 +283,13 @@ impl Reader {
                         envelope: value,
                     });
                 }
-                Err(err) => dead.push((topic.to_string(), value, err.to_string())),
+                Err(err) => dead.push(Dead {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    value,
+                    reason: err.to_string(),
+                }),
             }
         }
         // A record that cannot be relayed must not block its partition, nor be

@@ -17,8 +17,13 @@ pub struct RelayStats {
     pub duplicates: AtomicU64,
     /// Jobs of topics in shadow mode: read, checked and dropped.
     pub shadowed: AtomicU64,
-    /// Records sent to a dead-letter topic.
+    /// Records a dead-letter topic acknowledged.
     pub dead_lettered: AtomicU64,
+    /// Records a dead-letter topic refused or did not take in time (each
+    /// still in its job topic; see `dead_letter_failures`).
+    pub dead_letter_failed: AtomicU64,
+    /// The latest of those: `topic[partition]@offset: reason`.
+    pub dead_letter_failures: super::dead_letters::Failures,
     /// Batches written.
     pub batches: AtomicU64,
     /// Failed Redis writes (each retried until it succeeds).
@@ -43,7 +48,7 @@ pub struct RelayStats {
 
 impl RelayStats {
     /// The counters by name, as `Relay.stats()` gives them to Python.
-    pub fn counters(&self) -> [(&'static str, u64); 11] {
+    pub fn counters(&self) -> [(&'static str, u64); 12] {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("relayed", load(&self.relayed)),
@@ -51,6 +56,7 @@ impl RelayStats {
             ("duplicates", load(&self.duplicates)),
             ("shadowed", load(&self.shadowed)),
             ("dead_lettered", load(&self.dead_lettered)),
+            ("dead_letter_failed", load(&self.dead_letter_failed)),
             ("batches", load(&self.batches)),
             ("redis_errors", load(&self.redis_errors)),
             ("held", load(&self.held)),
@@ -125,8 +131,13 @@ pub fn render_metrics(stats: &RelayStats) -> String {
         ),
         (
             "dead_lettered",
-            "Records sent to a dead-letter topic.",
+            "Records a dead-letter topic acknowledged.",
             &stats.dead_lettered,
+        ),
+        (
+            "dead_letter_failed",
+            "Records a dead-letter topic refused or did not take in time (still in their job topic).",
+            &stats.dead_letter_failed,
         ),
         (
             "batches",
