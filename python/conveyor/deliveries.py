@@ -57,7 +57,10 @@ class DeliveryWatcher:
     def stop(self) -> None:
         """Ends the thread after reporting what is left."""
         self._stopped.set()
-        self._thread.join(2.0)
+        # The app may be collected on this very thread (its callback held the
+        # last reference), which then runs this: it cannot wait for itself.
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2.0)
         left = self._producer.take_failures(0.0)
         if left:
             self.report(left)

@@ -180,14 +180,16 @@ pub(super) async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
     let ready = match fresh {
         Some((_, ready)) => ready,
         None if gate.readiness.begin_probe() => {
+            // A task of its own: if this request is dropped (its client went
+            // away), the probe still ends and lets the next one start.
             let probing = Arc::clone(&gate);
             let probe = tokio::task::spawn_blocking(move || {
-                probing.producer.broker_count(Duration::from_secs(2))
-            })
-            .await;
-            let ready = matches!(probe, Ok(Ok(brokers)) if brokers > 0);
-            gate.readiness.end_probe(ready);
-            ready
+                let brokers = probing.producer.broker_count(Duration::from_secs(2));
+                let ready = matches!(brokers, Ok(n) if n > 0);
+                probing.readiness.end_probe(ready);
+                ready
+            });
+            probe.await.unwrap_or(false)
         }
         None => gate.readiness.cached().is_some_and(|(_, ready)| ready),
     };
