@@ -127,6 +127,13 @@ def kafka_read_partition(
     timeout_s: float = 5.0,
     properties: list[tuple[str, str]] | None = None,
 ) -> list[KafkaRecord]: ...
+def kafka_offsets_for_time(
+    bootstrap: str,
+    topic: str,
+    at_ms: int,
+    timeout_s: float = 10.0,
+    properties: list[tuple[str, str]] | None = None,
+) -> list[tuple[int, int]]: ...
 def kafka_end_offsets(
     bootstrap: str,
     topic: str,

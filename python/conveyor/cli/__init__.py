@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from conveyor.cli import controls, gate, relay, servers, worker
+from conveyor.cli import controls, gate, relay, replay, servers, worker
 from conveyor.errors import ConveyorError
 
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (servers, gate, relay, controls, worker):
+    for group in (servers, gate, relay, controls, worker, replay):
         group.add_commands(commands)
     return parser
 

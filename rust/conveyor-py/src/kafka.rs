@@ -80,6 +80,24 @@ fn kafka_delete_topics(
     .py()
 }
 
+/// `(partition, offset)` of each partition of `topic`: its first record
+/// appended at or after `at_ms`, or its end.
+#[pyfunction]
+#[pyo3(signature = (bootstrap, topic, at_ms, timeout_s=10.0, properties=None))]
+fn kafka_offsets_for_time(
+    py: Python<'_>,
+    bootstrap: &str,
+    topic: &str,
+    at_ms: i64,
+    timeout_s: f64,
+    properties: Option<Vec<(String, String)>>,
+) -> PyResult<Vec<(i32, i64)>> {
+    let cfg = config(bootstrap, properties);
+    let timeout = duration("timeout_s", timeout_s).py()?;
+    py.detach(|| core_kafka::offsets_for_time(&cfg, topic, at_ms, timeout))
+        .py()
+}
+
 /// `(partition, end offset)` of each partition of `topic`.
 #[pyfunction]
 #[pyo3(signature = (bootstrap, topic, timeout_s=5.0, properties=None))]
@@ -438,5 +456,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kafka_delete_topics, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_read_partition, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_end_offsets, m)?)?;
+    m.add_function(wrap_pyfunction!(kafka_offsets_for_time, m)?)?;
     Ok(())
 }

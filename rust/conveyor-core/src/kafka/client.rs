@@ -273,6 +273,44 @@ pub fn end_offsets(
         .collect()
 }
 
+/// `(partition, offset)` of each partition of `topic`: the first record
+/// appended at or after `at_ms` (ms since the epoch), or the partition's end
+/// when there is none. Where an operator's replay of a time range starts.
+pub fn offsets_for_time(
+    config: &KafkaConfig,
+    topic: &str,
+    at_ms: i64,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>> {
+    let ends = end_offsets(config, topic, timeout)?;
+    let consumer: BaseConsumer = config
+        .client_config()
+        .create()
+        .map_err(Error::kafka("connect"))?;
+    let mut asked = TopicPartitionList::new();
+    for (partition, _) in &ends {
+        asked
+            .add_partition_offset(topic, *partition, Offset::Offset(at_ms))
+            .map_err(Error::kafka("offsets for time"))?;
+    }
+    let found = consumer
+        .offsets_for_times(asked, timeout)
+        .map_err(Error::kafka("offsets for time"))?;
+    Ok(ends
+        .into_iter()
+        .map(|(partition, end)| {
+            let offset = found
+                .find_partition(topic, partition)
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(end);
+            (partition, offset)
+        })
+        .collect())
+}
+
 /// A record read back from Kafka.
 #[derive(Debug, Clone)]
 pub struct Record {

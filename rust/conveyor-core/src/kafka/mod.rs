@@ -10,7 +10,7 @@ pub mod producer;
 pub mod report_polling;
 
 pub use client::{
-    cluster_info, create_topic, create_topic_with, delete_topics, end_offsets, read_partition,
-    topic_replication, ClusterInfo, KafkaConfig, Record, HEADER_ID, HEADER_TRACEPARENT,
-    HEADER_TYPE, TOPIC_CONFIGS,
+    cluster_info, create_topic, create_topic_with, delete_topics, end_offsets, offsets_for_time,
+    read_partition, topic_replication, ClusterInfo, KafkaConfig, Record, HEADER_ID,
+    HEADER_TRACEPARENT, HEADER_TYPE, TOPIC_CONFIGS,
 };
