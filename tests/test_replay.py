@@ -8,6 +8,7 @@ import datetime
 import time
 
 import pytest
+from confluent_kafka import Producer
 
 import conveyor
 from conveyor import _core
@@ -29,6 +30,9 @@ def test_replay_admits_the_jobs_of_a_time_range_again(app: conveyor.Conveyor) ->
     time.sleep(1.2)
     middle = datetime.datetime.now(datetime.timezone.utc).isoformat()
     time.sleep(0.2)
+    raw = Producer({"bootstrap.servers": app.settings.kafka_bootstrap})
+    raw.produce(app.settings.topic_for("default"), b"not an envelope")  # skipped, counted
+    raw.flush(10)
     later_a = app.enqueue_many("r.a", [[i] for i in range(20)])
     later_b = app.enqueue_many("r.b", [[i] for i in range(10)])
     later_a.wait(30)
@@ -42,6 +46,7 @@ def test_replay_admits_the_jobs_of_a_time_range_again(app: conveyor.Conveyor) ->
     done = conveyor_cli("replay", "default", "--from", middle, env=env)
     assert done.returncode == 0, done.stderr
     assert "30 jobs queued" in done.stdout
+    assert "1 not envelopes (skipped)" in done.stdout
     assert sorted(ready_ids(app)) == sorted(later_a.ids + later_b.ids)
 
     _core.RedisStore(app.settings.redis_url).purge(app.settings.namespace, "default")

@@ -31,6 +31,7 @@ __all__ = [
     "kafka_create_topic",
     "kafka_delete_topics",
     "kafka_end_offsets",
+    "kafka_offsets_for_time",
     "kafka_read_partition",
     "new_job_id",
     "queue_topic",

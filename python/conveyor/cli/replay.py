@@ -15,7 +15,7 @@ import argparse
 import datetime
 import sys
 
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, ConveyorError
 
 #: Records read from Kafka per call, and jobs admitted per Redis call.
 _CHUNK = 1000
@@ -78,7 +78,7 @@ def _replay(args: argparse.Namespace) -> int:
     starts = dict(_core.kafka_offsets_for_time(bootstrap, topic, start_ms, properties=properties))
     ends = dict(_core.kafka_offsets_for_time(bootstrap, topic, end_ms, properties=properties))
     store = _core.RedisStore(settings.redis_url_for(args.queue))
-    read = queued = scheduled = duplicates = 0
+    read = queued = scheduled = duplicates = undecodable = 0
     for partition in sorted(starts):
         offset, end = starts[partition], ends[partition]
         while offset < end:
@@ -96,7 +96,11 @@ def _replay(args: argparse.Namespace) -> int:
             read += len(records)
             jobs = []
             for record in records:
-                envelope = _core.Envelope.decode(record.value)
+                try:
+                    envelope = _core.Envelope.decode(record.value)
+                except ConveyorError:
+                    undecodable += 1  # the relay dead-lettered it when it read it
+                    continue
                 if types and envelope.job_type not in types:
                     continue
                 if any(code == Stage.DOUBLE_WRITTEN for code, _ in envelope.stages):
@@ -114,6 +118,7 @@ def _replay(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     print(
         f"{args.queue}: {read} records read from {topic}; {queued} jobs queued, "
-        f"{scheduled} scheduled, {duplicates} dropped as duplicates"
+        f"{scheduled} scheduled, {duplicates} dropped as duplicates, "
+        f"{undecodable} not envelopes (skipped)"
     )
     return 0
