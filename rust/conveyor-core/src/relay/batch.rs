@@ -32,7 +32,40 @@ impl PartitionBatch {
     pub fn fence(&self) -> String {
         fence_field(&self.topic, self.partition)
     }
+
+    /// Whether the record at `offset` is new to this batch, moving the next
+    /// offset past it. A record at or below one taken already (librdkafka
+    /// delivering again after a seek) is not: each is written once, and the
+    /// fence never moves back within a batch.
+    pub fn take(&mut self, offset: i64) -> bool {
+        let fresh = offset >= self.next_offset;
+        if fresh {
+            self.next_offset = offset + 1;
+        }
+        fresh
+    }
 }
 
 /// `(topic, partition, next offset)` of a partition batch Redis now holds.
 pub(super) type Written = (String, i32, i64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_delivered_again_within_a_batch_is_taken_once() {
+        let mut batch = PartitionBatch {
+            topic: Arc::from("t"),
+            partition: 0,
+            jobs: Vec::new(),
+            next_offset: 10,
+        };
+        let taken: Vec<bool> = [10, 11, 10, 11, 12, 9]
+            .into_iter()
+            .map(|o| batch.take(o))
+            .collect();
+        assert_eq!(taken, [true, true, false, false, true, false]);
+        assert_eq!(batch.next_offset, 13, "never moved back");
+    }
+}

@@ -255,7 +255,10 @@ impl Reader {
                 }
             };
             let batch = &mut batches[index];
-            batch.next_offset = offset + 1;
+            if !batch.take(offset) {
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let shadowed = self.flow.shadowed(&topic);
             let fields = EnvelopeView::parse(&value).map(|e| {
                 (
