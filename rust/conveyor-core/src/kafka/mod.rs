@@ -5,6 +5,7 @@
 mod client;
 mod delivery;
 pub mod names;
+mod options;
 pub mod partitions;
 pub mod producer;
 pub mod report_polling;

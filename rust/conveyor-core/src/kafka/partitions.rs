@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::error::{Error, Result};
+
 /// Records in flight with no acknowledgement for this long mark a partition
 /// as stalled: new jobs go elsewhere. Healthy acks take milliseconds.
 pub const STALL: Duration = Duration::from_secs(1);
@@ -159,6 +161,18 @@ impl PartitionHealth {
                 }
             }
         });
+    }
+}
+
+/// Refuses a pinned partition the topic does not have: no delivery timeout
+/// can fix it, so it is the caller's error, not Kafka's.
+pub(crate) fn check_partition(topic: &str, partition: Option<i32>, count: i32) -> Result<()> {
+    match partition {
+        Some(p) if p < 0 || p >= count => Err(Error::InvalidJob(format!(
+            "partition {p} is outside topic {topic:?}, which has partitions 0 to {}",
+            count - 1
+        ))),
+        _ => Ok(()),
     }
 }
 

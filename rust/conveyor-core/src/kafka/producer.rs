@@ -20,61 +20,14 @@ use rdkafka::ClientContext;
 
 use super::client::{KafkaConfig, HEADER_ID, HEADER_TRACEPARENT, HEADER_TYPE};
 use super::partitions::PartitionHealth;
-use super::report_polling::{Activity, PolledProducer, Reports};
+use super::report_polling::{Activity, PolledProducer};
 use crate::envelope::{Envelope, Stage, StageStamp};
 use crate::error::{Error, Result};
 
 use super::delivery::{delivery_error, lock, Batch, InFlight, Shared, Unobserved};
 pub use super::delivery::{Delivered, Failure, Pending};
-
-/// Which acknowledgement a send waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acks {
-    /// The partition leader wrote it (lowest latency; the original design's choice).
-    Leader,
-    /// Every in-sync replica wrote it.
-    All,
-}
-
-impl std::str::FromStr for Acks {
-    type Err = Error;
-
-    /// `"leader"` or `"all"`, as the settings spell them.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "leader" => Ok(Acks::Leader),
-            "all" => Ok(Acks::All),
-            other => Err(Error::Config(format!(
-                "acks must be 'leader' or 'all', not {other:?}"
-            ))),
-        }
-    }
-}
-
-/// Producer settings.
-#[derive(Debug, Clone)]
-pub struct ProducerOptions {
-    /// Acknowledgement level.
-    pub acks: Acks,
-    /// How long a record may wait for the broker before its send fails.
-    pub delivery_timeout: Duration,
-    /// How long `send` may wait for room in the local queue before failing
-    /// the records that do not fit (Kafka down or far too slow).
-    pub enqueue_timeout: Duration,
-    /// Which threads serve delivery reports.
-    pub reports: Reports,
-}
-
-impl Default for ProducerOptions {
-    fn default() -> Self {
-        Self {
-            acks: Acks::All,
-            delivery_timeout: Duration::from_secs(30),
-            enqueue_timeout: Duration::from_secs(5),
-            reports: Reports::SendersFirst,
-        }
-    }
-}
+pub use super::options::{Acks, ProducerOptions};
+pub(crate) use super::partitions::check_partition;
 
 /// Which batch, and which slot in it, a record reports to; `tracked` when
 /// the producer chose its partition (and so follows that partition's health).
@@ -525,18 +478,6 @@ impl JobProducer {
             return Err(delivery_error(count, &samples));
         }
         Ok(())
-    }
-}
-
-/// Refuses a pinned partition the topic does not have: no delivery timeout
-/// can fix it, so it is the caller's error, not Kafka's.
-pub(crate) fn check_partition(topic: &str, partition: Option<i32>, count: i32) -> Result<()> {
-    match partition {
-        Some(p) if p < 0 || p >= count => Err(Error::InvalidJob(format!(
-            "partition {p} is outside topic {topic:?}, which has partitions 0 to {}",
-            count - 1
-        ))),
-        _ => Ok(()),
     }
 }
 
