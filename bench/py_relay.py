@@ -29,9 +29,11 @@ SCRIPT = (
     / "src"
     / "store"
     / "scripts"
-    / "admit-6.lua"
+    / "admit-7.lua"
 ).read_text()
 STAGE = struct.Struct(">BQ")
+#: Offsets per block of the open-jobs hash (`keys::OPEN_BLOCK`).
+OPEN_BLOCK = 1024
 
 #: The Rust relay's fetch settings (see `relay/reader.rs`), so both relays read
 #: Kafka the same way: a small prefetch, fetched again without a pause.
@@ -52,7 +54,7 @@ def write_plain(r: redis.Redis, keys: list[str], topic: str, batches: Batches) -
     one MULTI/EXEC under WATCH of the fence hash; False when the script must
     write them (unique or delayed jobs, a batch behind its fence, a fence moved
     meanwhile)."""
-    ready, relayed, _, _, counts, wake = keys
+    ready, relayed, _, _, counts, wake, open_jobs = keys
     if any(run_at or key for jobs in batches.values() for _, run_at, key, _ in jobs):
         return False
     fences = [f"{topic}:{p}" for p in batches]
@@ -69,6 +71,12 @@ def write_plain(r: redis.Redis, keys: list[str], topic: str, batches: Batches) -
         for fence, jobs in zip(fences, batches.values(), strict=True):
             pipe.rpush(ready, *[job for _, _, _, job in jobs])
             pipe.hset(relayed, fence, jobs[-1][0] + 1)
+            blocks: dict[int, int] = {}
+            for offset, _, _, _ in jobs:
+                blocks[offset // OPEN_BLOCK] = blocks.get(offset // OPEN_BLOCK, 0) + 1
+            partition = fence.rsplit(":", 1)[1]
+            for block, n in blocks.items():
+                pipe.hincrby(open_jobs, f"{partition}:{block}", n)
             total += len(jobs)
         pipe.rpush(wake, 1)
         pipe.ltrim(wake, -1, -1)
@@ -83,7 +91,8 @@ def write_plain(r: redis.Redis, keys: list[str], topic: str, batches: Batches) -
 def main() -> None:
     bootstrap, redis_url, topic, namespace, queue, group = sys.argv[1:7]
     base = f"cv:{namespace}:{{{queue}}}" if namespace else f"cv:{{{queue}}}"
-    keys = [f"{base}:{k}" for k in ("ready", "relayed", "scheduled", "unique", "counts", "wake")]
+    names = ("ready", "relayed", "scheduled", "unique", "counts", "wake", "open")
+    keys = [f"{base}:{k}" for k in names]
     r = redis.Redis.from_url(redis_url)
     sha = r.script_load(SCRIPT)
     consumer = Consumer(
@@ -116,7 +125,12 @@ def main() -> None:
                 continue
             value = m.value() or b""
             env = pure_envelope.decode(value)  # check it, as the Rust relay does
-            stamps = STAGE.pack(1, m.timestamp()[1] * 1000) + STAGE.pack(2, now_us)
+            source = ((m.partition() or 0) << 48) | (m.offset() or 0)
+            stamps = (
+                STAGE.pack(1, m.timestamp()[1] * 1000)
+                + STAGE.pack(2, now_us)
+                + STAGE.pack(8, source)
+            )
             run_at_ms = (env.run_at_us or 0) // 1000
             batches.setdefault(m.partition() or 0, []).append(
                 (m.offset() or 0, run_at_ms, env.dedup_key or "", value + stamps)
@@ -124,7 +138,12 @@ def main() -> None:
         if not write_plain(r, keys, topic, batches):
             pipe = r.pipeline(transaction=False)
             for partition, jobs in batches.items():
-                args: list[bytes | str | int] = [f"{topic}:{partition}", jobs[-1][0] + 1]
+                args: list[bytes | str | int] = [
+                    f"{topic}:{partition}",
+                    jobs[-1][0] + 1,
+                    -1,
+                    f"{partition}:",
+                ]
                 for offset, run_at_ms, dedup_key, job in jobs:
                     args += [offset, run_at_ms, dedup_key, job]
                 pipe.evalsha(sha, len(keys), *keys, *args)

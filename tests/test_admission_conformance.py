@@ -1,7 +1,7 @@
 """Admission held to one set of cases on every path a job takes into a queue:
 
 - the relay's Lua-free `MULTI`/`EXEC` for plain batches (`admit_plain`),
-- `admit-6.lua` (the relay on a cluster; any batch that is unique, delayed or
+- `admit-7.lua` (the relay on a cluster; any batch that is unique, delayed or
   behind its fence; and the direct path),
 - `conveyor.testing.capture`, for what it models: which jobs are kept, which
   are dropped as duplicates, which wait for a time.
@@ -26,7 +26,7 @@ from conveyor.testing import capture
 
 pytestmark = pytest.mark.servers
 
-FENCE = "conveyor.t:0"
+TOPIC = "conveyor.t"
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def test_both_relay_paths_leave_redis_the_same(
     for path, scripted in (("plain", False), ("script", True)):
         ns = f"{namespace}-{path}"
         results[path] = [
-            store.relay_batch(ns, "q", FENCE, batch[-1][0] + 1, batch, scripted=scripted)
+            store.relay_batch(ns, "q", TOPIC, 0, batch[-1][0] + 1, batch, scripted=scripted)
             for batch in batches
         ]
         states[path] = {

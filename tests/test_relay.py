@@ -117,15 +117,33 @@ def test_the_relay_script_fences_stale_writers(servers: DevServers, namespace: s
     def records(lo: int, hi: int) -> list[tuple[int, bytes]]:
         return [(i, job[i]) for i in range(lo, hi)]
 
-    assert store.relay_batch(namespace, "default", "t:0", 100, records(0, 100)) == (100, 0, 0, 0)
+    assert store.relay_batch(namespace, "default", "t", 0, 100, records(0, 100)) == (
+        100,
+        0,
+        0,
+        0,
+        None,
+    )
     # A relay that lost the partition writes what it had read: only the part
     # nobody wrote yet goes in, in order.
-    assert store.relay_batch(namespace, "default", "t:0", 150, records(50, 150)) == (50, 0, 0, 50)
+    assert store.relay_batch(namespace, "default", "t", 0, 150, records(50, 150)) == (
+        50,
+        0,
+        0,
+        50,
+        None,
+    )
     # The new owner, behind, re-sends: nothing is doubled, nothing goes back.
-    assert store.relay_batch(namespace, "default", "t:0", 120, records(100, 120)) == (0, 0, 0, 20)
+    assert store.relay_batch(namespace, "default", "t", 0, 120, records(100, 120)) == (
+        0,
+        0,
+        0,
+        20,
+        None,
+    )
     assert dict(store.relayed_offsets(namespace, "default")) == {"t:0": 150}
     assert store.peek_ready(namespace, "default", 1000) == job
-    assert store.relay_batch(namespace, "default", "t:1", 1, records(0, 1)) == (1, 0, 0, 0)
+    assert store.relay_batch(namespace, "default", "t", 1, 1, records(0, 1)) == (1, 0, 0, 0, None)
 
 
 def test_two_relays_share_partitions_and_one_takes_over(app: conveyor.Conveyor) -> None:

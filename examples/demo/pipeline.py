@@ -141,7 +141,7 @@ def _run(servers: DevServers, jobs: int) -> int:
         # Relay from here on: earlier runs' jobs stay in Kafka, not in this report.
         topic = app.settings.topic_for(queue)
         for partition, end in _core.kafka_end_offsets(servers.kafka.bootstrap, topic):
-            store.relay_batch(NAMESPACE, queue, f"{topic}:{partition}", end, [])
+            store.relay_batch(NAMESPACE, queue, topic, partition, end, [])
     import redis as redis_py
 
     client = redis_py.Redis.from_url(servers.redis.url)

@@ -21,3 +21,6 @@ class Stage(IntEnum):
     #: Sent to Kafka while also written straight into Redis (a double write):
     #: a relay in shadow mode drops only such copies.
     DOUBLE_WRITTEN = 7
+    #: Where the relay read the job (Kafka partition and offset, not a time):
+    #: a finishing worker counts it out of its partition's open jobs.
+    SOURCE = 8

@@ -2,7 +2,7 @@
 
 use conveyor_core::config::duration;
 use conveyor_core::store::admission::{Admission, Fenced};
-use conveyor_core::store::keys::QueueKeys;
+use conveyor_core::store::keys::{fence_field, QueueKeys};
 use conveyor_core::store::queue::{DeadRetention, Forgotten};
 use conveyor_core::store::RedisStore as CoreStore;
 use pyo3::prelude::*;
@@ -116,39 +116,46 @@ impl RedisStore {
 
     /// The relay's exactly-once admit for one partition's records
     /// (`(offset, envelope)` in offset order); returns
-    /// `(queued, scheduled, duplicates, skipped)`. `scripted` always takes
-    /// the script path (as on a cluster), for the conformance tests.
-    #[pyo3(signature = (namespace, queue, topic_partition, next_offset, records, *, scripted=false))]
+    /// `(queued, scheduled, duplicates, skipped, behind)`, `behind` being
+    /// the offset Redis holds when it is below `expect` (nothing written;
+    /// no `expect`: none).
+    /// `scripted` always takes the script path (as on a cluster), for the
+    /// conformance tests.
+    #[pyo3(signature = (namespace, queue, topic, partition, next_offset, records, *, expect=None, scripted=false))]
     #[allow(clippy::too_many_arguments)]
     fn relay_batch(
         &self,
         py: Python<'_>,
         namespace: &str,
         queue: &str,
-        topic_partition: &str,
+        topic: &str,
+        partition: i32,
         next_offset: i64,
         records: Vec<(i64, PyBackedBytes)>,
+        expect: Option<i64>,
         scripted: bool,
-    ) -> PyResult<(u64, u64, u64, u64)> {
+    ) -> PyResult<(u64, u64, u64, u64, Option<i64>)> {
         let keys = QueueKeys::new(namespace, queue).py()?;
         let jobs = records
             .iter()
             .map(|(o, b)| Admission::of(*o, b.to_vec()))
             .collect::<conveyor_core::Result<Vec<_>>>()
             .py()?;
+        let batch = Fenced {
+            fence: fence_field(topic, partition),
+            partition,
+            expect: expect.unwrap_or(-1),
+            next_offset,
+            jobs: &jobs,
+        };
         let a = self.with(py, |s| {
             if scripted {
-                let batch = Fenced {
-                    fence: topic_partition.to_owned(),
-                    next_offset,
-                    jobs: &jobs,
-                };
                 Ok(s.relay_batches_scripted(&keys, std::slice::from_ref(&batch))?[0])
             } else {
-                s.relay_batch(&keys, topic_partition, next_offset, &jobs)
+                s.relay_batch(&keys, &batch)
             }
         })?;
-        Ok((a.queued, a.scheduled, a.duplicates, a.skipped))
+        Ok((a.queued, a.scheduled, a.duplicates, a.skipped, a.behind))
     }
 
     /// Redis' clock, in ms since the epoch (the clock periodic jobs follow).

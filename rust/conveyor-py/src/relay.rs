@@ -93,13 +93,24 @@ impl Relay {
     }
 
     /// Lag per owned partition as `(topic, partition, high watermark,
-    /// relayed to, lag)`, measured once a second against the fences in Redis.
-    fn lag(&self) -> Vec<(String, i32, i64, i64, i64)> {
+    /// relayed to, lag, watermark)`, measured once a second against the
+    /// fences in Redis; `watermark` is the lowest offset whose job has not
+    /// finished (what is relayed again after a total loss of Redis).
+    fn lag(&self) -> Vec<(String, i32, i64, i64, i64, i64)> {
         self.handle()
             .stats()
             .lag()
             .into_iter()
-            .map(|p| (p.topic, p.partition, p.high, p.relayed_to, p.lag))
+            .map(|p| {
+                (
+                    p.topic,
+                    p.partition,
+                    p.high,
+                    p.relayed_to,
+                    p.lag,
+                    p.watermark,
+                )
+            })
             .collect()
     }
 

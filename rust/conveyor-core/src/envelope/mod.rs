@@ -11,11 +11,13 @@
 //! Stage stamps sit at the very end, so a stage can be recorded by appending
 //! nine bytes ([`append_stage`]) without decoding or re-encoding the rest.
 
+mod stages;
 mod view;
 
 use crate::error::{Error, Result};
 use crate::id::JobId;
 
+pub use stages::{append_stage, source_stamp, Stage, StageStamp, STAGE_LEN};
 pub use view::EnvelopeView;
 
 /// The first two bytes of every envelope.
@@ -39,75 +41,6 @@ const FLAG_TRACE_CONTEXT: u8 = 1 << 2;
 const KNOWN_FLAGS: u8 = FLAG_RUN_AT | FLAG_DEDUP_KEY | FLAG_TRACE_CONTEXT;
 /// magic, version, flags, id, enqueued_at, attempt, job type length.
 const FIXED_HEADER_LEN: usize = 2 + 1 + 1 + 16 + 8 + 4 + 1;
-/// Bytes one stage stamp takes at the end of an envelope (code + u64 time).
-pub const STAGE_LEN: usize = 1 + 8;
-
-/// A point in a job's life, recorded with a timestamp in the envelope.
-///
-/// Codes are part of the wire format. Decoders keep codes they do not know
-/// (see [`StageStamp::code`]): a stamp is information, never a reason to
-/// refuse a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Stage {
-    /// Written to Kafka (the record's broker timestamp, stamped by the relay).
-    Kafka = 1,
-    /// Written into its Redis queue by the relay or the direct path.
-    Relayed = 2,
-    /// A worker started an attempt.
-    Started = 3,
-    /// An attempt succeeded.
-    Finished = 4,
-    /// An attempt failed.
-    Failed = 5,
-    /// Given up on and moved to the dead letters.
-    DeadLettered = 6,
-    /// Sent to Kafka while also written straight into Redis (a double write,
-    /// as a job type moves to Kafka): a relay in shadow mode drops this copy,
-    /// and only records that carry it.
-    DoubleWritten = 7,
-}
-
-impl Stage {
-    /// Every stage this build knows, in code order.
-    pub const ALL: [Stage; 7] = [
-        Stage::Kafka,
-        Stage::Relayed,
-        Stage::Started,
-        Stage::Finished,
-        Stage::Failed,
-        Stage::DeadLettered,
-        Stage::DoubleWritten,
-    ];
-
-    /// The stage for a wire code, if it is one this build knows.
-    pub fn from_code(code: u8) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| *s as u8 == code)
-    }
-
-    /// The stable lower-case name used in docs, metrics and Python.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Kafka => "kafka",
-            Stage::Relayed => "relayed",
-            Stage::Started => "started",
-            Stage::Finished => "finished",
-            Stage::Failed => "failed",
-            Stage::DeadLettered => "dead_lettered",
-            Stage::DoubleWritten => "double_written",
-        }
-    }
-}
-
-/// One stage stamp: a stage code and when it happened (µs since the epoch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StageStamp {
-    /// The wire code; see [`Stage::from_code`].
-    pub code: u8,
-    /// Microseconds since the Unix epoch.
-    pub at_us: u64,
-}
-
 /// A job as it travels: who it is, what to run, with what, and where it has been.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -335,17 +268,6 @@ pub(super) fn check_fields(
         )));
     }
     Ok(())
-}
-
-/// Appends a stage stamp to an encoded envelope in place, without re-encoding it.
-///
-/// The caller vouches that `encoded` is a valid envelope (it came from
-/// [`Envelope::encode`] or passed [`Envelope::decode`]).
-/// `code` is a [`Stage`] as `u8`; codes this build does not know are allowed,
-/// as decoders keep them.
-pub fn append_stage(encoded: &mut Vec<u8>, code: u8, at_us: u64) {
-    encoded.push(code);
-    encoded.extend_from_slice(&at_us.to_be_bytes());
 }
 
 /// Byte offset of the job id (16 bytes) in every envelope. The Lua scripts

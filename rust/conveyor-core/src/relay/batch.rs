@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::store::admission::Admission;
+use crate::store::admission::{Admission, Fenced};
 use crate::store::keys::fence_field;
 
 /// A record read from Kafka, kept until its batch is handed to the writer.
@@ -25,12 +25,21 @@ pub(super) struct PartitionBatch {
     pub jobs: Vec<Admission>,
     /// The offset after the last record seen (dead letters included).
     pub next_offset: i64,
+    /// The least offset Redis must hold for the partition before this batch
+    /// (-1: none); see `admit-7.lua`.
+    pub expect: i64,
 }
 
 impl PartitionBatch {
-    /// The partition's field in its queue's fence hash.
-    pub fn fence(&self) -> String {
-        fence_field(&self.topic, self.partition)
+    /// The batch as the store writes it.
+    pub fn fenced(&self) -> Fenced<'_> {
+        Fenced {
+            fence: fence_field(&self.topic, self.partition),
+            partition: self.partition,
+            expect: self.expect,
+            next_offset: self.next_offset,
+            jobs: &self.jobs,
+        }
     }
 
     /// Whether the record at `offset` is new to this batch, moving the next
@@ -46,9 +55,6 @@ impl PartitionBatch {
     }
 }
 
-/// `(topic, partition, next offset)` of a partition batch Redis now holds.
-pub(super) type Written = (String, i32, i64);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +66,7 @@ mod tests {
             partition: 0,
             jobs: Vec::new(),
             next_offset: 10,
+            expect: 10,
         };
         let taken: Vec<bool> = [10, 11, 10, 11, 12, 9]
             .into_iter()

@@ -231,6 +231,19 @@ impl Flow {
         }
     }
 
+    /// Drops the held records of a partition about to be read again.
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        if let Some(queue) = self.held.get_mut(topic) {
+            queue.retain(|r| r.partition != partition);
+        }
+    }
+
+    /// Makes the next [`Flow::pauses`] tell every partition what it should
+    /// be, after the reader paused them all by itself.
+    pub fn reassert_pauses(&mut self) {
+        self.assignment.clear();
+    }
+
     /// How many jobs are held now.
     pub fn held(&self) -> usize {
         self.held.values().map(VecDeque::len).sum()

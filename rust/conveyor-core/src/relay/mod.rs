@@ -7,7 +7,9 @@
 //! record below it is skipped. A new owner starts each partition where Redis
 //! says it ends (not where Kafka's committed offset says), and a relay that
 //! lost a partition can only add records nobody wrote yet, in order.
-//! Kafka offsets are committed after Redis holds the jobs, for lag reporting.
+//! Redis going back in time or losing everything is [`recovery`]'s: the
+//! committed Kafka offset is each partition's watermark, the lowest offset
+//! whose job has not finished.
 //!
 //! Control: a rate limit (jobs/s) and a pause per topic live in Redis
 //! (`cv:[<ns>:]relay:control`), re-read twice a second by every relay, so a
@@ -31,6 +33,7 @@
 //! - [`flow`]: flow control as pure decisions (rates, pauses, guards);
 //! - [`writer`]: Redis writes on a thread of their own;
 //! - [`observer`]: lag and status, once a second, on a third thread;
+//! - [`recovery`]: Redis that lost what it held, and the watermarks;
 //! - [`dead_letters`]: records that can never be relayed;
 //! - [`stats`]: counters and their Prometheus rendering;
 //! - [`batch`]: what the reader hands the writer.
@@ -41,6 +44,7 @@ mod flow;
 mod observer;
 mod reader;
 mod rebalance;
+mod recovery;
 mod stats;
 mod writer;
 
@@ -162,11 +166,13 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         )?;
     }
     let stats = Arc::new(RelayStats::default());
+    let recovery = Arc::new(recovery::Recovery::default());
     let stop = Arc::new(AtomicBool::new(false));
     let context = rebalance::RelayContext {
         redis_url: config.redis_url.clone(),
         queues: queues.clone(),
         stats: Arc::clone(&stats),
+        recovery: Arc::clone(&recovery),
     };
     let consumer = reader::subscribe(&config, context)?;
     let dead_letters =
@@ -179,18 +185,16 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
             }
         }
     }
-    let (to_writer, batches) = sync_channel(0);
-    let (written_tx, written) = sync_channel(64);
+    let (to_writer, batches) = sync_channel(1);
     let writer = writer::Writer {
         queues: queues.clone(),
         store: None,
         redis_url: config.redis_url.clone(),
         stats: Arc::clone(&stats),
+        recovery: Arc::clone(&recovery),
         stop: Arc::clone(&stop),
     };
-    let writer = spawn("conveyor-relay-writer", move || {
-        writer.run(&batches, &written_tx)
-    })?;
+    let writer = spawn("conveyor-relay-writer", move || writer.run(&batches))?;
     let batch_max = config.batch_max.max(1);
     let guard = flow::Guard::new(
         config.memory_high,
@@ -218,8 +222,9 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         batch_max,
         batch_wait: config.batch_wait,
         to_writer: Some(to_writer),
-        written,
         writer: Some(writer),
+        recovery: Arc::clone(&recovery),
+        committed_at: std::time::Instant::now(),
     };
     let watermarks: BaseConsumer = config
         .kafka
@@ -235,6 +240,8 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         store: None,
         stats: Arc::clone(&stats),
         relay_id: new_process_id(),
+        recovery,
+        generation: None,
     };
     let thread = spawn("conveyor-relay", move || reader.run())?;
     let observer_stop = Arc::clone(&stop);

@@ -1,6 +1,7 @@
-//! Measures a relay's lag and publishes its status, once a second, on its
-//! own thread and connections: asking a broker for watermarks takes round
-//! trips the consume loop must not wait for.
+//! Measures a relay's lag, checks that Redis still holds what the relay saw
+//! it take (and reads the watermarks to commit), and publishes its status,
+//! once a second, on its own thread and connections: asking a broker for
+//! watermarks takes round trips the consume loop must not wait for.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,10 +10,14 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use super::recovery::{lost, watermark, Recovery, Rewind};
 use super::stats::{lock, PartitionLag, RelayStats};
-use crate::id::now_us;
-use crate::store::keys::{fence_field, QueueKeys};
+use crate::id::{new_process_id, now_us};
+use crate::store::keys::{fence_field, open_prefix, QueueKeys};
 use crate::store::RedisStore;
+
+/// A queue's open-jobs counts: `(field, count)`.
+type OpenJobs = Vec<(String, i64)>;
 
 /// How often a relay measures its partitions' lag and publishes its status.
 const OBSERVE_EVERY: Duration = Duration::from_secs(1);
@@ -27,6 +32,9 @@ pub(super) struct Observer {
     pub stats: Arc<RelayStats>,
     /// Names this relay in the published status.
     pub relay_id: String,
+    pub recovery: Arc<Recovery>,
+    /// The Redis store's generation when last read.
+    pub generation: Option<String>,
 }
 
 impl Observer {
@@ -56,13 +64,55 @@ impl Observer {
 
     /// Each owned partition's lag: its high watermark (asked of the broker,
     /// which answers for paused partitions too) minus the offset Redis holds
-    /// records up to, the relay's own truth of what is written.
+    /// records up to, the relay's own truth of what is written. Also checks
+    /// what Redis holds against what the relay saw it take, and reads the
+    /// watermarks to commit.
     fn refresh_lag(&mut self) {
         let owned = self.stats.assignment();
         let before = self.stats.lag();
-        let mut fences: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        // Read before Redis: a batch landing meanwhile only moves a fence on.
+        let written = self.recovery.written();
+        let replaced = self.check_generation();
+        let mut readings: HashMap<String, (HashMap<String, i64>, OpenJobs)> = HashMap::new();
         let mut lags = Vec::with_capacity(owned.len());
+        let mut marks = HashMap::new();
         for (topic, partition) in owned {
+            if !readings.contains_key(&topic) {
+                let Some(keys) = self.queues.get(&topic).cloned() else {
+                    continue;
+                };
+                let Some(store) = self.store() else {
+                    return;
+                };
+                let Ok((fences, open)) = store.recovery_reading(&keys) else {
+                    self.store = None;
+                    return;
+                };
+                readings.insert(topic.clone(), (fences.into_iter().collect(), open));
+            }
+            let (fences, open) = &readings[&topic];
+            let fence = fences.get(&fence_field(&topic, partition)).copied();
+            let expected = written.get(&(topic.clone(), partition)).copied();
+            if replaced || expected.is_some_and(|w| lost(fence, w)) {
+                self.recovery.rewind(Rewind {
+                    topic: topic.clone(),
+                    partition,
+                    to: fence,
+                });
+            }
+            let prefix = open_prefix(partition);
+            let mark = fence.map(|fence| {
+                watermark(
+                    fence,
+                    open.iter().filter_map(|(field, count)| {
+                        let block = field.strip_prefix(&prefix)?.parse::<i64>().ok()?;
+                        Some((block, *count))
+                    }),
+                )
+            });
+            if let Some(mark) = mark {
+                marks.insert((topic.clone(), partition), mark);
+            }
             let Ok((low, high)) =
                 self.watermarks
                     .fetch_watermarks(&topic, partition, Duration::from_millis(500))
@@ -76,34 +126,60 @@ impl Observer {
                 );
                 continue;
             };
-            if !fences.contains_key(&topic) {
-                let Some(keys) = self.queues.get(&topic).cloned() else {
-                    continue;
-                };
-                let Some(store) = self.store() else {
-                    return;
-                };
-                let Ok(read) = store.relayed_offsets(&keys) else {
-                    self.store = None;
-                    return;
-                };
-                fences.insert(topic.clone(), read.into_iter().collect());
+            if let Some(past) = fence.filter(|f| *f > high) {
+                self.recreated(&topic, partition, past, low);
             }
-            let relayed_to = fences[&topic]
-                .get(&fence_field(&topic, partition))
-                .copied()
-                .unwrap_or(low)
-                .clamp(low, high.max(low));
+            let relayed_to = fence.unwrap_or(low).clamp(low, high.max(low));
             lags.push(PartitionLag {
                 topic,
                 partition,
                 high,
                 relayed_to,
                 lag: high - relayed_to,
+                watermark: mark.unwrap_or(low).clamp(low.min(relayed_to), relayed_to),
             });
         }
+        self.recovery.set_watermarks(marks);
         lags.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         *lock(&self.stats.partitions) = lags;
+    }
+
+    /// A fence past the end of its partition's log belongs to a topic that
+    /// was deleted and created again under the same name (Kafka keeps no
+    /// record above its high watermark once written with acks=all and no
+    /// unclean leader election): the fence goes back to the new log's start,
+    /// and the loss check then reads the partition again from there.
+    fn recreated(&mut self, topic: &str, partition: i32, fence: i64, start: i64) {
+        let Some(keys) = self.queues.get(topic).cloned() else {
+            return;
+        };
+        let Some(store) = self.store() else {
+            return;
+        };
+        match store.reset_fence(&keys, &fence_field(topic, partition), fence, start) {
+            Ok(true) => {
+                self.stats.recreated.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(_) => self.store = None,
+        }
+    }
+
+    /// Whether Redis is another store than when last read (its generation
+    /// key changed or was lost): then every owned partition is checked.
+    fn check_generation(&mut self) -> bool {
+        let namespace = self.namespace.clone();
+        let fresh = new_process_id();
+        let Some(store) = self.store() else {
+            return false;
+        };
+        let Ok(now) = store.generation(&namespace, &fresh) else {
+            self.store = None;
+            return false;
+        };
+        let replaced = self.generation.as_ref().is_some_and(|g| *g != now);
+        self.generation = Some(now);
+        replaced
     }
 
     /// Publishes this relay's state to Redis for `conveyor relays`; best

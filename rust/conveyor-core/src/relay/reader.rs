@@ -1,25 +1,26 @@
 //! The consume loop: read records from Kafka, let flow control decide what
 //! may go now, check and stamp each job, and hand one batch at a time to the
-//! writer; store the offsets of what Redis holds, for the next commit.
+//! writer; read partitions again that Redis lost; commit the watermarks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 
-use super::batch::{PartitionBatch, Record, Written};
+use super::batch::{PartitionBatch, Record};
 use super::connected;
 use super::dead_letters::{Dead, DeadLetters};
 use super::flow::{Controls, Flow, CONTROL_REFRESH, GUARD_REFRESH};
 use super::rebalance::RelayContext;
+use super::recovery::Recovery;
 use super::stats::{lock, RelayStats};
-use crate::envelope::{append_stage, EnvelopeView, Stage, STAGE_LEN};
+use crate::envelope::{append_stage, source_stamp, EnvelopeView, Stage, STAGE_LEN};
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::store::admission::Admission;
@@ -43,19 +44,28 @@ pub(super) struct Reader {
     pub stop: Arc<AtomicBool>,
     pub batch_max: usize,
     pub batch_wait: Duration,
-    /// Batches to the writer thread (a rendezvous: one being written while
-    /// the next is read and decoded, never more).
+    /// Batches to the writer thread (one slot: one being written while the
+    /// next waits, never more).
     pub to_writer: Option<SyncSender<Vec<PartitionBatch>>>,
-    /// What the writer has put into Redis.
-    pub written: Receiver<Vec<Written>>,
     pub writer: Option<JoinHandle<()>>,
+    pub recovery: Arc<Recovery>,
+    pub committed_at: Instant,
 }
+
+/// How often the watermarks are committed to Kafka.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the reader waits for the writer before it stops fetching and
+/// only serves the consumer (Redis away): far inside max.poll.interval.ms,
+/// so the relay keeps its partitions through an outage of any length.
+const WRITER_STALLED: Duration = Duration::from_secs(1);
 
 impl Reader {
     /// Runs until the relay is stopped, then commits and leaves the group.
     pub fn run(mut self) -> Result<()> {
         while !self.stop.load(Ordering::Relaxed) {
             self.refresh_controls();
+            self.apply_rewinds();
             self.apply_pauses();
             let records = self.collect();
             self.flow.hold(records);
@@ -73,16 +83,18 @@ impl Reader {
             if !ready.is_empty() {
                 self.relay(ready);
             }
-            self.store_written();
+            if self.committed_at.elapsed() >= COMMIT_EVERY {
+                self.committed_at = Instant::now();
+                self.commit(CommitMode::Async);
+            }
         }
-        // Let the writer finish the batch it holds, then store its offsets.
+        // Let the writer finish the batch it holds.
         self.to_writer = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
-        self.store_written();
-        // Commit what was stored, then leave the group so partitions move now.
-        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        // Commit the watermarks, then leave the group so partitions move now.
+        self.commit(CommitMode::Sync);
         self.consumer.unsubscribe();
         self.dead_letters.flush(Duration::from_secs(10));
         Ok(())
@@ -231,6 +243,8 @@ impl Reader {
         let relayed_at = now_us();
         let mut batches: Vec<PartitionBatch> = Vec::new();
         let mut dead: Vec<Dead> = Vec::new();
+        let recovery = Arc::clone(&self.recovery);
+        let mut positions = recovery.positions();
         for record in records {
             let Record {
                 topic,
@@ -245,11 +259,18 @@ impl Reader {
             {
                 Some(i) => i,
                 None => {
+                    let expect = positions
+                        .get(&(topic.to_string(), partition))
+                        .copied()
+                        .unwrap_or(-1);
                     batches.push(PartitionBatch {
                         topic: Arc::clone(&topic),
                         partition,
                         jobs: Vec::new(),
-                        next_offset: offset,
+                        // A record below what was handed on already (read
+                        // before a rewind took effect) is not taken again.
+                        next_offset: offset.max(expect),
+                        expect,
                     });
                     batches.len() - 1
                 }
@@ -279,6 +300,11 @@ impl Reader {
                 Ok((run_at_ms, unique, _)) => {
                     append_stage(&mut value, Stage::Kafka as u8, kafka_us);
                     append_stage(&mut value, Stage::Relayed as u8, relayed_at);
+                    append_stage(
+                        &mut value,
+                        Stage::Source as u8,
+                        source_stamp(partition, offset),
+                    );
                     batch.jobs.push(Admission {
                         offset,
                         run_at_ms,
@@ -300,23 +326,113 @@ impl Reader {
         if !dead.is_empty() {
             self.dead_letters.send(&dead);
         }
-        if let Some(writer) = &self.to_writer {
-            // Fails only when the writer is gone (stopping): nothing of this
-            // batch was acknowledged, so its records are read again later.
-            let _ = writer.send(batches);
+        for batch in &batches {
+            if let Some(at) = positions.get_mut(&(batch.topic.to_string(), batch.partition)) {
+                *at = batch.next_offset;
+            }
+        }
+        drop(positions);
+        self.hand_over(batches);
+    }
+
+    /// Gives the writer a batch. While it cannot take one for long (Redis
+    /// away), fetching stops and the consumer is still served, so the relay
+    /// keeps its group membership and partitions however long that lasts.
+    fn hand_over(&mut self, mut batches: Vec<PartitionBatch>) {
+        let Some(writer) = self.to_writer.clone() else {
+            return;
+        };
+        let began = Instant::now();
+        let mut stalled = false;
+        loop {
+            match writer.try_send(batches) {
+                // Disconnected only when the writer is gone (stopping):
+                // nothing of this batch was acknowledged, so its records are
+                // read again later.
+                Ok(()) | Err(TrySendError::Disconnected(_)) => break,
+                Err(TrySendError::Full(back)) => batches = back,
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if !stalled && began.elapsed() >= WRITER_STALLED {
+                stalled = true;
+                let mut all = TopicPartitionList::new();
+                for (topic, partition) in self.stats.assignment() {
+                    all.add_partition(&topic, partition);
+                }
+                let _ = self.consumer.pause(&all);
+            }
+            if stalled {
+                // Serves rebalances and max.poll.interval.ms; whatever was
+                // fetched before the pause waits in flow control.
+                if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(100)) {
+                    let record = self.record(&message);
+                    self.flow.hold(vec![record]);
+                }
+                self.apply_rewinds();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        if stalled {
+            // Flow control sets every partition's pause again.
+            self.flow.reassert_pauses();
         }
     }
 
-    /// Stores the offsets of what the writer has put into Redis, for the
-    /// next commit. Storing fails only for a partition this relay no longer
-    /// owns: its new owner starts from what Redis holds.
-    fn store_written(&mut self) {
-        while let Ok(partitions) = self.written.try_recv() {
-            for (topic, partition, next_offset) in partitions {
-                let _ = self
-                    .consumer
-                    .store_offset(&topic, partition, next_offset - 1);
+    /// Reads again the partitions Redis lost part of: from the offset it
+    /// still holds, or from the committed watermark when it holds nothing.
+    fn apply_rewinds(&mut self) {
+        let owned = self.stats.assignment();
+        for rewind in self.recovery.take_rewinds() {
+            let (topic, partition) = (rewind.topic.as_str(), rewind.partition);
+            if !owned.iter().any(|(t, p)| t == topic && *p == partition) {
+                continue;
             }
+            let (offset, start) = match rewind.to {
+                Some(at) => (Offset::Offset(at), at),
+                None => (self.committed(topic, partition), -1),
+            };
+            if self
+                .consumer
+                .seek(topic, partition, offset, Duration::from_secs(1))
+                .is_err()
+            {
+                // Not fetching yet (just assigned), or the broker away: next loop.
+                self.recovery.rewind(rewind);
+                continue;
+            }
+            self.flow.forget(topic, partition);
+            self.recovery.restarted(topic, partition, start);
+            self.stats.rewinds.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The partition's committed offset (its watermark), or its beginning.
+    fn committed(&self, topic: &str, partition: i32) -> Offset {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        self.consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .ok()
+            .and_then(|c| c.find_partition(topic, partition).map(|e| e.offset()))
+            .filter(|o| matches!(o, Offset::Offset(_)))
+            .unwrap_or(Offset::Beginning)
+    }
+
+    /// Commits each owned partition's watermark, the lowest offset whose job
+    /// has not finished: where a relay starts when Redis holds nothing.
+    fn commit(&self, mode: CommitMode) {
+        let owned = self.stats.assignment();
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), mark) in self.recovery.watermarks() {
+            if owned.iter().any(|(t, p)| *t == topic && *p == partition) {
+                let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(mark));
+            }
+        }
+        if tpl.count() > 0 {
+            let _ = self.consumer.commit(&tpl, mode);
         }
     }
 }
@@ -329,9 +445,8 @@ pub(super) fn subscribe(
     let mut client = config.kafka.client_config();
     client
         .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        // Offsets are stored by hand, only after Redis holds the jobs.
+        // The reader commits watermarks itself (lowest unfinished offset).
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // A dead relay's partitions move within seconds.

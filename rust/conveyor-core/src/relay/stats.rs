@@ -36,6 +36,12 @@ pub struct RelayStats {
     pub depth_guarded: AtomicU64,
     /// Times a guard started holding writes back (memory, or a queue's depth).
     pub guard_engaged: AtomicU64,
+    /// Times a partition was read again because Redis lost part of it
+    /// (restored from older files, failed over, wiped).
+    pub rewinds: AtomicU64,
+    /// Fences found past the end of their partition's log (the topic was
+    /// deleted and created again) and moved back to its start.
+    pub recreated: AtomicU64,
     /// Partitions this relay owns now.
     pub assignment: Mutex<Vec<(String, i32)>>,
     /// Lag of each owned partition, refreshed each second.
@@ -48,7 +54,7 @@ pub struct RelayStats {
 
 impl RelayStats {
     /// The counters by name, as `Relay.stats()` gives them to Python.
-    pub fn counters(&self) -> [(&'static str, u64); 12] {
+    pub fn counters(&self) -> [(&'static str, u64); 14] {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("relayed", load(&self.relayed)),
@@ -63,6 +69,8 @@ impl RelayStats {
             ("memory_guarded", load(&self.memory_guarded)),
             ("depth_guarded", load(&self.depth_guarded)),
             ("guard_engaged", load(&self.guard_engaged)),
+            ("rewinds", load(&self.rewinds)),
+            ("recreated", load(&self.recreated)),
         ]
     }
 
@@ -95,6 +103,10 @@ pub struct PartitionLag {
     pub relayed_to: i64,
     /// Records in Kafka not yet in Redis.
     pub lag: i64,
+    /// The lowest offset whose job has not finished (committed to Kafka):
+    /// after a total loss of Redis, the partition is relayed again from
+    /// here, so `relayed_to - watermark` bounds what runs again.
+    pub watermark: i64,
 }
 
 /// Rate limits, pauses and shadow mode per topic, as the relay applies them.
@@ -154,6 +166,16 @@ pub fn render_metrics(stats: &RelayStats) -> String {
             "Times a guard started holding writes back.",
             &stats.guard_engaged,
         ),
+        (
+            "rewinds",
+            "Times a partition was read again because Redis lost part of it.",
+            &stats.rewinds,
+        ),
+        (
+            "recreated_topics",
+            "Fences found past the end of their log (topic created again) and moved to its start.",
+            &stats.recreated,
+        ),
     ] {
         render_counter(
             &mut out,
@@ -189,6 +211,15 @@ pub fn render_metrics(stats: &RelayStats) -> String {
         &partitions
             .iter()
             .map(|p| (label(p), p.lag as f64))
+            .collect::<Vec<_>>(),
+    );
+    render_gauge(
+        &mut out,
+        "conveyor_relay_rerun_exposure_jobs",
+        "Offsets between the watermark and the fence: what could run again after a total loss of Redis.",
+        &partitions
+            .iter()
+            .map(|p| (label(p), (p.relayed_to - p.watermark).max(0) as f64))
             .collect::<Vec<_>>(),
     );
     drop(partitions);

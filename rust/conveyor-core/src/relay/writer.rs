@@ -6,15 +6,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::batch::{PartitionBatch, Written};
+use super::batch::PartitionBatch;
 use super::connected;
+use super::recovery::{Recovery, Rewind};
 use super::stats::RelayStats;
 use crate::error::Result;
-use crate::store::admission::{admit_command, Admitted, Fenced};
+use crate::store::admission::{admit_command, Admitted};
 use crate::store::keys::QueueKeys;
 use crate::store::RedisStore;
 
@@ -24,62 +25,42 @@ pub(super) struct Writer {
     pub store: Option<RedisStore>,
     pub redis_url: String,
     pub stats: Arc<RelayStats>,
+    pub recovery: Arc<Recovery>,
     pub stop: Arc<AtomicBool>,
 }
 
 impl Writer {
-    /// Writes each batch received, reporting what Redis holds on `written`.
-    pub fn run(
-        mut self,
-        batches: &Receiver<Vec<PartitionBatch>>,
-        written: &SyncSender<Vec<Written>>,
-    ) {
+    /// Writes each batch received, until the reader hangs up.
+    pub fn run(mut self, batches: &Receiver<Vec<PartitionBatch>>) {
         for batch in batches {
-            if self.write(&batch) {
-                let offsets = batch
-                    .iter()
-                    .map(|b| (b.topic.to_string(), b.partition, b.next_offset))
-                    .collect();
-                // The relay drains this channel every loop and at its end.
-                let _ = written.send(offsets);
-            }
+            self.write(&batch);
         }
     }
 
     /// Writes every partition's jobs in one pipeline of script calls,
-    /// retrying until Redis takes them; false if the relay was stopped first.
-    fn write(&mut self, batches: &[PartitionBatch]) -> bool {
+    /// retrying until Redis takes them or the relay is stopped (then its
+    /// records are read again by whoever owns the partitions next).
+    fn write(&mut self, batches: &[PartitionBatch]) {
         let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.try_write(batches) {
-                Ok(()) => return true,
-                Err(_) => {
-                    self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                    self.store = None;
-                    if self.stop.load(Ordering::Relaxed) {
-                        return false;
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
+        while self.try_write(batches).is_err() {
+            self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+            self.store = None;
+            if self.stop.load(Ordering::Relaxed) {
+                return;
             }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
     fn try_write(&mut self, batches: &[PartitionBatch]) -> Result<()> {
         let began = Instant::now();
-        let stats = &self.stats;
+        let (stats, recovery) = (&*self.stats, &*self.recovery);
         // Counted as each write lands: after a failure part-way, the retry
         // finds the written part behind its fence (and counts it skipped).
-        let count = |results: Vec<Admitted>| {
-            for admitted in results {
-                stats
-                    .relayed
-                    .fetch_add(admitted.queued + admitted.scheduled, Ordering::Relaxed);
-                stats.skipped.fetch_add(admitted.skipped, Ordering::Relaxed);
-                stats
-                    .duplicates
-                    .fetch_add(admitted.duplicates, Ordering::Relaxed);
+        let account = |written: &[&PartitionBatch], admitted: Vec<Admitted>| {
+            for (batch, admitted) in written.iter().zip(admitted) {
+                account(stats, recovery, batch, &admitted);
             }
         };
         let store = connected(&mut self.store, &self.redis_url)?;
@@ -88,9 +69,10 @@ impl Writer {
             // write is safe, as `admit` skips what its fence has seen.
             let commands = batches
                 .iter()
-                .map(|b| admit_command(&self.queues[&*b.topic], &b.fence(), b.next_offset, &b.jobs))
+                .map(|b| admit_command(&self.queues[&*b.topic], &b.fenced()))
                 .collect();
-            count(store.connection().pipeline(commands)?);
+            let all: Vec<&PartitionBatch> = batches.iter().collect();
+            account(&all, store.connection().pipeline(commands)?);
         } else {
             // One queue's partitions at a time (one topic is one queue): the
             // plain path watches one queue's fences.
@@ -101,20 +83,35 @@ impl Writer {
                 }
             }
             for topic in topics {
-                let group: Vec<Fenced<'_>> = batches
-                    .iter()
-                    .filter(|b| &*b.topic == topic)
-                    .map(|b| Fenced {
-                        fence: b.fence(),
-                        next_offset: b.next_offset,
-                        jobs: &b.jobs,
-                    })
-                    .collect();
-                count(store.relay_batches(&self.queues[topic], &group)?);
+                let group: Vec<&PartitionBatch> =
+                    batches.iter().filter(|b| &*b.topic == topic).collect();
+                let fenced: Vec<_> = group.iter().map(|b| b.fenced()).collect();
+                account(&group, store.relay_batches(&self.queues[topic], &fenced)?);
             }
         }
         self.stats.write_seconds.observe(began.elapsed());
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Counts what one partition's write did; a partition Redis holds less of
+/// than expected is handed back to the reader to read again.
+fn account(stats: &RelayStats, recovery: &Recovery, batch: &PartitionBatch, admitted: &Admitted) {
+    if let Some(stored) = admitted.behind {
+        recovery.rewind(Rewind {
+            topic: batch.topic.to_string(),
+            partition: batch.partition,
+            to: (stored >= 0).then_some(stored),
+        });
+        return;
+    }
+    recovery.wrote(&batch.topic, batch.partition, batch.next_offset);
+    stats
+        .relayed
+        .fetch_add(admitted.queued + admitted.scheduled, Ordering::Relaxed);
+    stats.skipped.fetch_add(admitted.skipped, Ordering::Relaxed);
+    stats
+        .duplicates
+        .fetch_add(admitted.duplicates, Ordering::Relaxed);
 }

@@ -1,12 +1,12 @@
 //! Admission: jobs entering a queue, from the relay (exactly once per Kafka
 //! offset, behind each partition's fence) or from the direct path. Two ways
 //! in, held to the same cases by the admission conformance tests: the
-//! `admit-6.lua` script, and a Lua-free `MULTI`/`EXEC` for plain batches.
+//! `admit-7.lua` script, and a Lua-free `MULTI`/`EXEC` for plain batches.
 
 use redis::{Cmd, FromRedisValue};
 
 use super::conn::RedisConn;
-use super::keys::{unique_field, QueueKeys};
+use super::keys::{open_field, open_prefix, unique_field, QueueKeys, OPEN_BLOCK};
 use super::{scripts, RedisStore};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -16,6 +16,12 @@ use crate::error::{Error, Result};
 pub struct Fenced<'a> {
     /// `"<topic>:<partition>"`: the field of the queue's fence hash.
     pub fence: String,
+    /// The partition, whose open jobs the batch's jobs are counted in.
+    pub partition: i32,
+    /// The least offset the relay expects Redis to hold for the partition
+    /// (-1: none); when Redis holds less, nothing is written and
+    /// [`Admitted::behind`] says what it holds.
+    pub expect: i64,
     /// The offset after the batch's last record.
     pub next_offset: i64,
     /// The records.
@@ -57,7 +63,7 @@ impl Admission {
     }
 }
 
-/// What one `admit` did; see `scripts/admit-6.lua`.
+/// What one `admit` did; see `scripts/admit-7.lua`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Admitted {
     /// Appended to the ready list.
@@ -68,16 +74,28 @@ pub struct Admitted {
     pub duplicates: u64,
     /// Below the fence: Redis had them already.
     pub skipped: u64,
+    /// Redis holds less of the partition than the relay expected (it went
+    /// back in time, or lost the partition): nothing was written, and this
+    /// is the offset it holds records up to (-1: none).
+    pub behind: Option<i64>,
 }
 
 impl FromRedisValue for Admitted {
     fn from_redis_value(v: redis::Value) -> std::result::Result<Self, redis::ParsingError> {
-        let (queued, scheduled, duplicates, skipped) = FromRedisValue::from_redis_value(v)?;
+        let (queued, scheduled, duplicates, skipped, behind, stored): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u8,
+            i64,
+        ) = FromRedisValue::from_redis_value(v)?;
         Ok(Admitted {
             queued,
             scheduled,
             duplicates,
             skipped,
+            behind: (behind == 1).then_some(stored),
         })
     }
 }
@@ -86,30 +104,26 @@ impl RedisStore {
     /// Admits jobs on the direct path (no Kafka, no fence): the same script
     /// the relay uses, so unique and delayed jobs behave the same way.
     pub fn admit(&mut self, keys: &QueueKeys, jobs: &[Admission]) -> Result<Admitted> {
-        Ok(admit_command(keys, "", 0, jobs).query(self.connection())?)
+        let direct = Fenced {
+            fence: String::new(),
+            partition: 0,
+            expect: -1,
+            next_offset: 0,
+            jobs,
+        };
+        Ok(admit_command(keys, &direct).query(self.connection())?)
     }
 
     /// Admits one partition's relayed records exactly once: records below
-    /// the offset Redis holds for `fence` (`"<topic>:<partition>"`) are skipped
-    /// and the stored offset moves to `next_offset`.
-    pub fn relay_batch(
-        &mut self,
-        keys: &QueueKeys,
-        fence: &str,
-        next_offset: i64,
-        jobs: &[Admission],
-    ) -> Result<Admitted> {
-        if fence.is_empty() {
+    /// the offset Redis holds for the batch's fence are skipped and the
+    /// stored offset moves to its `next_offset`.
+    pub fn relay_batch(&mut self, keys: &QueueKeys, batch: &Fenced<'_>) -> Result<Admitted> {
+        if batch.fence.is_empty() {
             return Err(Error::InvalidJob(
                 "a relayed batch needs a '<topic>:<partition>' fence".to_owned(),
             ));
         }
-        let batch = Fenced {
-            fence: fence.to_owned(),
-            next_offset,
-            jobs,
-        };
-        Ok(self.relay_batches(keys, std::slice::from_ref(&batch))?[0])
+        Ok(self.relay_batches(keys, std::slice::from_ref(batch))?[0])
     }
 
     /// [`RedisStore::relay_batch`] for several partitions of one queue in
@@ -122,7 +136,7 @@ impl RedisStore {
     /// `RPUSH`, and that bounded the relay. Everything else (unique or
     /// delayed jobs, a batch behind its fence after a crash or rebalance, a
     /// fence moved by another relay meanwhile, a Redis Cluster) goes through
-    /// `admit-6.lua` as before. Both write all of a batch or none of it.
+    /// `admit-7.lua` as before. Both write all of a batch or none of it.
     pub fn relay_batches(
         &mut self,
         keys: &QueueKeys,
@@ -134,7 +148,7 @@ impl RedisStore {
         self.relay_batches_scripted(keys, batches)
     }
 
-    /// [`RedisStore::relay_batches`] always through `admit-6.lua` (as on a
+    /// [`RedisStore::relay_batches`] always through `admit-7.lua` (as on a
     /// Redis Cluster); the admission conformance tests hold the plain path
     /// to what this does.
     pub fn relay_batches_scripted(
@@ -142,10 +156,7 @@ impl RedisStore {
         keys: &QueueKeys,
         batches: &[Fenced<'_>],
     ) -> Result<Vec<Admitted>> {
-        let commands = batches
-            .iter()
-            .map(|b| admit_command(keys, &b.fence, b.next_offset, b.jobs))
-            .collect();
+        let commands = batches.iter().map(|b| admit_command(keys, b)).collect();
         self.connection().pipeline(commands)
     }
 
@@ -177,11 +188,12 @@ impl RedisStore {
             read.arg(&b.fence);
         }
         let (stored,): (Vec<Option<i64>>,) = read.query(conn)?;
-        // Offsets ascend within a batch: its first record decides.
+        // Offsets ascend within a batch: its first record decides. A fence
+        // behind what the relay expects is the script's to report.
         let behind = batches
             .iter()
             .zip(&stored)
-            .any(|(b, s)| s.is_some_and(|s| b.jobs[0].offset < s));
+            .any(|(b, s)| s.is_some_and(|s| b.jobs[0].offset < s) || s.unwrap_or(-1) < b.expect);
         if behind {
             redis::cmd("UNWATCH").exec(conn)?;
             return Ok(None);
@@ -200,6 +212,13 @@ impl RedisStore {
                 .arg(&b.fence)
                 .arg(b.next_offset)
                 .ignore();
+            for (field, n) in open_blocks(b.partition, b.jobs) {
+                tx.cmd("HINCRBY")
+                    .arg(keys.open())
+                    .arg(field)
+                    .arg(n)
+                    .ignore();
+            }
             total += b.jobs.len();
         }
         // As the script does: wake one idle worker, count what came in.
@@ -225,26 +244,42 @@ impl RedisStore {
     }
 }
 
-/// The `admit` script call for a batch (also used in the relay's pipelines).
-pub(crate) fn admit_command(
-    keys: &QueueKeys,
-    fence: &str,
-    next_offset: i64,
-    jobs: &[Admission],
-) -> Cmd {
+/// How many of `jobs` (one partition's, in offset order) fall in each block
+/// of the open-jobs hash, as `admit-7.lua` counts them.
+fn open_blocks(partition: i32, jobs: &[Admission]) -> Vec<(String, usize)> {
+    let mut blocks: Vec<(i64, usize)> = Vec::new();
+    for job in jobs {
+        let block = job.offset.div_euclid(OPEN_BLOCK);
+        match blocks.last_mut() {
+            Some((b, n)) if *b == block => *n += 1,
+            _ => blocks.push((block, 1)),
+        }
+    }
+    blocks
+        .into_iter()
+        .map(|(block, n)| (open_field(partition, block * OPEN_BLOCK), n))
+        .collect()
+}
+
+/// The `admit` script call for a batch (also used in the relay's pipelines);
+/// an empty fence is the direct path.
+pub(crate) fn admit_command(keys: &QueueKeys, batch: &Fenced<'_>) -> Cmd {
     let mut cmd = Cmd::new();
     cmd.arg("EVALSHA")
         .arg(scripts::ADMIT.get_hash())
-        .arg(6)
+        .arg(7)
         .arg(keys.ready())
         .arg(keys.relayed())
         .arg(keys.scheduled())
         .arg(keys.unique())
         .arg(keys.counts())
         .arg(keys.wake())
-        .arg(fence)
-        .arg(next_offset);
-    for job in jobs {
+        .arg(keys.open())
+        .arg(&batch.fence)
+        .arg(batch.next_offset)
+        .arg(batch.expect)
+        .arg(open_prefix(batch.partition));
+    for job in batch.jobs {
         cmd.arg(job.offset)
             .arg(job.run_at_ms)
             .arg(job.unique.as_deref().unwrap_or(""))

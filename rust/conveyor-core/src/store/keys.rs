@@ -94,8 +94,16 @@ impl QueueKeys {
         format!("{}:progress", self.base)
     }
 
+    /// Hash: `<partition>:<block>` -> how many jobs relayed from that block
+    /// of [`OPEN_BLOCK`] offsets have not finished. The lowest open block is
+    /// the partition's watermark, committed to Kafka: what a relay re-reads
+    /// after Redis is lost (docs/recovery.md).
+    pub fn open(&self) -> String {
+        format!("{}:open", self.base)
+    }
+
     /// Every key of the queue that is not per lease.
-    pub fn all(&self) -> [String; 11] {
+    pub fn all(&self) -> [String; 12] {
         [
             self.ready(),
             self.relayed(),
@@ -108,6 +116,7 @@ impl QueueKeys {
             self.periodic(),
             self.wake(),
             self.progress(),
+            self.open(),
         ]
     }
 }
@@ -157,6 +166,31 @@ fn namespaced(namespace: &str, suffix: &str) -> Result<String> {
 /// The field of a partition in its queue's fence hash ([`QueueKeys::relayed`]).
 pub fn fence_field(topic: &str, partition: i32) -> String {
     format!("{topic}:{partition}")
+}
+
+/// Offsets per block of a partition in a queue's open-jobs hash
+/// ([`QueueKeys::open`]): a block is counted, not each job, so admitting a
+/// batch adds one or two counters. A block holding one unfinished job keeps
+/// its whole block (and everything after it) to be relayed again after a
+/// total loss of Redis. `admit-7.lua` divides by the same number.
+pub const OPEN_BLOCK: i64 = 1024;
+
+/// What starts a partition's fields in [`QueueKeys::open`]: `"<partition>:"`.
+pub fn open_prefix(partition: i32) -> String {
+    format!("{partition}:")
+}
+
+/// The field in [`QueueKeys::open`] counting the job relayed from `offset`
+/// of `partition`.
+pub fn open_field(partition: i32, offset: i64) -> String {
+    format!("{partition}:{}", offset.div_euclid(OPEN_BLOCK))
+}
+
+/// A string written once per Redis store (`SET NX`): a relay that sees it
+/// change knows it now writes to another store (a wiped or replaced Redis),
+/// and relays every partition it owns again from where that store ends.
+pub fn generation_key(namespace: &str) -> Result<String> {
+    namespaced(namespace, "generation")
 }
 
 /// Checks a queue or namespace name: a letter, then letters, digits and `_ . -`, at

@@ -17,6 +17,8 @@ pub mod scripts;
 
 use std::time::Duration;
 
+use redis::Cmd;
+
 use crate::error::Result;
 use conn::RedisConn;
 use keys::QueueKeys;
@@ -120,11 +122,85 @@ impl RedisStore {
             .query(&mut self.conn)?)
     }
 
+    /// A queue's fences, then its open-jobs counts (`keys::open_field` ->
+    /// count), read in that order: a batch landing in between only adds
+    /// open jobs at or past the fences read, so a watermark computed from
+    /// the two is never too high.
+    pub fn recovery_reading(&mut self, keys: &QueueKeys) -> Result<RecoveryReading> {
+        let mut fences = Cmd::new();
+        fences.arg("HGETALL").arg(keys.relayed());
+        let mut open = Cmd::new();
+        open.arg("HGETALL").arg(keys.open());
+        self.conn.pipeline(vec![fences, open])
+    }
+
+    /// Moves a partition's fence from `from` back to `to`, if it still reads
+    /// `from` (a relay that wrote meanwhile wins); true when moved. Only for
+    /// a fence past the end of its partition's log: the topic was deleted
+    /// and created again under its name, and its new records start low.
+    pub fn reset_fence(
+        &mut self,
+        keys: &QueueKeys,
+        field: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<bool> {
+        let relayed = keys.relayed();
+        let conn = match &mut self.conn {
+            RedisConn::Server(conn) => conn,
+            // A cluster connection cannot hold a WATCH; the value check in
+            // one script-free step is the best it has.
+            cluster => {
+                let stored: Option<i64> =
+                    redis::cmd("HGET").arg(&relayed).arg(field).query(cluster)?;
+                if stored != Some(from) {
+                    return Ok(false);
+                }
+                redis::cmd("HSET")
+                    .arg(&relayed)
+                    .arg(field)
+                    .arg(to)
+                    .exec(cluster)?;
+                return Ok(true);
+            }
+        };
+        redis::cmd("WATCH").arg(&relayed).exec(conn)?;
+        let stored: Option<i64> = redis::cmd("HGET").arg(&relayed).arg(field).query(conn)?;
+        if stored != Some(from) {
+            redis::cmd("UNWATCH").exec(conn)?;
+            return Ok(false);
+        }
+        let done: Option<()> = redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&relayed)
+            .arg(field)
+            .arg(to)
+            .ignore()
+            .query(conn)?;
+        Ok(done.is_some())
+    }
+
+    /// The store's generation: `fresh`, written now, unless it has one.
+    pub fn generation(&mut self, namespace: &str, fresh: &str) -> Result<String> {
+        let old: Option<String> = redis::cmd("SET")
+            .arg(keys::generation_key(namespace)?)
+            .arg(fresh)
+            .arg("NX")
+            .arg("GET")
+            .query(&mut self.conn)?;
+        Ok(old.unwrap_or_else(|| fresh.to_owned()))
+    }
+
     /// The underlying connection, for the relay's pipelines.
     pub(crate) fn connection(&mut self) -> &mut RedisConn {
         &mut self.conn
     }
 }
+
+/// A queue's fences (`"<topic>:<partition>"` -> next offset) and open-jobs
+/// counts, from [`RedisStore::recovery_reading`].
+pub type RecoveryReading = (Vec<(String, i64)>, Vec<(String, i64)>);
 
 /// How full a node is: used/max, or 0 without a limit (so any node with a
 /// limit ranks above every node without one).

@@ -81,6 +81,9 @@ pub enum Settlement {
         id: Option<[u8; 16]>,
         /// Its dedup key, released if it still holds it.
         unique: Option<String>,
+        /// Its field in the queue's open jobs (`keys::open_field`), for a
+        /// job a relay read from Kafka.
+        open: Option<String>,
     },
     /// Failed, to be tried again `delay_ms` after settling (Redis' clock).
     /// An empty `error` keeps no error record.
@@ -104,6 +107,8 @@ pub enum Settlement {
         id: [u8; 16],
         /// Its dedup key, released if it still holds it.
         unique: Option<String>,
+        /// Its field in the queue's open jobs, as for `Done`.
+        open: Option<String>,
         /// The envelope to store: attempt counted, stage stamps appended.
         envelope: Vec<u8>,
         /// The error, as JSON text.
@@ -111,7 +116,7 @@ pub enum Settlement {
     },
 }
 
-/// What one `settle` did; see `scripts/settle-7.lua`.
+/// What one `settle` did; see `scripts/settle-9.lua`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {
     /// Jobs that left Redis as done.
@@ -206,14 +211,21 @@ impl RedisStore {
             .key(keys.unique())
             .key(keys.counts())
             .key(keys.progress())
+            .key(keys.open())
             .arg(token);
         for outcome in outcomes {
             match outcome {
-                Settlement::Done { slot, id, unique } => {
+                Settlement::Done {
+                    slot,
+                    id,
+                    unique,
+                    open,
+                } => {
                     call.arg("D")
                         .arg(*slot)
                         .arg(id.as_ref().map_or(&[][..], |id| &id[..]))
-                        .arg(unique.as_deref().unwrap_or(""));
+                        .arg(unique.as_deref().unwrap_or(""))
+                        .arg(open.as_deref().unwrap_or(""));
                 }
                 Settlement::Retry {
                     slot,
@@ -234,6 +246,7 @@ impl RedisStore {
                     slot,
                     id,
                     unique,
+                    open,
                     envelope,
                     error,
                 } => {
@@ -241,6 +254,7 @@ impl RedisStore {
                         .arg(*slot)
                         .arg(&id[..])
                         .arg(unique.as_deref().unwrap_or(""))
+                        .arg(open.as_deref().unwrap_or(""))
                         .arg(envelope.as_slice())
                         .arg(error);
                 }
@@ -289,6 +303,7 @@ impl RedisStore {
             .key(keys.ready())
             .key(keys.wake())
             .key(keys.progress())
+            .key(keys.open())
             .arg(token);
         for slot in sorted {
             call.arg(slot);

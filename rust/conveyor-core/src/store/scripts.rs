@@ -16,11 +16,11 @@ macro_rules! script {
 
 script!(
     ADMIT,
-    "admit-6.lua",
+    "admit-7.lua",
     "Admits new jobs into a queue (relay and direct path)."
 );
 script!(FETCH, "fetch-5.lua", "Leases a batch of jobs to a worker.");
-script!(SETTLE, "settle-8.lua", "Records how leased jobs ended.");
+script!(SETTLE, "settle-9.lua", "Records how leased jobs ended.");
 script!(HEARTBEAT, "heartbeat-2.lua", "Extends a worker's leases.");
 script!(
     RELEASE,
@@ -76,9 +76,9 @@ mod tests {
 
     /// Every script's source, by file name.
     const SOURCES: [(&str, &str); 11] = [
-        ("admit-6.lua", include_str!("scripts/admit-6.lua")),
+        ("admit-7.lua", include_str!("scripts/admit-7.lua")),
         ("fetch-5.lua", include_str!("scripts/fetch-5.lua")),
-        ("settle-8.lua", include_str!("scripts/settle-8.lua")),
+        ("settle-9.lua", include_str!("scripts/settle-9.lua")),
         ("heartbeat-2.lua", include_str!("scripts/heartbeat-2.lua")),
         ("release-5.lua", include_str!("scripts/release-5.lua")),
         ("reap-5.lua", include_str!("scripts/reap-5.lua")),
@@ -132,6 +132,13 @@ mod tests {
             checked, 4,
             "admit and purge_dead name the id; reap and replay_dead the attempt"
         );
+    }
+
+    #[test]
+    fn admit_counts_open_jobs_in_blocks_of_the_size_the_relay_reads() {
+        let (_, source) = SOURCES[0];
+        let block = local_numbers(source, "OPEN_BLOCK").expect("admit sets OPEN_BLOCK");
+        assert_eq!(block, [crate::store::keys::OPEN_BLOCK as usize]);
     }
 
     #[test]

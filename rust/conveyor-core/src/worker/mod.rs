@@ -23,7 +23,7 @@ use crate::envelope::{append_stage, set_attempt, Envelope, Stage};
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::metrics::Histogram;
-use crate::store::keys::QueueKeys;
+use crate::store::keys::{self, QueueKeys};
 use crate::store::queue::{DeadRetention, Forgotten, Settled, Settlement};
 use crate::store::RedisStore;
 
@@ -334,6 +334,7 @@ impl WorkQueues {
                 slot: *slot,
                 id,
                 unique: None,
+                open: None,
                 envelope: raw.clone(),
                 error: cap_error(error_json("EnvelopeDecodeError", reason), self.error_cap()),
             });
@@ -394,6 +395,7 @@ impl WorkQueues {
                     slot: job.slot,
                     id: needs_id.then_some(env.id.0),
                     unique: env.unique_field(),
+                    open: open_field(env),
                 })
             }
             Outcome::Failed {
@@ -439,6 +441,7 @@ impl WorkQueues {
                             slot: job.slot,
                             id: env.id.0,
                             unique: env.unique_field(),
+                            open: open_field(env),
                             envelope: stored,
                             error: cap_error(error.clone(), self.error_cap()),
                         })
@@ -466,4 +469,18 @@ impl WorkQueues {
         let timeout = timeout.clamp(Duration::from_millis(10), Duration::from_secs(2));
         self.with_store(|s| s.wait_for_work(&keys, timeout))
     }
+}
+
+/// The job's field in its queue's open jobs: where a relay read it, unless
+/// it was dead-lettered before (replayed from the dead letters, it was
+/// counted out then and runs outside the watermark).
+fn open_field(env: &Envelope) -> Option<String> {
+    let mut source = None;
+    for stamp in &env.stages {
+        if stamp.code == Stage::DeadLettered as u8 {
+            return None;
+        }
+        source = stamp.source().or(source);
+    }
+    source.map(|(partition, offset)| keys::open_field(partition, offset))
 }

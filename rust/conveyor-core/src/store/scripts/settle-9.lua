@@ -10,17 +10,22 @@
   KEYS[6]   cv:[<ns>:]{<queue>}:unique          hash: "<job type> <dedup key>" -> job id
   KEYS[7]   cv:[<ns>:]{<queue>}:counts          hash: counter name -> count
   KEYS[8]   cv:[<ns>:]{<queue>}:progress        hash: lease token -> slot running
+  KEYS[9]   cv:[<ns>:]{<queue>}:open            hash: "<partition>:<block>" -> open jobs
   ARGV[1]   the lease token
   ARGV[2..] records, each starting with its kind:
-              'D', slot, id, unique field                          done
-              'R', slot, id, unique field, envelope, delay ms, error retry after delay
-              'X', slot, id, unique field, envelope, error         dead letter
+              'D', slot, id, unique field, open field                   done
+              'R', slot, id, unique field, envelope, delay ms, error    retry after delay
+              'X', slot, id, unique field, open field, envelope, error  dead letter
             id is the 16-byte job id, or "" for a done job that never failed
             and is not unique (nothing to clean up). The unique field is the
             job's field in KEYS[6], or "". envelope is the job
             as it should be stored: attempt counted, stage stamps appended.
             error is the error record (JSON), or "" to keep none (the
             worker sends none for a retry while Redis is nearly full).
+            open field is the job's field in KEYS[9] (keys::open_field),
+            or "" for a job that did not come from a relay: a job that ends
+            is counted out of its block there, so the relay's watermark
+            (docs/recovery.md) moves past it.
 
   Returns: { done, retried, dead, stale }
     stale   records whose slot is no longer leased: the lease expired and the
@@ -41,6 +46,13 @@ local done, retried, dead, stale = 0, 0, 0, 0
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
+local closed = {}
+local function close(field)
+  if field ~= '' then
+    closed[field] = (closed[field] or 0) + 1
+  end
+end
+
 local function release_unique(id, key)
   if key ~= '' and redis.call('HGET', KEYS[6], key) == id then
     redis.call('HDEL', KEYS[6], key)
@@ -49,7 +61,7 @@ end
 
 -- Check every record before changing anything: a script that stops half way
 -- leaves its earlier writes in place.
-local WIDTH = { D = 4, R = 7, X = 6 }
+local WIDTH = { D = 5, R = 7, X = 7 }
 local FIRST = 2
 local i = FIRST
 while i <= #ARGV do
@@ -74,6 +86,7 @@ while i <= #ARGV do
     stale = stale + 1
   elseif kind == 'D' then
     done = done + 1
+    close(ARGV[i + 4])
     if id ~= '' then
       redis.call('HDEL', KEYS[5], id)
       release_unique(id, key)
@@ -86,9 +99,10 @@ while i <= #ARGV do
     end
   else
     dead = dead + 1
-    redis.call('ZADD', KEYS[4], now_ms, ARGV[i + 4])
-    if ARGV[i + 5] ~= '' then
-      redis.call('HSET', KEYS[5], id, ARGV[i + 5])
+    close(ARGV[i + 4])
+    redis.call('ZADD', KEYS[4], now_ms, ARGV[i + 5])
+    if ARGV[i + 6] ~= '' then
+      redis.call('HSET', KEYS[5], id, ARGV[i + 6])
     end
     release_unique(id, key)
   end
@@ -98,6 +112,11 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[8], ARGV[1])
+end
+for field, n in pairs(closed) do
+  if redis.call('HINCRBY', KEYS[9], field, -n) <= 0 then
+    redis.call('HDEL', KEYS[9], field)
+  end
 end
 for name, n in pairs({ done = done, retried = retried, dead = dead }) do
   if n > 0 then

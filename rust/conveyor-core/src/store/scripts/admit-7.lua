@@ -9,12 +9,21 @@
   KEYS[4]   cv:[<ns>:]{<queue>}:unique      hash: "<job type> <dedup key>" -> id of the job holding it
   KEYS[5]   cv:[<ns>:]{<queue>}:counts      hash: counter name -> count
   KEYS[6]   cv:[<ns>:]{<queue>}:wake        list of at most one token: BLPOPed by idle workers
+  KEYS[7]   cv:[<ns>:]{<queue>}:open        hash: "<partition>:<block>" -> jobs of that block not finished
   ARGV[1]   fence: "<topic>:<partition>", or "" for the direct path (no fence)
   ARGV[2]   with a fence: the offset after this batch's last record
-  ARGV[3..] per job, four values: offset (ignored without a fence),
+  ARGV[3]   with a fence: the least stored offset the relay expects (-1: none
+            expected, a partition it starts without a fence)
+  ARGV[4]   with a fence: "<partition>:", the start of its fields in KEYS[7]
+  ARGV[5..] per job, four values: offset (ignored without a fence),
             run_at in ms (0: now), unique field ("<job type> <dedup key>", "" for none), envelope
 
-  Returns: { queued, scheduled, duplicates, skipped }
+  Returns: { queued, scheduled, duplicates, skipped, behind, stored }
+    behind      1 when Redis holds less of the partition than the relay
+                expected (ARGV[3]): Redis went back in time (restored,
+                failed over to a lagging replica) or lost the partition
+                (wiped). Nothing is written; `stored` is the stored offset
+                (-1: none), from which the relay reads the partition again.
     queued      appended to ready (state queued)
     scheduled   added to scheduled, run_at still in the future (state scheduled)
     duplicates  dropped: another job of its type holding its dedup key is queued,
@@ -23,6 +32,11 @@
 
   When jobs were queued, one idle worker is woken (a token on `wake`, which
   never holds more than one); idle workers block on it instead of polling.
+
+  Relayed jobs are counted into their block of KEYS[7] (1,024 offsets per
+  block, keys::OPEN_BLOCK) and counted out by settle-9.lua when they finish;
+  the lowest open block is the partition's watermark, which the relay
+  commits to Kafka (docs/recovery.md).
 
   Records below the stored offset were written before (a crash, or another
   relay that owned the partition) and are skipped. That makes relaying
@@ -41,11 +55,19 @@
 ]]
 -- The envelope's job id, bytes ID_FIRST..ID_LAST (1-based; envelope::ID_OFFSET, ID_LEN).
 local ID_FIRST, ID_LAST = 5, 20
+-- Offsets per block of the open-jobs hash (keys::OPEN_BLOCK).
+local OPEN_BLOCK = 1024
+local FIRST = 5
 local fence = ARGV[1]
 local stored = -1
 if fence ~= '' then
   stored = tonumber(redis.call('HGET', KEYS[2], fence) or '-1')
+  if stored < tonumber(ARGV[3]) then
+    return { 0, 0, 0, 0, 1, stored }
+  end
 end
+local open_prefix = fence ~= '' and ARGV[4] or ''
+local opened = {}
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
@@ -55,8 +77,8 @@ local duplicates, skipped = 0, 0
 -- Offsets ascend within a batch: when its first record is at or past the
 -- fence (every batch but the first after a crash or rebalance), no record
 -- needs its offset checked. Per-job work here is what bounds relaying.
-local fenced = fence ~= '' and #ARGV >= 3 and tonumber(ARGV[3]) < stored
-for i = 3, #ARGV, 4 do
+local fenced = fence ~= '' and #ARGV >= FIRST and tonumber(ARGV[FIRST]) < stored
+for i = FIRST, #ARGV, 4 do
   local envelope = ARGV[i + 3]
   if fenced and tonumber(ARGV[i]) < stored then
     skipped = skipped + 1
@@ -70,6 +92,10 @@ for i = 3, #ARGV, 4 do
     if not fresh then
       duplicates = duplicates + 1
     else
+      if open_prefix ~= '' then
+        local field = open_prefix .. math.floor(tonumber(ARGV[i]) / OPEN_BLOCK)
+        opened[field] = (opened[field] or 0) + 1
+      end
       local run_at = ARGV[i + 1]
       if run_at ~= '0' and tonumber(run_at) > now_ms then
         later[#later + 1] = tonumber(run_at)
@@ -101,7 +127,10 @@ end
 if #ready + #later > 0 then
   redis.call('HINCRBY', KEYS[5], 'admitted', #ready + #later / 2)
 end
+for field, n in pairs(opened) do
+  redis.call('HINCRBY', KEYS[7], field, n)
+end
 if duplicates > 0 then
   redis.call('HINCRBY', KEYS[5], 'duplicates', duplicates)
 end
-return { #ready, #later / 2, duplicates, skipped }
+return { #ready, #later / 2, duplicates, skipped, 0, stored }
