@@ -72,6 +72,10 @@ bench-worker: build ## Workers vs pure Python, Dramatiq, Celery and RQ on one Re
 bench-pipeline: build ## End to end: every front door, pure Python, the peers; table, JSON, plot
 	$(BIN)/python bench/pipeline_bench.py
 
+.PHONY: chaos
+chaos: build ## Faults (brokers, Redis, relay, worker) under a steady stream on 3 brokers; lost/twice per fault
+	$(BIN)/python bench/chaos.py
+
 .PHONY: bench-abuse
 bench-abuse: build ## 100,000 generated bad requests and slow clients against the gate; answers by status
 	$(BIN)/python bench/gate_abuse.py

@@ -289,9 +289,28 @@ def main() -> None:
     unknown = set(chosen) - set(FAULTS)
     if unknown:
         parser.error(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
+    rows = run(chosen, args.rate, args.steady)
+    report(rows, Path(args.out), args.rate)
+
+
+@dataclass
+class Row:
+    """One fault's figures."""
+
+    fault: str
+    acknowledged: int
+    ran: int
+    lost: int
+    ran_twice: int
+    enqueue_errors: int
+    healthy_after_s: float | None
+
+
+def run(chosen: list[str], rate: int, steady: float) -> list[Row]:
+    """Runs the stream through each chosen fault in turn; the figures."""
     home = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
     servers, app, env = start(home)
-    stream = Stream(app, args.rate)
+    stream = Stream(app, rate)
     c = Chaos(servers, env, Ledger(home / "ledger"), stream)
     c.start_relay()
     c.start_worker()
@@ -305,10 +324,10 @@ def main() -> None:
             prepare(c, scratch)
             phase = Phase(name, stream.next_seq)
             print(f"[{len(phases) + 1}/{len(chosen)}] {name}: {what}", flush=True)
-            time.sleep(args.steady)
+            time.sleep(steady)
             phase.fault_at = time.monotonic()
             fault(c, scratch)
-            time.sleep(args.steady)
+            time.sleep(steady)
             phase.healthy_after = healthy_time(c, phase, 90)
             phase.last = stream.next_seq
             phases.append(phase)
@@ -325,13 +344,30 @@ def main() -> None:
         c.kill(c.worker)
         app.close()
         servers.down()
-    report(phases, c, Path(args.out), args.rate)
-    shutil.rmtree(home, ignore_errors=True)
-
-
-def report(phases: list[Phase], c: Chaos, out: Path, rate: int) -> None:
     runs = c.ledger.refresh()
-    errors = set(c.stream.errors)
+    errors = set(stream.errors)
+    rows = []
+    for p in phases:
+        seqs = range(p.first, p.last)
+        acked = [s for s in seqs if s in stream.acked]
+        ran = sum(1 for s in acked if runs[s] > 0)
+        rows.append(
+            Row(
+                fault=p.name,
+                acknowledged=len(acked),
+                ran=ran,
+                lost=len(acked) - ran,
+                ran_twice=sum(1 for s in seqs if runs[s] > 1),
+                enqueue_errors=sum(1 for s in seqs if s in errors),
+                healthy_after_s=p.healthy_after,
+            )
+        )
+    shutil.rmtree(home, ignore_errors=True)
+    return rows
+
+
+def report(rows: list[Row], out: Path, rate: int) -> None:
+    """The table, on stdout and in `out`."""
     lines = [
         f"Chaos run ({time.strftime('%Y-%m-%d')}, `make chaos`, {rate} jobs/s through the client; "
         "3 brokers, replication 3, min.insync.replicas 2, acks=all; one relay, one worker)",
@@ -339,15 +375,12 @@ def report(phases: list[Phase], c: Chaos, out: Path, rate: int) -> None:
         "| fault | acknowledged | ran | lost | ran twice | enqueue errors | healthy again after |",
         "|---|---|---|---|---|---|---|",
     ]
-    for p in phases:
-        seqs = range(p.first, p.last)
-        acked = [s for s in seqs if s in c.stream.acked]
-        ran = sum(1 for s in acked if runs[s] > 0)
-        twice = sum(1 for s in seqs if runs[s] > 1)
-        healthy = "not within 90 s" if p.healthy_after is None else f"{p.healthy_after:.1f} s"
+    for r in rows:
+        after = r.healthy_after_s
+        healthy = "not within 90 s" if after is None else f"{after:.1f} s"
         lines.append(
-            f"| {p.name}: {FAULTS[p.name][0]} | {len(acked)} | {ran} | {len(acked) - ran} "
-            f"| {twice} | {sum(1 for s in seqs if s in errors)} | {healthy} |"
+            f"| {r.fault}: {FAULTS[r.fault][0]} | {r.acknowledged} | {r.ran} | {r.lost} "
+            f"| {r.ran_twice} | {r.enqueue_errors} | {healthy} |"
         )
     text = "\n".join(lines) + "\n"
     print("\n" + text)

@@ -14,6 +14,7 @@ pub use control::check_kafka_percent;
 pub mod keys;
 pub mod queue;
 pub mod scripts;
+mod settlement;
 
 use std::time::Duration;
 

@@ -13,7 +13,8 @@
   KEYS[9]   cv:[<ns>:]{<queue>}:open            hash: "<partition>:<block>" -> open jobs
   ARGV[1]   the lease token
   ARGV[2..] records, each starting with its kind:
-              'D', slot, id, unique field, open field                   done
+              'D', slot, id, unique field                               done
+              'O', slot, id, unique field, open field                   done, relayed
               'R', slot, id, unique field, envelope, delay ms, error    retry after delay
               'X', slot, id, unique field, open field, envelope, error  dead letter
             id is the 16-byte job id, or "" for a done job that never failed
@@ -25,7 +26,8 @@
             open field is the job's field in KEYS[9] (keys::open_field),
             or "" for a job that did not come from a relay: a job that ends
             is counted out of its block there, so the relay's watermark
-            (docs/recovery.md) moves past it.
+            (docs/recovery.md) moves past it. 'D' is 'O' without one (an
+            argument fewer per job of the direct path).
 
   Returns: { done, retried, dead, stale }
     stale   records whose slot is no longer leased: the lease expired and the
@@ -61,7 +63,7 @@ end
 
 -- Check every record before changing anything: a script that stops half way
 -- leaves its earlier writes in place.
-local WIDTH = { D = 5, R = 7, X = 7 }
+local WIDTH = { D = 4, O = 5, R = 7, X = 7 }
 local FIRST = 2
 local i = FIRST
 while i <= #ARGV do
@@ -84,9 +86,11 @@ while i <= #ARGV do
   local width = WIDTH[kind]
   if redis.call('HDEL', KEYS[1], slot) == 0 then
     stale = stale + 1
-  elseif kind == 'D' then
+  elseif kind == 'D' or kind == 'O' then
     done = done + 1
-    close(ARGV[i + 4])
+    if kind == 'O' then
+      close(ARGV[i + 4])
+    end
     if id ~= '' then
       redis.call('HDEL', KEYS[5], id)
       release_unique(id, key)

@@ -1,0 +1,153 @@
+//! Settling: how the jobs of one lease ended (done, retry later, dead), in
+//! one `settle-9.lua` call per batch.
+
+use redis::FromRedisValue;
+
+use super::keys::QueueKeys;
+use super::{scripts, RedisStore};
+use crate::error::Result;
+
+/// How one leased job ended, for [`RedisStore::settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Succeeded: the job leaves Redis.
+    Done {
+        /// Its slot in the lease (1-based).
+        slot: u32,
+        /// The 16-byte id, needed only if the job failed before or is unique.
+        id: Option<[u8; 16]>,
+        /// Its dedup key, released if it still holds it.
+        unique: Option<String>,
+        /// Its field in the queue's open jobs (`keys::open_field`), for a
+        /// job a relay read from Kafka.
+        open: Option<String>,
+    },
+    /// Failed, to be tried again `delay_ms` after settling (Redis' clock).
+    /// An empty `error` keeps no error record.
+    Retry {
+        /// Its slot in the lease (1-based).
+        slot: u32,
+        /// The 16-byte id.
+        id: [u8; 16],
+        /// The envelope to store: attempt counted, stage stamps appended.
+        envelope: Vec<u8>,
+        /// How long after settling to try again (ms).
+        delay_ms: u64,
+        /// The error, as JSON text.
+        error: String,
+    },
+    /// Given up on: moved to the dead letters with its error.
+    Dead {
+        /// Its slot in the lease (1-based).
+        slot: u32,
+        /// The 16-byte id (zeros when the envelope was unreadable).
+        id: [u8; 16],
+        /// Its dedup key, released if it still holds it.
+        unique: Option<String>,
+        /// Its field in the queue's open jobs, as for `Done`.
+        open: Option<String>,
+        /// The envelope to store: attempt counted, stage stamps appended.
+        envelope: Vec<u8>,
+        /// The error, as JSON text.
+        error: String,
+    },
+}
+
+/// What one `settle` did; see `scripts/settle-9.lua`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Jobs that left Redis as done.
+    pub done: u64,
+    /// Jobs scheduled for another attempt.
+    pub retried: u64,
+    /// Jobs moved to the dead letters.
+    pub dead: u64,
+    /// Records for slots no longer leased (the lease expired and was reaped).
+    pub stale: u64,
+}
+
+impl FromRedisValue for Settled {
+    fn from_redis_value(v: redis::Value) -> std::result::Result<Self, redis::ParsingError> {
+        let (done, retried, dead, stale) = FromRedisValue::from_redis_value(v)?;
+        Ok(Settled {
+            done,
+            retried,
+            dead,
+            stale,
+        })
+    }
+}
+
+impl RedisStore {
+    /// Records how leased jobs ended, in one atomic step.
+    pub fn settle(
+        &mut self,
+        keys: &QueueKeys,
+        token: &str,
+        outcomes: &[Settlement],
+    ) -> Result<Settled> {
+        if outcomes.is_empty() {
+            return Ok(Settled::default());
+        }
+        let mut call = scripts::SETTLE.key(keys.lease(token));
+        call.key(keys.leases())
+            .key(keys.scheduled())
+            .key(keys.dead())
+            .key(keys.errors())
+            .key(keys.unique())
+            .key(keys.counts())
+            .key(keys.progress())
+            .key(keys.open())
+            .arg(token);
+        for outcome in outcomes {
+            match outcome {
+                Settlement::Done {
+                    slot,
+                    id,
+                    unique,
+                    open,
+                } => {
+                    call.arg(if open.is_some() { "O" } else { "D" })
+                        .arg(*slot)
+                        .arg(id.as_ref().map_or(&[][..], |id| &id[..]))
+                        .arg(unique.as_deref().unwrap_or(""));
+                    if let Some(open) = open {
+                        call.arg(open);
+                    }
+                }
+                Settlement::Retry {
+                    slot,
+                    id,
+                    envelope,
+                    delay_ms,
+                    error,
+                } => {
+                    call.arg("R")
+                        .arg(*slot)
+                        .arg(&id[..])
+                        .arg("")
+                        .arg(envelope.as_slice())
+                        .arg(*delay_ms)
+                        .arg(error);
+                }
+                Settlement::Dead {
+                    slot,
+                    id,
+                    unique,
+                    open,
+                    envelope,
+                    error,
+                } => {
+                    call.arg("X")
+                        .arg(*slot)
+                        .arg(&id[..])
+                        .arg(unique.as_deref().unwrap_or(""))
+                        .arg(open.as_deref().unwrap_or(""))
+                        .arg(envelope.as_slice())
+                        .arg(error);
+                }
+            }
+        }
+        Ok(call.invoke(self.connection())?)
+    }
+}
