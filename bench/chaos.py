@@ -1,6 +1,7 @@
 """The chaos run (`make chaos`): a steady stream of jobs through the Python
-client, a relay process and a worker process, on a 3-broker KRaft cluster and
-a Redis started here on loopback, while one fault after another happens.
+client and the HTTP gate (half each), a relay process and a worker process,
+on a 3-broker KRaft cluster and a Redis started here on loopback, while one
+fault after another happens.
 
 For each fault: jobs acknowledged to the client while it lasted, how many of
 those ran, were lost, ran twice; enqueue errors the client saw; and the time
@@ -14,6 +15,8 @@ bench/results/chaos.md.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -34,14 +37,17 @@ import conveyor  # noqa: E402
 from conveyor.devservers import DevServers  # noqa: E402
 
 KAFKA_PORT, REDIS_PORT = 29400, 26720
+GATE = "127.0.0.1:29480"
 
 
 @dataclass
 class Stream:
-    """Jobs enqueued at a steady rate; which were acknowledged, and when."""
+    """Jobs enqueued at a steady rate, every other chunk through the gate
+    (when there is one); which were acknowledged, and when."""
 
     app: conveyor.Conveyor
     rate: int
+    gate: str | None = None
     next_seq: int = 0
     enqueued_at: dict[int, float] = field(default_factory=dict)
     acked: set[int] = field(default_factory=set)
@@ -58,6 +64,12 @@ class Stream:
             now = time.monotonic()
             for s in seqs:
                 self.enqueued_at[s] = now
+            if self.gate and len(waiters) % 2:
+                t = threading.Thread(target=self._post, args=(seqs,), daemon=True)
+                t.start()
+                waiters.append(t)
+                time.sleep(max(0.0, 0.05 - (time.monotonic() - began)))
+                continue
             try:
                 handle = self.app.enqueue_many("chaos.job", [(s,) for s in seqs])
             except conveyor.ConveyorError:
@@ -69,6 +81,23 @@ class Stream:
             time.sleep(max(0.0, 0.05 - (time.monotonic() - began)))
         for t in waiters:
             t.join(timeout=150)
+
+    def _post(self, seqs: list[int]) -> None:
+        """One batch through the gate: acknowledged when it answers 200."""
+        body = json.dumps({"jobs": [{"type": "chaos.job", "args": [s]} for s in seqs]})
+        host, port = str(self.gate).rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            conn.request("POST", "/v1/jobs/batch", body, {"Content-Type": "application/json"})
+            ok = conn.getresponse().status == 200
+        except OSError:
+            ok = False
+        finally:
+            conn.close()
+        if ok:
+            self.acked.update(seqs)
+        else:
+            self.errors.extend(seqs)
 
     def _wait(self, handle: conveyor.Enqueued, seqs: list[int]) -> None:
         try:
@@ -105,6 +134,12 @@ class Chaos:
     stream: Stream
     relay: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
+    gate: subprocess.Popen[bytes] | None = None
+
+    def start_gate(self) -> None:
+        cmd = [sys.executable, "-m", "conveyor", "gate", "--bind", GATE, "--no-registry"]
+        cmd += ["--route", "chaos.job=default"]
+        self.gate = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL)
 
     def start_relay(self) -> None:
         cmd = [sys.executable, "-m", "conveyor", "relay", "--report-every", "3600"]
@@ -306,14 +341,30 @@ class Row:
     healthy_after_s: float | None
 
 
+def wait_for_gate() -> None:
+    host, port = GATE.rsplit(":", 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the gate at {GATE} did not start")
+
+
 def run(chosen: list[str], rate: int, steady: float) -> list[Row]:
     """Runs the stream through each chosen fault in turn; the figures."""
     home = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
     servers, app, env = start(home)
-    stream = Stream(app, rate)
+    stream = Stream(app, rate, gate=GATE)
     c = Chaos(servers, env, Ledger(home / "ledger"), stream)
     c.start_relay()
     c.start_worker()
+    c.start_gate()
+    wait_for_gate()
     feeder = threading.Thread(target=stream.run, daemon=True)
     feeder.start()
     phases: list[Phase] = []
@@ -342,6 +393,7 @@ def run(chosen: list[str], rate: int, steady: float) -> list[Row]:
             time.sleep(1)
         c.kill(c.relay)
         c.kill(c.worker)
+        c.kill(c.gate)
         app.close()
         servers.down()
     runs = c.ledger.refresh()
@@ -369,7 +421,8 @@ def run(chosen: list[str], rate: int, steady: float) -> list[Row]:
 def report(rows: list[Row], out: Path, rate: int) -> None:
     """The table, on stdout and in `out`."""
     lines = [
-        f"Chaos run ({time.strftime('%Y-%m-%d')}, `make chaos`, {rate} jobs/s through the client; "
+        f"Chaos run ({time.strftime('%Y-%m-%d')}, `make chaos`, {rate} jobs/s, half through "
+        "the Python client, half through the gate; "
         "3 brokers, replication 3, min.insync.replicas 2, acks=all; one relay, one worker)",
         "",
         "| fault | acknowledged | ran | lost | ran twice | enqueue errors | healthy again after |",

@@ -330,6 +330,8 @@ class Gate:
         max_payload_bytes: int = 1048576,
         max_batch: int = 1000,
         token: str | None = None,
+        tokens: list[tuple[str, str, list[str], list[str], bool, float | None]] | None = None,
+        insecure: bool = False,
         properties: list[tuple[str, str]] | None = None,
         max_connections: int = 1024,
         header_timeout_s: float = 30.0,
@@ -337,6 +339,9 @@ class Gate:
     ) -> Gate: ...
     @property
     def address(self) -> str: ...
+    def set_tokens(
+        self, tokens: list[tuple[str, str, list[str], list[str], bool, float | None]]
+    ) -> None: ...
     def routes(self) -> dict[str, str]: ...
     def stop(self, timeout_s: float = 30.0) -> None: ...
 

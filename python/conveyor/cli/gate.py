@@ -51,17 +51,35 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SECONDS",
         help="a request whose body takes longer is answered 408 (default 30)",
     )
+    gate.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help="bearer tokens and their scopes (JSON; default $CONVEYOR_GATE_TOKENS_FILE), "
+        "reloaded when the file changes or on SIGHUP",
+    )
+    gate.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve an address other than loopback without tokens (anyone who reaches "
+        "it may enqueue any job type)",
+    )
     gate.set_defaults(run=_gate)
 
 
 def _gate(args: argparse.Namespace) -> int:
     import os
+    import signal
+    import threading
+    from pathlib import Path
 
     from conveyor import _core
+    from conveyor.cli.gate_tokens import TokenFile, read_tokens
     from conveyor.errors import ConfigError
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
+    token_file = args.tokens or os.environ.get("CONVEYOR_GATE_TOKENS_FILE")
+    tokens = TokenFile(Path(token_file)) if token_file else None
     routes = {}
     for route in args.route:
         job_type, sep, queue = route.partition("=")
@@ -80,19 +98,27 @@ def _gate(args: argparse.Namespace) -> int:
         delivery_timeout_s=settings.delivery_timeout_s,
         max_payload_bytes=settings.max_payload_bytes,
         token=os.environ.get("CONVEYOR_GATE_TOKEN") or None,
+        tokens=read_tokens(tokens.path) if tokens else None,
+        insecure=args.insecure,
         properties=list(settings.kafka_properties),
         max_connections=args.max_connections,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
     )
     stop = stop_on_signals()
+    hangup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
+    closed = tokens or os.environ.get("CONVEYOR_GATE_TOKEN")
     print(
         f"gate serving on http://{gate.address}  (Kafka {settings.kafka_bootstrap}, "
-        f"{len(gate.routes())} job types known)",
+        f"{len(gate.routes())} job types known; "
+        f"{'tokens required' if closed else 'open: no token'})",
         flush=True,
     )
     while not stop.wait(0.5):
-        pass
+        if tokens and (hangup.is_set() or tokens.changed()):
+            hangup.clear()
+            tokens.reload(gate.set_tokens)
     print("gate stopping: finishing requests in flight ...", flush=True)
     gate.stop()
     return 0

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use conveyor_core::config::{duration, positive_duration};
-use conveyor_core::gate::{self, ConnectionLimits, GateConfig, GateHandle};
+use conveyor_core::gate::{self, ConnectionLimits, GateConfig, GateHandle, Grant};
 use conveyor_core::kafka::producer::ProducerOptions;
 use conveyor_core::kafka::KafkaConfig;
 use pyo3::prelude::*;
@@ -20,7 +20,7 @@ pub struct Gate {
 #[pymethods]
 impl Gate {
     #[new]
-    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="all", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0))]
+    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="all", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, tokens=None, insecure=false, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -37,6 +37,8 @@ impl Gate {
         max_payload_bytes: usize,
         max_batch: usize,
         token: Option<String>,
+        tokens: Option<Vec<GrantTuple>>,
+        insecure: bool,
         properties: Option<Vec<(String, String)>>,
         max_connections: usize,
         header_timeout_s: f64,
@@ -62,7 +64,8 @@ impl Gate {
             request_timeout: duration("request_timeout_s", request_timeout_s).py()?,
             max_payload_bytes,
             max_batch,
-            token,
+            grants: grants(token, tokens),
+            insecure,
             connections: ConnectionLimits {
                 max_connections,
                 header_timeout: positive_duration("header_timeout_s", header_timeout_s).py()?,
@@ -85,6 +88,15 @@ impl Gate {
             .to_string()
     }
 
+    /// Puts new tokens in force (as `tokens=` at start), without a restart.
+    fn set_tokens(&self, tokens: Vec<GrantTuple>) -> PyResult<()> {
+        self.handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_grants(grants(None, Some(tokens)))
+            .py()
+    }
+
     /// Job types the gate accepts now, with their queues.
     fn routes(&self) -> HashMap<String, String> {
         self.handle
@@ -105,6 +117,35 @@ impl Gate {
         })
         .py()
     }
+}
+
+/// A token as Python gives it: `(name, token, job types, queues, may read
+/// metrics, requests per second or None)`.
+type GrantTuple = (String, String, Vec<String>, Vec<String>, bool, Option<f64>);
+
+/// The grants of a single all-powerful `token` and of `tokens`.
+fn grants(token: Option<String>, tokens: Option<Vec<GrantTuple>>) -> Vec<Grant> {
+    let single = token.map(|token| Grant {
+        name: "CONVEYOR_GATE_TOKEN".to_owned(),
+        token,
+        types: Vec::new(),
+        queues: Vec::new(),
+        metrics: true,
+        rate: None,
+    });
+    single
+        .into_iter()
+        .chain(tokens.unwrap_or_default().into_iter().map(
+            |(name, token, types, queues, metrics, rate)| Grant {
+                name,
+                token,
+                types,
+                queues,
+                metrics,
+                rate,
+            },
+        ))
+        .collect()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
@@ -117,10 +117,10 @@ pub(super) async fn enqueue_one(State(gate): State<Arc<Gate>>, request: Request)
     let outcome = async {
         let (headers, body) =
             read_body(request, gate.limits.0, gate.config.connections.body_timeout).await?;
-        gate.authorize(&headers)?;
+        let grant = gate.authorize(&headers)?;
         let job: JobRequest<'_> = parse(&body)?;
         let partition = job.partition;
-        let (topic, envelope) = gate.envelope(job)?;
+        let (topic, envelope) = gate.envelope(job, grant.as_deref())?;
         let mut answers = gate.produce(vec![(topic, envelope, partition)]).await?;
         Ok::<_, Refusal>(answers.remove(0))
     }
@@ -132,7 +132,7 @@ pub(super) async fn enqueue_batch(State(gate): State<Arc<Gate>>, request: Reques
     let outcome = async {
         let (headers, body) =
             read_body(request, gate.limits.1, gate.config.connections.body_timeout).await?;
-        gate.authorize(&headers)?;
+        let grant = gate.authorize(&headers)?;
         let batch: BatchRequest<'_> = parse(&body)?;
         if batch.jobs.is_empty() || batch.jobs.len() > gate.config.max_batch {
             return Err(Refusal::bad(format!(
@@ -145,7 +145,7 @@ pub(super) async fn enqueue_batch(State(gate): State<Arc<Gate>>, request: Reques
         let mut jobs = Vec::with_capacity(batch.jobs.len());
         for (i, job) in batch.jobs.into_iter().enumerate() {
             let partition = job.partition;
-            let (topic, envelope) = gate.envelope(job).map_err(|r| r.at(i))?;
+            let (topic, envelope) = gate.envelope(job, grant.as_deref()).map_err(|r| r.at(i))?;
             jobs.push((topic, envelope, partition));
         }
         let answers = gate.produce(jobs).await?;
@@ -203,7 +203,15 @@ pub(super) async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
 /// How long a readiness answer is reused.
 const READY_FOR: Duration = Duration::from_secs(1);
 
-pub(super) async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
+/// Open while the gate is; with tokens, only to one allowed to read them.
+pub(super) async fn metrics(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    match gate.authorize(&headers) {
+        Err(refusal) => return refusal.into_response(),
+        Ok(Some(granted)) if !granted.grant.metrics => {
+            return Refusal::forbidden("this token may not read metrics").into_response()
+        }
+        Ok(_) => {}
+    }
     let c = &gate.counters;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::new();

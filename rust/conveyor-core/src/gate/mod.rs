@@ -16,19 +16,27 @@
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are JSON `{"error": reason, "code": code}` (and `"index"` of the bad
-//! job in a batch): 400 malformed or invalid, 401 bad token, 413 too large,
-//! 422 unknown job type, 503 (with `Retry-After`) when Kafka did not take the
-//! job in time. A 2xx always means every job in it was written.
+//! job in a batch): 400 malformed or invalid, 401 no or bad token, 403 a job
+//! type or queue outside the token's scope, 413 too large, 422 unknown job
+//! type, 429 over the token's rate, 503 (with `Retry-After`) when Kafka did
+//! not take the job in time. A 2xx always means every job in it was written.
+//!
+//! A gate bound to an address other than loopback refuses to start without
+//! tokens unless told `insecure`; with tokens, `/metrics` needs one allowed
+//! to read them ([`access`]).
 //!
 //! Rooms: this file wires the gate (configuration, start, stop, the
-//! registry refresh); [`server`] accepts connections under their limits;
+//! registry refresh); [`access`] says who may send what; [`server`]
+//! accepts connections under their limits;
 //! [`requests`] reads and refuses what clients send; [`handlers`] serves the
 //! routes and sends to Kafka.
 
+mod access;
 mod handlers;
 mod requests;
 mod server;
 
+pub use access::Grant;
 pub use server::ConnectionLimits;
 
 use std::collections::HashMap;
@@ -78,8 +86,11 @@ pub struct GateConfig {
     pub max_payload_bytes: usize,
     /// Most jobs in one batch request.
     pub max_batch: usize,
-    /// Required bearer token, if set.
-    pub token: Option<String>,
+    /// Bearer tokens and their scopes; none: anyone who reaches the gate
+    /// may send any job type.
+    pub grants: Vec<Grant>,
+    /// Serve on an address other than loopback without tokens.
+    pub insecure: bool,
     /// Connections at once, and how long each part of a request may take.
     pub connections: ConnectionLimits,
 }
@@ -110,6 +121,7 @@ struct Gate {
     /// Body limits of `/v1/jobs` and `/v1/jobs/batch`, in bytes.
     limits: (usize, usize),
     readiness: Readiness,
+    access: access::Access,
 }
 
 /// The last readiness answer and whether a probe runs now.
@@ -162,6 +174,14 @@ impl GateHandle {
         self.gate.producer.flush(timeout)
     }
 
+    /// Puts new tokens in force (a reloaded token file); requests already
+    /// let in finish under the old ones.
+    pub fn set_grants(&self, grants: Vec<Grant>) -> Result<()> {
+        access::validate_grants(&grants)?;
+        self.gate.access.replace(grants);
+        Ok(())
+    }
+
     /// The job types the gate currently accepts, with their queues.
     pub fn routes(&self) -> HashMap<String, String> {
         read(&self.gate.registry).clone()
@@ -206,6 +226,14 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         validate_job_type(job_type)?;
         crate::store::keys::validate_name("queue", queue)?;
     }
+    access::validate_grants(&config.grants)?;
+    if !config.bind.ip().is_loopback() && config.grants.is_empty() && !config.insecure {
+        return Err(Error::Config(format!(
+            "the gate would serve {} to the network without tokens: give it tokens \
+             (a token file), or choose to run it open with insecure",
+            config.bind
+        )));
+    }
     // Every request waits for its ack, and a runtime thread with nothing
     // to send would not serve it: the polling thread always serves reports.
     let options = ProducerOptions {
@@ -220,6 +248,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         stopping: AtomicBool::new(false),
         limits: body_limits(config.max_payload_bytes, config.max_batch),
         readiness: Readiness::default(),
+        access: access::Access::new(config.grants.clone()),
         config,
     });
     if gate.config.registry_url.is_some() {

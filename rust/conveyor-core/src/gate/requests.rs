@@ -2,6 +2,8 @@
 //! the refusal (status, stable code, reason), the bearer token check, and
 //! turning one posted job into an envelope and its topic.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -10,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::access::{Denied, Granted};
 use super::{read, Gate};
 use crate::envelope::{validate_job_type, Envelope, MAX_SCHEDULE_AHEAD_US};
 use crate::error::Error;
@@ -60,6 +63,16 @@ impl Refusal {
         }
     }
 
+    /// 403: outside the token's scope.
+    pub(super) fn forbidden(reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            reason: reason.into(),
+            index: None,
+        }
+    }
+
     pub(super) fn at(mut self, index: usize) -> Self {
         self.index = Some(index);
         self
@@ -90,7 +103,10 @@ impl IntoResponse for Refusal {
             body["index"] = json!(index);
         }
         let mut response = (self.status, json_body(&body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -107,44 +123,59 @@ pub(super) fn json_body(value: &Value) -> ([(header::HeaderName, &'static str); 
 }
 
 impl Gate {
-    pub(super) fn authorize(&self, headers: &HeaderMap) -> std::result::Result<(), Refusal> {
-        let Some(token) = &self.config.token else {
-            return Ok(());
-        };
-        let given = headers
+    /// The grant of the request's bearer token (`None`: the gate is open).
+    pub(super) fn authorize(
+        &self,
+        headers: &HeaderMap,
+    ) -> std::result::Result<Option<Arc<Granted>>, Refusal> {
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            Ok(())
-        } else {
-            Err(Refusal {
+        self.access.admit(bearer).map_err(|denied| match denied {
+            Denied::Unauthenticated => Refusal {
                 status: StatusCode::UNAUTHORIZED,
                 code: "unauthorized",
                 reason: "missing or wrong bearer token".to_owned(),
                 index: None,
-            })
-        }
+            },
+            Denied::RateLimited => Refusal {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "rate_limited",
+                reason: "over this token's request rate".to_owned(),
+                index: None,
+            },
+        })
     }
 
     /// Turns a request into an envelope and the topic it goes to.
+    /// A token's scope is checked on the type's name first and on its queue
+    /// before its existence: out of scope is 403 whether it exists or not.
     pub(super) fn envelope(
         &self,
         job: JobRequest<'_>,
+        grant: Option<&Granted>,
     ) -> std::result::Result<(String, Envelope), Refusal> {
         validate_job_type(&job.job_type).map_err(Refusal::from)?;
-        let queue = read(&self.registry)
-            .get(&job.job_type)
-            .cloned()
-            .ok_or_else(|| Refusal {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "unknown_type",
-                reason: format!(
-                    "unknown job type {:?}: no worker or route registered it",
+        let queue = read(&self.registry).get(&job.job_type).cloned();
+        if let Some(granted) = grant {
+            let scope = &granted.grant;
+            if !scope.allows_type(&job.job_type) || !scope.allows_queue(queue.as_deref()) {
+                return Err(Refusal::forbidden(format!(
+                    "job type {:?} is outside this token's scope",
                     job.job_type
-                ),
-                index: None,
-            })?;
+                )));
+            }
+        }
+        let queue = queue.ok_or_else(|| Refusal {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "unknown_type",
+            reason: format!(
+                "unknown job type {:?}: no worker or route registered it",
+                job.job_type
+            ),
+            index: None,
+        })?;
         let args = raw_or(job.args, NO_ARGS, '[', "args must be a JSON array")?;
         let kwargs = raw_or(job.kwargs, NO_KWARGS, '{', "kwargs must be a JSON object")?;
         // What a worker could not decode is refused here, not dead-lettered later.
@@ -216,10 +247,6 @@ fn raw_or<'a>(
         Some(raw) if raw.get().trim_start().starts_with(opener) => Ok(raw.get()),
         Some(_) => Err(Refusal::bad(message)),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The headers and body of a request whose body may be at most `limit`
