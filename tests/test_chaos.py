@@ -24,6 +24,8 @@ def test_no_acknowledged_job_is_lost_through_the_faster_faults() -> None:
         assert row.lost == 0, row
         assert row.healthy_after_s is not None, row
     # Redis' losses are made good from Kafka: every such job runs again,
-    # and only a bounded number run twice (one block of finished jobs).
+    # and only a bounded number run twice: a block of finished jobs per
+    # partition, and what finished since the watermark was last committed
+    # (read and committed once a second: up to about 3 s of the stream).
     wiped = next(r for r in rows if r.fault == "redis_wiped")
-    assert wiped.ran_twice <= 3 * 1024, wiped
+    assert wiped.ran_twice <= 3 * 1024 + 3 * 500, wiped

@@ -142,10 +142,15 @@ def _relays(args: argparse.Namespace) -> int:
         for name in ("paused", "shadow"):
             for topic in controls[name]:
                 print(f"  {name} {topic}")
-        print(f"  {'topic':<36} {'partition':>9} {'high':>12} {'relayed to':>12} {'lag':>10}")
+        print(
+            f"  {'topic':<36} {'partition':>9} {'high':>12} {'relayed to':>12} {'lag':>10} "
+            f"{'watermark':>12}"
+        )
         for p in s["partitions"]:
+            # Older relays publish no watermark.
+            mark = p.get("watermark", "")
             print(
                 f"  {p['topic']:<36} {p['partition']:>9} {p['high']:>12} "
-                f"{p['relayed_to']:>12} {p['lag']:>10}"
+                f"{p['relayed_to']:>12} {p['lag']:>10} {mark:>12}"
             )
     return 0

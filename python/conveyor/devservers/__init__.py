@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conveyor import settings
 from conveyor.devservers.kafka import KAFKA_VERSION, KafkaCluster, KafkaNode
-from conveyor.devservers.redis import RedisCluster, RedisServer
+from conveyor.devservers.redis import RedisCluster, RedisServer, RedisTls
 
 __all__ = [
     "KAFKA_VERSION",
@@ -20,6 +20,7 @@ __all__ = [
     "KafkaNode",
     "RedisCluster",
     "RedisServer",
+    "RedisTls",
 ]
 
 

@@ -12,6 +12,7 @@ memory at the worst moment.
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,6 +20,17 @@ from pathlib import Path
 
 from conveyor.devservers.process import ServerProcess, require_free_port, require_program
 from conveyor.errors import DevServerError
+
+
+@dataclass(frozen=True)
+class RedisTls:
+    """Certificates for a Redis that speaks only TLS (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    #: Require a client certificate signed by `ca`.
+    client_certs: bool = False
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,8 @@ class RedisServer:
     maxmemory: int = 0
     #: Run as a node of a Redis Cluster (see `RedisCluster`).
     cluster: bool = False
+    #: Speak only TLS on `port`, with these certificates.
+    tls: RedisTls | None = None
 
     @property
     def bus_port(self) -> int:
@@ -41,6 +55,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ca_file={self.tls.ca}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _process(self) -> ServerProcess:
@@ -55,7 +71,7 @@ class RedisServer:
     def _config(self) -> str:
         lines = [
             "bind 127.0.0.1",
-            f"port {self.port}",
+            f"port {0 if self.tls else self.port}",
             "protected-mode yes",
             "daemonize no",
             f"dir {self.home / 'data'}",
@@ -66,6 +82,14 @@ class RedisServer:
             "maxmemory-policy noeviction",
             f"maxmemory {self.maxmemory}",
         ]
+        if self.tls:
+            lines += [
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.cert}",
+                f"tls-key-file {self.tls.key}",
+                f"tls-ca-cert-file {self.tls.ca}",
+                f"tls-auth-clients {'yes' if self.tls.client_certs else 'no'}",
+            ]
         if self.cluster:
             lines += [
                 "cluster-enabled yes",
@@ -101,7 +125,13 @@ class RedisServer:
         """The start of the server's reply to an inline `command`; b"" when
         it cannot be reached."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as raw:
+                sock = raw
+                if self.tls:
+                    context = ssl.create_default_context(cafile=str(self.tls.ca))
+                    if self.tls.client_certs:
+                        context.load_cert_chain(self.tls.cert, self.tls.key)
+                    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 sock.sendall(command + b"\r\n")
                 return sock.recv(4096)
         except OSError:

@@ -1,5 +1,6 @@
 //! One connection type for both kinds of Redis deployment: a single server
-//! (`redis://…`) or a Redis Cluster (`redis+cluster://…`).
+//! (`redis://…`, `rediss://…` with TLS) or a Redis Cluster
+//! (`redis+cluster://…`, `rediss+cluster://…`); TLS options in [`super::tls`].
 //!
 //! Every key of one queue carries the queue's hash tag, so every script call
 //! and every pipeline of one queue lands in one slot and stays atomic on a
@@ -10,6 +11,7 @@
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::TlsMode;
 use redis::{Client, Cmd, Connection, ConnectionLike, FromRedisValue, RedisResult, Value};
 
 use crate::error::{Error, Result};
@@ -17,6 +19,9 @@ use crate::error::{Error, Result};
 /// The URL scheme of a Redis Cluster: `redis+cluster://[[user]:password@]host:port[,host:port…]`
 /// (the seed nodes; the others are found from them).
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// [`CLUSTER_SCHEME`] over TLS.
+pub const TLS_CLUSTER_SCHEME: &str = "rediss+cluster://";
 
 /// A connection to a Redis server or to a Redis Cluster.
 pub enum RedisConn {
@@ -30,19 +35,36 @@ pub enum RedisConn {
 impl RedisConn {
     /// Opens `url`, bounding the connect and every reply by `timeout`.
     pub fn open(url: &str, timeout: Duration) -> Result<Self> {
-        match url.strip_prefix(CLUSTER_SCHEME) {
+        let (url, certs) = super::tls::split(url)?;
+        let cluster = url
+            .strip_prefix(CLUSTER_SCHEME)
+            .map(|rest| (rest, false))
+            .or_else(|| {
+                url.strip_prefix(TLS_CLUSTER_SCHEME)
+                    .map(|rest| (rest, true))
+            });
+        match cluster {
             None => {
-                let conn = Client::open(url)?.get_connection_with_timeout(timeout)?;
+                let client = match certs {
+                    Some(certs) => Client::build_with_tls(url.as_str(), certs)?,
+                    None => Client::open(url.as_str())?,
+                };
+                let conn = client.get_connection_with_timeout(timeout)?;
                 conn.set_read_timeout(Some(timeout))?;
                 conn.set_write_timeout(Some(timeout))?;
                 Ok(Self::Server(conn))
             }
-            Some(rest) => {
-                let conn = ClusterClient::builder(seed_nodes(rest)?)
+            Some((rest, tls)) => {
+                let mut builder = ClusterClient::builder(seed_nodes(rest, tls)?)
                     .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .build()?
-                    .get_connection()?;
+                    .response_timeout(timeout);
+                if tls {
+                    builder = builder.tls(TlsMode::Secure);
+                }
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
+                }
+                let conn = builder.build()?.get_connection()?;
                 Ok(Self::Cluster(Box::new(conn)))
             }
         }
@@ -90,9 +112,11 @@ fn text(value: Value) -> Result<String> {
     Ok(String::from_redis_value(value).map_err(redis::RedisError::from)?)
 }
 
-/// `redis://…` URLs of the seed nodes in the part of a cluster URL after the
-/// scheme; credentials given once apply to every node.
-fn seed_nodes(rest: &str) -> Result<Vec<String>> {
+/// `redis://…` (`rediss://…` with `tls`) URLs of the seed nodes in the part
+/// of a cluster URL after the scheme; credentials given once apply to every
+/// node.
+fn seed_nodes(rest: &str, tls: bool) -> Result<Vec<String>> {
+    let scheme = if tls { "rediss" } else { "redis" };
     let rest = rest.trim_end_matches('/');
     let (auth, hosts) = match rest.rsplit_once('@') {
         Some((auth, hosts)) => (format!("{auth}@"), hosts),
@@ -102,7 +126,7 @@ fn seed_nodes(rest: &str) -> Result<Vec<String>> {
         .split(',')
         .map(str::trim)
         .filter(|h| !h.is_empty())
-        .map(|host| format!("redis://{auth}{host}"))
+        .map(|host| format!("{scheme}://{auth}{host}"))
         .collect();
     let well_formed = hosts.split(',').all(|h| {
         h.trim()
@@ -167,15 +191,15 @@ mod tests {
     #[test]
     fn cluster_urls_name_their_seed_nodes() {
         assert_eq!(
-            seed_nodes("127.0.0.1:7000,127.0.0.1:7001/").unwrap(),
+            seed_nodes("127.0.0.1:7000,127.0.0.1:7001/", false).unwrap(),
             ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
         );
         assert_eq!(
-            seed_nodes(":s3cret@a:1,b:2").unwrap(),
-            ["redis://:s3cret@a:1", "redis://:s3cret@b:2"]
+            seed_nodes(":s3cret@a:1,b:2", true).unwrap(),
+            ["rediss://:s3cret@a:1", "rediss://:s3cret@b:2"]
         );
         for bad in ["", "a", "a:port", "a:1/0", ":1", "a:1,"] {
-            assert!(seed_nodes(bad).is_err(), "{bad:?} accepted");
+            assert!(seed_nodes(bad, false).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod queue;
 pub mod scripts;
 mod settlement;
+mod tls;
 
 use std::time::Duration;
 

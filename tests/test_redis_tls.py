@@ -1,0 +1,84 @@
+"""Redis over TLS (`rediss://`): a redis-server that speaks only TLS and
+requires client certificates, with certificates made at test time; the
+client, the relay and the workers run jobs end to end through it, and every
+connection that cannot prove itself is refused."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import conveyor
+from conveyor import _core
+from conveyor.devservers import DevServers, RedisServer, RedisTls
+from conveyor.errors import ConfigError, ConveyorError
+from tests.helpers.certs import make_certs
+from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.servers
+
+PORT = 26731
+
+
+def test_jobs_run_end_to_end_over_tls_and_unproven_connections_are_refused(
+    servers: DevServers, tmp_path: Path, namespace: str
+) -> None:
+    certs = make_certs(tmp_path / "certs")
+    tls = RedisTls(certs.ca, certs.server_cert, certs.server_key, client_certs=True)
+    server = RedisServer(port=PORT, home=tmp_path / "redis", tls=tls)
+    server.up()
+    base = f"rediss://127.0.0.1:{PORT}/0"
+    url = f"{base}?ca_file={certs.ca}&cert_file={certs.client_cert}&key_file={certs.client_key}"
+    app = conveyor.Conveyor(
+        conveyor.Settings(
+            kafka_bootstrap=servers.kafka.bootstrap, redis_url=url, namespace=namespace
+        )
+    )
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    @app.job("tls.job")
+    def job(i: int) -> None:
+        with lock:
+            ran.append(i)
+
+    relay = None
+    worker = conveyor.Worker(app, threads=2)
+    try:
+        app.ensure_topics()
+        assert app.publish_registry() == 1
+        relay = _core.Relay(
+            servers.kafka.bootstrap,
+            url,
+            [(app.settings.topic_for("default"), "default")],
+            namespace=namespace,
+            group_id=f"relay-{namespace}",
+        )
+        worker.start()
+        app.enqueue_many("tls.job", [(i,) for i in range(300)]).wait(30)
+        wait_until(lambda: len(ran) == 300, 60, "300 jobs run over TLS")
+        assert sorted(ran) == list(range(300))
+        assert relay.stats()["relayed"] == 300
+
+        # Whoever cannot prove itself gets no connection.
+        no_client_cert = f"{base}?ca_file={certs.ca}"
+        untrusted_server = (
+            f"{base}?ca_file={certs.stranger_ca}"
+            f"&cert_file={certs.client_cert}&key_file={certs.client_key}"
+        )
+        plain = f"redis://127.0.0.1:{PORT}/0"
+        for bad in (no_client_cert, untrusted_server, plain):
+            with pytest.raises(ConveyorError):
+                _core.RedisStore(bad).server_info()
+        with pytest.raises(ConfigError, match="cert_file and key_file"):
+            _core.RedisStore(
+                f"{base}?ca_file={certs.ca}&cert_file={certs.client_cert}"
+            ).server_info()
+    finally:
+        worker.stop(grace_s=5)
+        if relay is not None:
+            relay.stop()
+        app.close()
+        server.down()
