@@ -101,7 +101,10 @@ class Settings:
         (`queue=redis://...` pairs separated by spaces), and for SASL
         `CONVEYOR_KAFKA_SASL_MECHANISM`, `CONVEYOR_KAFKA_SASL_USERNAME`,
         `CONVEYOR_KAFKA_SASL_PASSWORD` (with `CONVEYOR_KAFKA_SECURITY_PROTOCOL`,
-        default `SASL_SSL`), `CONVEYOR_ROUTE_REFRESH_S` (seconds, or "off"),
+        default `SASL_SSL`), for TLS `CONVEYOR_KAFKA_SECURITY_PROTOCOL=SSL` (or
+        `SASL_SSL`) with `CONVEYOR_KAFKA_SSL_CA_FILE` (default: the system's
+        roots) and, for a client certificate, `CONVEYOR_KAFKA_SSL_CERT_FILE` and
+        `CONVEYOR_KAFKA_SSL_KEY_FILE`, `CONVEYOR_ROUTE_REFRESH_S` (seconds, or "off"),
         `CONVEYOR_DEAD_MAX` and `CONVEYOR_DEAD_MAX_AGE_S` (dead-letter retention).
         """
         env = os.environ
@@ -114,6 +117,15 @@ class Settings:
                 ("sasl.username", env.get("CONVEYOR_KAFKA_SASL_USERNAME", "")),
                 ("sasl.password", env.get("CONVEYOR_KAFKA_SASL_PASSWORD", "")),
             ]
+        elif env.get("CONVEYOR_KAFKA_SECURITY_PROTOCOL"):
+            properties.append(("security.protocol", env["CONVEYOR_KAFKA_SECURITY_PROTOCOL"]))
+        for var, prop in (
+            ("CONVEYOR_KAFKA_SSL_CA_FILE", "ssl.ca.location"),
+            ("CONVEYOR_KAFKA_SSL_CERT_FILE", "ssl.certificate.location"),
+            ("CONVEYOR_KAFKA_SSL_KEY_FILE", "ssl.key.location"),
+        ):
+            if env.get(var):
+                properties.append((prop, env[var]))
         return cls(
             kafka_bootstrap=env.get("CONVEYOR_KAFKA_BOOTSTRAP", default.kafka_bootstrap),
             redis_url=env.get("CONVEYOR_REDIS_URL", default.redis_url),

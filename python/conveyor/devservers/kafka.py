@@ -18,6 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor.devservers.kafka_security import (
+    KafkaSecurity,
+    broker_lines,
+    listeners,
+    scram_format_args,
+)
 from conveyor.devservers.process import ServerProcess, require_free_port, require_program
 from conveyor.errors import ConveyorError, DevServerError
 
@@ -141,11 +147,23 @@ def new_cluster_id(draw: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> st
 class KafkaCluster:
     """One or more Kafka nodes on loopback, started and stopped as a unit."""
 
-    def __init__(self, nodes: list[KafkaNode], cache: Path) -> None:
+    def __init__(
+        self, nodes: list[KafkaNode], cache: Path, security: KafkaSecurity | None = None
+    ) -> None:
         if not nodes:
             raise ValueError("a Kafka cluster needs at least one node")
         self.nodes = nodes
         self.cache = cache
+        #: TLS and SASL listeners beside the plaintext one (tests of secured clients).
+        self.security = security
+
+    def secured_bootstrap(self, listener: str) -> str:
+        """Bootstrap servers of the `SSL` or `SASL_SSL` listener."""
+        if self.security is None:
+            raise DevServerError("this Kafka has no secured listeners")
+        return ",".join(
+            f"127.0.0.1:{listeners(self.security, n.port)[listener]}" for n in self.nodes
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -164,14 +182,20 @@ class KafkaCluster:
         size = len(self.nodes)
         replication = min(3, size)
         min_isr = min(2, size)
+        names = [f"PLAINTEXT://127.0.0.1:{node.port}"]
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        if self.security:
+            secured = listeners(self.security, node.port)
+            names += [f"{name}://127.0.0.1:{port}" for name, port in secured.items()]
+            protocols += "," + ",".join(f"{name}:{name}" for name in secured)
         lines = [
             "process.roles=broker,controller",
             f"node.id={node.node_id}",
-            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+            f"listeners={','.join(names)},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners={','.join(names)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
             f"log.dirs={node.home / 'data'}",
             f"offsets.topic.replication.factor={replication}",
             f"transaction.state.log.replication.factor={replication}",
@@ -186,6 +210,8 @@ class KafkaCluster:
             "group.initial.rebalance.delay.ms=0",
             "num.partitions=1",
         ]
+        if self.security:
+            lines += broker_lines(self.security)
         if size == 1:
             lines.append(f"controller.quorum.bootstrap.servers=127.0.0.1:{node.controller_port}")
         else:
@@ -222,6 +248,8 @@ class KafkaCluster:
         ]
         if len(self.nodes) == 1:
             cmd.append("--standalone")
+        if self.security:
+            cmd += scram_format_args(self.security)
         done = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise DevServerError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
