@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Conveyor's build, dev servers and tests need, if
 # missing: a Java 17 runtime and Maven (Kafka from Maven Central), Debian's
-# redis-server, and the C toolchain bits librdkafka's bundled build uses.
+# redis-server, the C toolchain bits librdkafka's and OpenSSL's bundled builds
+# use, and the openssl command (tests make their certificates with it).
 # Fast when everything is there; needs root (or sudo) only when something is not.
 set -euo pipefail
 
@@ -16,6 +17,9 @@ have_cmd cmake || need+=(cmake)
 have_cmd g++ || need+=(g++)
 have_cmd make || need+=(make)
 have_cmd pkg-config || need+=(pkg-config)
+# The bundled OpenSSL's build runs perl; tests make certificates with openssl.
+have_cmd perl || need+=(perl)
+have_cmd openssl || need+=(openssl)
 for pkg in libcurl4-openssl-dev zlib1g-dev libssl-dev python3-venv; do
   have_pkg "$pkg" || need+=("$pkg")
 done
