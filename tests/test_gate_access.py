@@ -5,9 +5,11 @@ on the network unless chosen."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
 from conveyor.errors import ConfigError
+from tests.helpers.certs import make_certs
 from tests.helpers.waiting import wait_until
 from tests.test_gate import post
 
@@ -192,3 +195,61 @@ def test_the_gate_command_reloads_its_token_file_on_sighup_and_keeps_good_tokens
     assert "reloaded: 1 token(s)" in log, log[-2000:]
     assert BILLING[1] not in log, "secrets never in the log"
     assert "q" * 24 not in log
+
+
+def https_post(address: str, body: bytes, token: str, ca: Path) -> int:
+    context = ssl.create_default_context(cafile=str(ca))
+    request = urllib.request.Request(
+        f"https://{address}/v1/jobs", data=body, method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_the_gate_serves_https_reloads_its_certificate_and_refuses_plain_http_off_loopback(
+    app: conveyor.Conveyor, tmp_path: Path
+) -> None:
+    first = make_certs(tmp_path / "first")
+    renewed = make_certs(tmp_path / "renewed")  # another CA: tells the two apart
+    cert, key = tmp_path / "gate.pem", tmp_path / "gate.key"
+    cert.write_bytes(first.server_cert.read_bytes())
+    key.write_bytes(first.server_key.read_bytes())
+    s = app.settings
+    gate = _core.Gate(
+        "127.0.0.1:0",
+        s.kafka_bootstrap,
+        namespace=s.namespace,
+        routes={"notify.push": "default"},
+        tokens=[PUSH_QUEUE],
+        tls_cert=cert,
+        tls_key=key,
+    )
+    try:
+        assert gate.https
+        body = job("notify.push")
+        assert https_post(gate.address, body, PUSH_QUEUE[1], first.ca) == 200
+        with pytest.raises(urllib.error.URLError):
+            https_post(gate.address, body, PUSH_QUEUE[1], renewed.ca)  # not its CA
+        with pytest.raises((http.client.HTTPException, OSError)):  # no plain HTTP there
+            urllib.request.urlopen(f"http://{gate.address}/healthz", timeout=5)
+        # A renewed certificate, put in force without a restart.
+        cert.write_bytes(renewed.server_cert.read_bytes())
+        key.write_bytes(renewed.server_key.read_bytes())
+        gate.reload_tls()
+        assert https_post(gate.address, body, PUSH_QUEUE[1], renewed.ca) == 200
+        # A broken file leaves the certificate in force.
+        key.write_text("not a key")
+        with pytest.raises(ConfigError):
+            gate.reload_tls()
+        assert https_post(gate.address, body, PUSH_QUEUE[1], renewed.ca) == 200
+    finally:
+        gate.stop()
+    # Off loopback, tokens alone are not enough: they would cross the network in clear.
+    with pytest.raises(ConfigError, match="plain HTTP"):
+        _core.Gate("0.0.0.0:29483", s.kafka_bootstrap, tokens=[PUSH_QUEUE])
+    with pytest.raises(ConfigError, match="both tls_cert and tls_key"):
+        _core.Gate("127.0.0.1:0", s.kafka_bootstrap, tls_cert=cert)

@@ -15,7 +15,7 @@ import pytest
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
-from tests.helpers.relay import wait_until
+from tests.helpers.relay import start_relay, wait_until
 
 pytestmark = pytest.mark.servers
 
@@ -43,18 +43,6 @@ def make_app(
     )
     app.ensure_topics()
     return app
-
-
-def relay_of(app: conveyor.Conveyor, **kw: object) -> _core.Relay:
-    s = app.settings
-    return _core.Relay(
-        s.kafka_bootstrap,
-        s.redis_url,
-        [(s.topic_for("default"), "default")],
-        namespace=s.namespace,
-        group_id=f"relay-{s.namespace}",
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def send(app: conveyor.Conveyor, n: int, start: int = 0) -> list[str]:
@@ -88,7 +76,7 @@ def test_a_running_relay_relays_again_what_a_restored_redis_lost(
     Kafka, each job once. On the tree before this change 2,000 of the 4,000
     jobs were never run (the issue's report)."""
     app = make_app(servers, redis_server, namespace, partitions=3)
-    relay = relay_of(app)
+    relay = start_relay(app)
     try:
         first = send(app, 2000)
         wait_until(lambda: len(queued_ids(app)) == 2000, 30, "the first 2,000 relayed")
@@ -151,7 +139,7 @@ def test_after_redis_is_wiped_every_unfinished_job_runs_again(
     def noop(i: int) -> None:
         pass
 
-    relay = relay_of(app)
+    relay = start_relay(app)
     try:
         send(app, 3000)
         wait_until(lambda: len(queued_ids(app)) == 3000, 30, "3,000 relayed")
@@ -163,7 +151,7 @@ def test_after_redis_is_wiped_every_unfinished_job_runs_again(
             relay.stop()
         restart(redis_server)
         if relay_restarts:
-            relay = relay_of(app)
+            relay = start_relay(app)
         wait_until(lambda: len(queued_ids(app)) >= 500, 30, "the queued jobs back")
         time.sleep(1)
         ids = queued_ids(app)
@@ -185,7 +173,7 @@ def test_a_relay_keeps_its_partitions_while_redis_is_away(
     group, and its partitions went to the other relay."""
     app = make_app(servers, redis_server, namespace, partitions=2)
     props = [("max.poll.interval.ms", "7000"), ("session.timeout.ms", "6000")]
-    a = relay_of(app, properties=props)
+    a = start_relay(app, properties=props)
     other_redis = RedisServer(port=REDIS_PORT + 1, home=redis_server.home.parent / "other")
     other_redis.up()
     s = app.settings
@@ -265,7 +253,7 @@ def test_a_topic_created_again_under_its_name_is_relayed_from_its_start(
     old fence (here all of them) was skipped as relayed already."""
     app = make_app(servers, redis_server, namespace, partitions=1)
     topic = app.settings.topic_for("default")
-    relay = relay_of(app)
+    relay = start_relay(app)
     try:
         first = send(app, 300)
         wait_until(lambda: len(queued_ids(app)) == 300, 30, "300 relayed")

@@ -1,5 +1,6 @@
 """Type stubs for the private native module; `make lint` checks them against the build."""
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, final
 
@@ -332,6 +333,8 @@ class Gate:
         token: str | None = None,
         tokens: list[tuple[str, str, list[str], list[str], bool, float | None]] | None = None,
         insecure: bool = False,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
         properties: list[tuple[str, str]] | None = None,
         max_connections: int = 1024,
         header_timeout_s: float = 30.0,
@@ -339,6 +342,9 @@ class Gate:
     ) -> Gate: ...
     @property
     def address(self) -> str: ...
+    @property
+    def https(self) -> bool: ...
+    def reload_tls(self) -> None: ...
     def set_tokens(
         self, tokens: list[tuple[str, str, list[str], list[str], bool, float | None]]
     ) -> None: ...

@@ -9,7 +9,9 @@ from tests.helpers.waiting import wait_until
 __all__ = ["start_relay", "wait_until"]
 
 
-def start_relay(app: conveyor.Conveyor, group: str = "relay") -> _core.Relay:
+def start_relay(
+    app: conveyor.Conveyor, group: str = "relay", properties: list[tuple[str, str]] | None = None
+) -> _core.Relay:
     s = app.settings
     return _core.Relay(
         s.kafka_bootstrap,
@@ -17,4 +19,5 @@ def start_relay(app: conveyor.Conveyor, group: str = "relay") -> _core.Relay:
         [(s.topic_for("default"), "default")],
         namespace=s.namespace,
         group_id=f"{group}-{s.namespace}",
+        properties=properties,
     )

@@ -8,6 +8,8 @@ its commands to the parser (`add_commands`) with their handlers.
 | `relay` | `relay`, `relays` |
 | `controls` | `throttle`, `pause`, `resume`, `shadow`, `route` |
 | `worker` | `worker`, `queues`, `dead` |
+| `replay` | `replay` |
+| `config` | `config` |
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from conveyor.cli import controls, gate, relay, replay, servers, worker
+from conveyor.cli import config, controls, gate, relay, replay, servers, worker
 from conveyor.errors import ConveyorError
 
 
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (servers, gate, relay, controls, worker, replay):
+    for group in (servers, gate, relay, controls, worker, replay, config):
         group.add_commands(commands)
     return parser
 

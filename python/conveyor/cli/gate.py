@@ -58,10 +58,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "reloaded when the file changes or on SIGHUP",
     )
     gate.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve HTTPS with this certificate chain (PEM), reloaded with its key when "
+        "either changes or on SIGHUP",
+    )
+    gate.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    gate.add_argument(
         "--insecure",
         action="store_true",
-        help="serve an address other than loopback without tokens (anyone who reaches "
-        "it may enqueue any job type)",
+        help="serve an address other than loopback without tokens or over plain HTTP "
+        "(anyone on the path reads tokens and jobs; anyone who reaches it without tokens "
+        "may enqueue any job type)",
     )
     gate.set_defaults(run=_gate)
 
@@ -73,13 +81,13 @@ def _gate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from conveyor import _core
-    from conveyor.cli.gate_tokens import TokenFile, read_tokens
+    from conveyor.cli.gate_tokens import WatchedFile, log, read_tokens, reload_tokens
     from conveyor.errors import ConfigError
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
     token_file = args.tokens or os.environ.get("CONVEYOR_GATE_TOKENS_FILE")
-    tokens = TokenFile(Path(token_file)) if token_file else None
+    tokens = WatchedFile(Path(token_file)) if token_file else None
     routes = {}
     for route in args.route:
         job_type, sep, queue = route.partition("=")
@@ -100,6 +108,8 @@ def _gate(args: argparse.Namespace) -> int:
         token=os.environ.get("CONVEYOR_GATE_TOKEN") or None,
         tokens=read_tokens(tokens.path) if tokens else None,
         insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         properties=list(settings.kafka_properties),
         max_connections=args.max_connections,
         header_timeout_s=args.header_timeout,
@@ -110,15 +120,25 @@ def _gate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: hangup.set())
     closed = tokens or os.environ.get("CONVEYOR_GATE_TOKEN")
     print(
-        f"gate serving on http://{gate.address}  (Kafka {settings.kafka_bootstrap}, "
+        f"gate serving on {'https' if gate.https else 'http'}://{gate.address}  "
+        f"(Kafka {settings.kafka_bootstrap}, "
         f"{len(gate.routes())} job types known; "
         f"{'tokens required' if closed else 'open: no token'})",
         flush=True,
     )
+    certs = [WatchedFile(Path(p)) for p in (args.tls_cert, args.tls_key) if p]
     while not stop.wait(0.5):
-        if tokens and (hangup.is_set() or tokens.changed()):
-            hangup.clear()
-            tokens.reload(gate.set_tokens)
+        asked = hangup.is_set()
+        hangup.clear()
+        if tokens and (tokens.changed() or asked):
+            reload_tokens(tokens.path, gate.set_tokens)
+        # Both files are watched (read once more each); one renewed is enough.
+        if certs and (any([c.changed() for c in certs]) or asked):
+            try:
+                gate.reload_tls()
+                log.warning("TLS certificate reloaded")
+            except ConfigError as err:
+                log.error("TLS certificate not reloaded, the one in force stays: %s", err)
     print("gate stopping: finishing requests in flight ...", flush=True)
     gate.stop()
     return 0

@@ -72,8 +72,8 @@ def _token(path: Path, i: int, entry: Any) -> Token:
     return (name, token, lists[0], lists[1], metrics, None if rate is None else float(rate))
 
 
-class TokenFile:
-    """Watches a token file and reports when it changed."""
+class WatchedFile:
+    """A file (token file, certificate) whose changes the gate acts on."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -94,14 +94,15 @@ class TokenFile:
         self._seen = stamp
         return True
 
-    def reload(self, apply: Any) -> bool:
-        """Reads the file and hands its tokens to `apply`; keeps the tokens
-        in force (and logs why) when it cannot. Returns whether it applied."""
-        try:
-            tokens = read_tokens(self.path)
-            apply(tokens)
-        except ConfigError as err:
-            log.error("token file not reloaded, the tokens in force stay: %s", err)
-            return False
-        log.warning("token file reloaded: %d token(s) in force", len(tokens))
-        return True
+
+def reload_tokens(path: Path, apply: Any) -> bool:
+    """Reads the token file and hands its tokens to `apply`; keeps the
+    tokens in force (and logs why) when it cannot. Returns whether it applied."""
+    try:
+        tokens = read_tokens(path)
+        apply(tokens)
+    except ConfigError as err:
+        log.error("token file not reloaded, the tokens in force stay: %s", err)
+        return False
+    log.warning("token file reloaded: %d token(s) in force", len(tokens))
+    return True

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use conveyor_core::config::{duration, positive_duration};
-use conveyor_core::gate::{self, ConnectionLimits, GateConfig, GateHandle, Grant};
+use conveyor_core::gate::{self, ConnectionLimits, GateConfig, GateHandle, Grant, TlsFiles};
 use conveyor_core::kafka::producer::ProducerOptions;
 use conveyor_core::kafka::KafkaConfig;
 use pyo3::prelude::*;
@@ -20,7 +20,7 @@ pub struct Gate {
 #[pymethods]
 impl Gate {
     #[new]
-    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="all", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, tokens=None, insecure=false, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0))]
+    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="all", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, tokens=None, insecure=false, tls_cert=None, tls_key=None, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -39,11 +39,22 @@ impl Gate {
         token: Option<String>,
         tokens: Option<Vec<GrantTuple>>,
         insecure: bool,
+        tls_cert: Option<std::path::PathBuf>,
+        tls_key: Option<std::path::PathBuf>,
         properties: Option<Vec<(String, String)>>,
         max_connections: usize,
         header_timeout_s: f64,
         body_timeout_s: f64,
     ) -> PyResult<Self> {
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                let err =
+                    conveyor_core::Error::Config("HTTPS needs both tls_cert and tls_key".into());
+                return Err(err).py();
+            }
+        };
         let config = GateConfig {
             bind: gate::parse_bind(bind).py()?,
             kafka: KafkaConfig {
@@ -66,6 +77,7 @@ impl Gate {
             max_batch,
             grants: grants(token, tokens),
             insecure,
+            tls,
             connections: ConnectionLimits {
                 max_connections,
                 header_timeout: positive_duration("header_timeout_s", header_timeout_s).py()?,
@@ -86,6 +98,26 @@ impl Gate {
             .unwrap_or_else(|e| e.into_inner())
             .address()
             .to_string()
+    }
+
+    /// Reads the HTTPS certificate and key again, without a restart.
+    fn reload_tls(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            self.handle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reload_tls()
+        })
+        .py()
+    }
+
+    /// Whether the gate serves HTTPS.
+    #[getter]
+    fn https(&self) -> bool {
+        self.handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_https()
     }
 
     /// Puts new tokens in force (as `tokens=` at start), without a restart.

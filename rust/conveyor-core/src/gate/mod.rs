@@ -33,10 +33,12 @@
 
 mod access;
 mod handlers;
+mod https;
 mod requests;
 mod server;
 
 pub use access::Grant;
+pub use https::TlsFiles;
 pub use server::ConnectionLimits;
 
 use std::collections::HashMap;
@@ -89,8 +91,11 @@ pub struct GateConfig {
     /// Bearer tokens and their scopes; none: anyone who reaches the gate
     /// may send any job type.
     pub grants: Vec<Grant>,
-    /// Serve on an address other than loopback without tokens.
+    /// Serve on an address other than loopback without tokens, or over
+    /// plain HTTP.
     pub insecure: bool,
+    /// Serve HTTPS with this certificate and key (`None`: plain HTTP).
+    pub tls: Option<TlsFiles>,
     /// Connections at once, and how long each part of a request may take.
     pub connections: ConnectionLimits,
 }
@@ -122,6 +127,7 @@ struct Gate {
     limits: (usize, usize),
     readiness: Readiness,
     access: access::Access,
+    https: Option<Arc<https::Https>>,
 }
 
 /// The last readiness answer and whether a probe runs now.
@@ -182,6 +188,23 @@ impl GateHandle {
         Ok(())
     }
 
+    /// Reads the certificate and key again (a renewed certificate); new
+    /// connections use them, open ones keep theirs. An error leaves the
+    /// ones in force.
+    pub fn reload_tls(&self) -> Result<()> {
+        match &self.gate.https {
+            Some(https) => https.reload(),
+            None => Err(Error::Config(
+                "the gate serves plain HTTP: nothing to reload".into(),
+            )),
+        }
+    }
+
+    /// Whether the gate serves HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.gate.https.is_some()
+    }
+
     /// The job types the gate currently accepts, with their queues.
     pub fn routes(&self) -> HashMap<String, String> {
         read(&self.gate.registry).clone()
@@ -227,13 +250,27 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         crate::store::keys::validate_name("queue", queue)?;
     }
     access::validate_grants(&config.grants)?;
-    if !config.bind.ip().is_loopback() && config.grants.is_empty() && !config.insecure {
+    let exposed = !config.bind.ip().is_loopback() && !config.insecure;
+    if exposed && config.grants.is_empty() {
         return Err(Error::Config(format!(
             "the gate would serve {} to the network without tokens: give it tokens \
              (a token file), or choose to run it open with insecure",
             config.bind
         )));
     }
+    if exposed && config.tls.is_none() {
+        return Err(Error::Config(format!(
+            "the gate would serve {} to the network over plain HTTP, tokens in clear: \
+             give it a certificate and key, or choose plain HTTP with insecure",
+            config.bind
+        )));
+    }
+    let https = config
+        .tls
+        .clone()
+        .map(https::Https::new)
+        .transpose()?
+        .map(Arc::new);
     // Every request waits for its ack, and a runtime thread with nothing
     // to send would not serve it: the polling thread always serves reports.
     let options = ProducerOptions {
@@ -249,6 +286,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         limits: body_limits(config.max_payload_bytes, config.max_batch),
         readiness: Readiness::default(),
         access: access::Access::new(config.grants.clone()),
+        https,
         config,
     });
     if gate.config.registry_url.is_some() {
@@ -280,8 +318,9 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
     let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done) = std::sync::mpsc::channel();
     let limits = gate.config.connections;
+    let https_conf = gate.https.clone();
     runtime::spawn(async move {
-        server::serve(listener, app, limits, on_shutdown).await;
+        server::serve(listener, app, limits, https_conf, on_shutdown).await;
         let _ = done_tx.send(());
     });
     Ok(GateHandle {

@@ -20,6 +20,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::https::Https;
 use tokio::sync::{oneshot, Semaphore};
 
 /// How many connections the gate serves at once and how long it waits for
@@ -66,6 +69,7 @@ pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    https: Option<Arc<Https>>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -96,13 +100,29 @@ pub(super) async fn serve(
             });
             continue;
         };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let service = TowerToHyperService::new(app.clone());
+        let Some(https) = &https else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                let _ = connection.await;
+                drop(slot);
+            });
+            continue;
+        };
+        // The handshake counts against the header deadline: a client that
+        // opens a connection and says nothing is closed at the same time.
+        let acceptor = TlsAcceptor::from(https.current());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = connection.await;
+            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+            if let Ok(Ok(tls)) = handshake.await {
+                let _ = watcher
+                    .watch(http.serve_connection(TokioIo::new(tls), service))
+                    .await;
+            }
             drop(slot);
         });
     }

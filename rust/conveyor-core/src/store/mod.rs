@@ -17,6 +17,8 @@ pub mod scripts;
 mod settlement;
 mod tls;
 
+pub(crate) use tls::install_provider as install_tls_provider;
+
 use std::time::Duration;
 
 use redis::Cmd;
@@ -183,10 +185,16 @@ impl RedisStore {
         Ok(done.is_some())
     }
 
-    /// The store's generation: `fresh`, written now, unless it has one.
+    /// The store's generation: `fresh`, written now, unless it has one. A
+    /// read first, so a full Redis (which refuses every write) still answers.
     pub fn generation(&mut self, namespace: &str, fresh: &str) -> Result<String> {
+        let key = keys::generation_key(namespace)?;
+        let now: Option<String> = redis::cmd("GET").arg(&key).query(&mut self.conn)?;
+        if let Some(now) = now {
+            return Ok(now);
+        }
         let old: Option<String> = redis::cmd("SET")
-            .arg(keys::generation_key(namespace)?)
+            .arg(&key)
             .arg(fresh)
             .arg("NX")
             .arg("GET")

@@ -76,7 +76,7 @@ fn read(what: &str, path: &str) -> Result<Vec<u8>> {
 }
 
 /// rustls needs one crypto provider for the process; ring is the one built in.
-fn install_provider() {
+pub(crate) fn install_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Err only when another part of the process installed one first.
