@@ -355,15 +355,15 @@ impl Reader {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            if !stalled && began.elapsed() >= WRITER_STALLED {
-                stalled = true;
+            stalled = stalled || began.elapsed() >= WRITER_STALLED;
+            if stalled {
+                // Every owned partition, each time: one assigned by a
+                // rebalance meanwhile would otherwise fetch into memory.
                 let mut all = TopicPartitionList::new();
                 for (topic, partition) in self.stats.assignment() {
                     all.add_partition(&topic, partition);
                 }
                 let _ = self.consumer.pause(&all);
-            }
-            if stalled {
                 // Serves rebalances and max.poll.interval.ms; whatever was
                 // fetched before the pause waits in flow control.
                 if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(100)) {
