@@ -176,15 +176,7 @@ def test_a_relay_keeps_its_partitions_while_redis_is_away(
     a = start_relay(app, properties=props)
     other_redis = RedisServer(port=REDIS_PORT + 1, home=redis_server.home.parent / "other")
     other_redis.up()
-    s = app.settings
-    b = _core.Relay(
-        s.kafka_bootstrap,
-        other_redis.url,
-        [(s.topic_for("default"), "default")],
-        namespace=s.namespace,
-        group_id=f"relay-{s.namespace}",
-        properties=props,
-    )
+    b = start_relay(app, properties=props, redis_url=other_redis.url)
     try:
         wait_until(
             lambda: len(a.assignment()) == 1 and len(b.assignment()) == 1,

@@ -10,12 +10,16 @@ __all__ = ["start_relay", "wait_until"]
 
 
 def start_relay(
-    app: conveyor.Conveyor, group: str = "relay", properties: list[tuple[str, str]] | None = None
+    app: conveyor.Conveyor,
+    group: str = "relay",
+    properties: list[tuple[str, str]] | None = None,
+    redis_url: str | None = None,
 ) -> _core.Relay:
+    """A relay of the app's default queue, into `redis_url` (default: the app's)."""
     s = app.settings
     return _core.Relay(
         s.kafka_bootstrap,
-        s.redis_url,
+        redis_url or s.redis_url,
         [(s.topic_for("default"), "default")],
         namespace=s.namespace,
         group_id=f"{group}-{s.namespace}",
