@@ -151,10 +151,13 @@ def test_bad_run_time_routes_are_refused_or_skipped(
     }
     table.apply([("a.type", '{"kafka_percent": 500}')])
     assert table.current == {"a.type": conveyor.Route(kafka_percent=50)}
+    # Not a flag: read as truthy, this once turned on double writes.
+    table.apply([("a.type", '{"kafka_percent": 0, "double_write": "false"}')])
+    assert table.current == {"a.type": conveyor.Route(kafka_percent=50)}
     caplog.clear()
     for _ in range(3):
         table.apply([("a.type", "{broken")])
-    warnings = [r for r in caplog.records if "ignoring the run-time route" in r.message]
+    warnings = [r for r in caplog.records if "ignoring a run-time route" in r.message]
     assert len(warnings) == 1, "a bad entry is reported once, not at every re-read"
 
 

@@ -26,7 +26,6 @@ the job, so that moment costs nothing but the split's precision.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -127,20 +126,19 @@ class RouteTable:
 
     def apply(self, entries: list[tuple[str, str]]) -> None:
         """Replace the run-time routes with `entries` as read from Redis
-        (`(job type, JSON)`); an entry that does not parse is skipped."""
+        (`(job type, JSON)`); an entry `_core.check_route` refuses is
+        skipped, with a logged reason."""
         runtime = {}
         for type_name, text in entries:
             try:
-                raw = json.loads(text)
-                runtime[type_name] = Route(
-                    kafka_percent=float(raw["kafka_percent"]),
-                    double_write=bool(raw.get("double_write", False)),
-                )
-            except (ValueError, KeyError, TypeError, InvalidJobError) as err:
+                percent, double_write = _core.check_route(type_name, text)
+            except InvalidJobError as err:
                 # Said once per bad value, not at every re-read.
                 if (type_name, text) not in self._reported:
                     self._reported.add((type_name, text))
-                    log.warning("ignoring the run-time route of %s (%r): %s", type_name, text, err)
+                    log.warning("ignoring a run-time route: %s", err)
+            else:
+                runtime[type_name] = Route(kafka_percent=percent, double_write=double_write)
         with self._lock:
             self._runtime = runtime
             self.current = {**self._configured, **runtime}

@@ -6,10 +6,10 @@ its commands to the parser (`add_commands`) with their handlers.
 | `servers` | `dev`, `topics` |
 | `gate` | `gate` |
 | `relay` | `relay`, `relays` |
-| `controls` | `throttle`, `pause`, `resume`, `shadow`, `route` |
+| `controls` | `throttle`, `pause`, `resume`, `shadow`, `route`, `controls` |
 | `worker` | `worker`, `queues`, `dead` |
 | `replay` | `replay` |
-| `config` | `config` |
+| `config` | `config`, `acl` |
 """
 
 from __future__ import annotations
@@ -43,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except ConveyorError as err:
         print(f"conveyor: {err}", file=sys.stderr)
+        if "NoPerm" in str(err):
+            print(
+                "conveyor: the Redis account of this command lacks that right; "
+                "`conveyor acl` prints each role's (pause, route and the like need 'admin')",
+                file=sys.stderr,
+            )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,6 +1,7 @@
 """`config`: the effective configuration, from the environment, with every
 secret masked: what an operator checks before asking why a component does
-not connect, and can paste into a ticket."""
+not connect, and can paste into a ticket. `acl`: the Redis ACL rules of each
+component's role (`conveyor.acl`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Adds `config`."""
     config = commands.add_parser("config", help="print the effective configuration, secrets masked")
     config.set_defaults(run=_config)
+    acl = commands.add_parser(
+        "acl",
+        help="Redis ACL rules per component (pipe into redis-cli; passwords are yours to add)",
+    )
+    acl.add_argument(
+        "--user-prefix", default="conveyor-", help="account names are PREFIX<role> (conveyor-)"
+    )
+    acl.set_defaults(run=_acl)
 
 
 def masked_url(url: str) -> str:
@@ -85,4 +94,23 @@ def _config(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def _acl(args: argparse.Namespace) -> int:
+    import sys
+
+    from conveyor.acl import ROLES, setuser_lines
+    from conveyor.settings import Settings
+
+    namespace = Settings.from_env().namespace
+    lines = setuser_lines(namespace, args.user_prefix)
+    for (name, role), line in zip(ROLES.items(), lines, strict=True):
+        print(f"# {args.user_prefix}{name}: {role.doc}", file=sys.stderr)
+        print(line)
+    print(
+        f"# then, per account: ACL SETUSER {args.user_prefix}<role> on >PASSWORD "
+        "(applying the rules again keeps passwords)",
+        file=sys.stderr,
+    )
     return 0

@@ -82,6 +82,7 @@ def _gate(args: argparse.Namespace) -> int:
 
     from conveyor import _core
     from conveyor.cli.gate_tokens import WatchedFile, log, read_tokens, reload_tokens
+    from conveyor.cli.ignored import IgnoredValues
     from conveyor.errors import ConfigError
     from conveyor.settings import Settings
 
@@ -127,7 +128,9 @@ def _gate(args: argparse.Namespace) -> int:
         flush=True,
     )
     certs = [WatchedFile(Path(p)) for p in (args.tls_cert, args.tls_key) if p]
+    ignored = IgnoredValues(log, "a registry entry")
     while not stop.wait(0.5):
+        ignored.report(gate.registry_ignored())
         asked = hangup.is_set()
         hangup.clear()
         if tokens and (tokens.changed() or asked):

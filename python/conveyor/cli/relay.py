@@ -54,8 +54,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _relay(args: argparse.Namespace) -> int:
+    import logging
     import time
 
+    from conveyor.cli.ignored import IgnoredValues
     from conveyor.relays import group_id, merged_metrics, start_relays
     from conveyor.settings import Settings
 
@@ -85,7 +87,9 @@ def _relay(args: argparse.Namespace) -> int:
         host, port = server.server_address[:2]
         print(f"relay: metrics on http://{host!s}:{port}/metrics", flush=True)
     last, last_at = 0, time.monotonic()
+    ignored = IgnoredValues(logging.getLogger("conveyor.relay"), "a relay control")
     while not stop.wait(args.report_every):
+        ignored.report(why for relay in relays for _, _, why in relay.ignored_controls())
         totals: dict[str, int] = {}
         for relay in relays:
             for key, value in relay.stats().items():
@@ -142,6 +146,9 @@ def _relays(args: argparse.Namespace) -> int:
         for name in ("paused", "shadow"):
             for topic in controls[name]:
                 print(f"  {name} {topic}")
+        # Older relays publish no ignored controls.
+        for _, _, why in controls.get("ignored", []):
+            print(f"  IGNORED {why}")
         print(
             f"  {'topic':<36} {'partition':>9} {'high':>12} {'relayed to':>12} {'lag':>10} "
             f"{'watermark':>12}"

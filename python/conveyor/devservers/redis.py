@@ -91,6 +91,8 @@ class RedisServer:
                 f"tls-auth-clients {'yes' if self.tls.client_certs else 'no'}",
             ]
         if self.cluster:
+            # Over TLS the bus speaks TLS too and nodes announce their TLS port.
+            lines += ["tls-cluster yes"] if self.tls else []
             lines += [
                 "cluster-enabled yes",
                 f"cluster-config-file {self.home / 'data' / 'nodes.conf'}",
@@ -153,14 +155,22 @@ class RedisCluster:
 
     ports: tuple[int, ...]
     home: Path
+    #: Every node speaks only TLS, on its port and on the cluster bus.
+    tls: RedisTls | None = None
 
     @property
     def nodes(self) -> list[RedisServer]:
-        return [RedisServer(port=p, home=self.home / f"node-{p}", cluster=True) for p in self.ports]
+        return [
+            RedisServer(port=p, home=self.home / f"node-{p}", cluster=True, tls=self.tls)
+            for p in self.ports
+        ]
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        if self.tls:
+            return f"rediss+cluster://{nodes}?ca_file={self.tls.ca}"
+        return f"redis+cluster://{nodes}"
 
     def healthy(self) -> bool:
         """Every node says the cluster is up (all slots served)."""
@@ -176,9 +186,14 @@ class RedisCluster:
         ):
             cli = require_program("redis-cli", "redis-tools", "to create the local Redis Cluster")
             addresses = [f"127.0.0.1:{p}" for p in self.ports]
+            tls = []
+            if self.tls:
+                tls = ["--tls", "--cacert", str(self.tls.ca)]
+                tls += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
             done = subprocess.run(
                 [
                     cli,
+                    *tls,
                     "--cluster",
                     "create",
                     *addresses,

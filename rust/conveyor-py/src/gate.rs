@@ -137,6 +137,14 @@ impl Gate {
             .routes()
     }
 
+    /// Why each registry entry of the last read was not used.
+    fn registry_ignored(&self) -> Vec<String> {
+        self.handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .registry_ignored()
+    }
+
     /// Stops accepting, finishes requests in flight, flushes the producer.
     #[pyo3(signature = (timeout_s=30.0))]
     fn stop(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {

@@ -64,6 +64,27 @@ fn check_kafka_percent(percent: f64) -> PyResult<()> {
     conveyor_core::store::check_kafka_percent(percent).py()
 }
 
+/// Reads a run-time route of `job_type` as `(kafka_percent, double_write)`;
+/// refuses one that is not valid, with the reason.
+#[pyfunction]
+fn check_route(job_type: &str, text: &str) -> PyResult<(f64, bool)> {
+    use crate::errors::IntoPyResult;
+    conveyor_core::store::control_values::check_route(job_type, text)
+        .map_err(conveyor_core::Error::InvalidJob)
+        .py()
+}
+
+/// Reads a relay control hash's `(field, value)`; refuses one that is not
+/// a valid control, with the reason.
+#[pyfunction]
+fn check_relay_control(field: &str, value: &str) -> PyResult<()> {
+    use crate::errors::IntoPyResult;
+    conveyor_core::store::control_values::check_relay_control(field, value)
+        .map(|_| ())
+        .map_err(conveyor_core::Error::InvalidJob)
+        .py()
+}
+
 /// The native module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -90,6 +111,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dead_letter_topic, m)?)?;
     m.add_function(wrap_pyfunction!(relay_group, m)?)?;
     m.add_function(wrap_pyfunction!(check_kafka_percent, m)?)?;
+    m.add_function(wrap_pyfunction!(check_route, m)?)?;
+    m.add_function(wrap_pyfunction!(check_relay_control, m)?)?;
     m.add_function(wrap_pyfunction!(check_trace_context, m)?)?;
     // Registered by the module itself, so no import order can skip it.
     let hook = wrap_pyfunction!(after_fork_in_child, m)?;

@@ -4,7 +4,7 @@ use conveyor_core::config::duration;
 use conveyor_core::store::admission::{Admission, Fenced};
 use conveyor_core::store::keys::{fence_field, QueueKeys};
 use conveyor_core::store::queue::{DeadRetention, Forgotten};
-use conveyor_core::store::RedisStore as CoreStore;
+use conveyor_core::store::{Actor, RedisStore as CoreStore};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
@@ -270,8 +270,10 @@ impl RedisStore {
 
     /// Sets (or with `None` clears) a relay control for `topic`: `kind` is
     /// "rate" (jobs per second, as text), "paused" or "shadow". Relays apply
-    /// it within a second.
-    #[pyo3(signature = (namespace, kind, topic, value=None))]
+    /// it within a second. Recorded in the history with `who` and `origin`;
+    /// returns the value before.
+    #[pyo3(signature = (namespace, kind, topic, value=None, *, who="", origin=""))]
+    #[allow(clippy::too_many_arguments)]
     fn set_relay_control(
         &self,
         py: Python<'_>,
@@ -279,21 +281,42 @@ impl RedisStore {
         kind: &str,
         topic: &str,
         value: Option<&str>,
-    ) -> PyResult<()> {
-        self.with(py, |s| s.set_relay_control(namespace, kind, topic, value))
+        who: &str,
+        origin: &str,
+    ) -> PyResult<Option<String>> {
+        let actor = actor(who, origin);
+        self.with(py, |s| {
+            s.set_relay_control(namespace, kind, topic, value, &actor)
+        })
     }
 
     /// Sets a job type's route at run time (`kafka_percent`, `double_write`),
     /// or with `None` clears it. Producers apply it within a second.
-    #[pyo3(signature = (namespace, job_type, route=None))]
+    /// Recorded in the history with `who` and `origin`; returns the route
+    /// before (JSON).
+    #[pyo3(signature = (namespace, job_type, route=None, *, who="", origin=""))]
     fn set_route(
         &self,
         py: Python<'_>,
         namespace: &str,
         job_type: &str,
         route: Option<(f64, bool)>,
-    ) -> PyResult<()> {
-        self.with(py, |s| s.set_route(namespace, job_type, route))
+        who: &str,
+        origin: &str,
+    ) -> PyResult<Option<String>> {
+        let actor = actor(who, origin);
+        self.with(py, |s| s.set_route(namespace, job_type, route, &actor))
+    }
+
+    /// The recorded changes of the routes (`routes=True`) or of the relay
+    /// controls, newest first, as JSON texts.
+    fn control_history(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        routes: bool,
+    ) -> PyResult<Vec<String>> {
+        self.with(py, |s| s.control_history(namespace, routes))
     }
 
     /// Every route set at run time as `(job type, JSON)`.
@@ -321,6 +344,13 @@ impl RedisStore {
     fn purge(&self, py: Python<'_>, namespace: &str, queue: &str) -> PyResult<()> {
         let keys = QueueKeys::new(namespace, queue).py()?;
         self.with(py, |s| s.purge(&keys))
+    }
+}
+
+fn actor(who: &str, origin: &str) -> Actor {
+    Actor {
+        who: who.to_owned(),
+        origin: origin.to_owned(),
     }
 }
 

@@ -87,6 +87,18 @@ impl Relay {
         failures.iter().cloned().collect()
     }
 
+    /// Relay controls found in Redis and not acted on, as `(field, value,
+    /// reason)`, from the last read (twice a second).
+    fn ignored_controls(&self) -> Vec<(String, String, String)> {
+        let handle = self.handle();
+        let controls = handle
+            .stats()
+            .controls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        controls.ignored.clone()
+    }
+
     /// The `(topic, partition)`s this relay owns now.
     fn assignment(&self) -> Vec<(String, i32)> {
         self.handle().stats().assignment()

@@ -47,9 +47,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::store::control_values::check_registry_entry;
 use axum::routing::{get, post};
 use axum::Router;
-use serde_json::Value;
 
 use handlers::{enqueue_batch, enqueue_one, metrics, readyz};
 
@@ -121,6 +121,8 @@ struct Gate {
     producer: JobProducer,
     /// Job type -> queue: configured routes plus the last registry read.
     registry: RwLock<HashMap<String, String>>,
+    /// Why each registry entry not used in the last read was refused.
+    registry_ignored: RwLock<Vec<String>>,
     counters: Counters,
     stopping: AtomicBool,
     /// Body limits of `/v1/jobs` and `/v1/jobs/batch`, in bytes.
@@ -209,6 +211,12 @@ impl GateHandle {
     pub fn routes(&self) -> HashMap<String, String> {
         read(&self.gate.registry).clone()
     }
+
+    /// Why each registry entry of the last read was not used (an entry that
+    /// is not JSON, names no valid queue, or a type name out of the rules).
+    pub fn registry_ignored(&self) -> Vec<String> {
+        read(&self.gate.registry_ignored).clone()
+    }
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -280,6 +288,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
     let producer = JobProducer::new(&config.kafka, options)?;
     let gate = Arc::new(Gate {
         registry: RwLock::new(config.routes.clone()),
+        registry_ignored: RwLock::default(),
         producer,
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
@@ -340,15 +349,21 @@ fn refresh_registry(gate: &Gate) {
     match fetched {
         Ok(entries) => {
             let mut routes = gate.config.routes.clone();
+            let mut ignored = Vec::new();
             for (name, options) in entries {
-                let queue = serde_json::from_str::<Value>(&options)
-                    .ok()
-                    .and_then(|v| v.get("queue").and_then(Value::as_str).map(str::to_owned));
-                if let Some(queue) = queue {
-                    routes.entry(name).or_insert(queue);
+                match check_registry_entry(&name, &options) {
+                    Ok(queue) => {
+                        routes.entry(name).or_insert(queue);
+                    }
+                    Err(reason) => ignored.push(reason),
                 }
             }
+            ignored.sort();
             *gate.registry.write().unwrap_or_else(|e| e.into_inner()) = routes;
+            *gate
+                .registry_ignored
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = ignored;
         }
         // Keep serving with what we knew: Redis trouble must not stop enqueues.
         Err(_) => {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::batch::Record;
 use super::stats::ControlState;
+use crate::store::control_values::{check_relay_control, RelayControl};
 
 /// How often a relay reads Redis memory and queue depths: at 300,000 jobs/s
 /// about 2 MB land in 20 ms, well inside the guard's headroom.
@@ -24,27 +25,31 @@ pub(super) struct Controls {
     pub paused: HashSet<String>,
     /// Topics in shadow mode: read, checked, counted and dropped.
     pub shadow: HashSet<String>,
+    /// Fields not acted on, with why: `(field, value, reason)`.
+    pub ignored: Vec<(String, String, String)>,
 }
 
 impl Controls {
     /// Reads the control hash's `(field, value)` pairs: `rate:<topic>`,
-    /// `paused:<topic>`, `shadow:<topic>`. A rate that is not a positive
-    /// finite number is ignored; so is any other field.
+    /// `paused:<topic>`, `shadow:<topic>`. A pair that is not a valid
+    /// control (`check_relay_control`) is ignored and kept with its reason.
     pub fn parse(fields: impl IntoIterator<Item = (String, String)>) -> Self {
         let mut controls = Self::default();
         for (field, value) in fields {
-            if let Some(topic) = field.strip_prefix("rate:") {
-                if let Ok(rate) = value.parse::<f64>() {
-                    if rate > 0.0 && rate.is_finite() {
-                        controls.rates.insert(topic.to_owned(), rate);
-                    }
+            match check_relay_control(&field, &value) {
+                Ok(RelayControl::Rate(topic, rate)) => {
+                    controls.rates.insert(topic, rate);
                 }
-            } else if let Some(topic) = field.strip_prefix("paused:") {
-                controls.paused.insert(topic.to_owned());
-            } else if let Some(topic) = field.strip_prefix("shadow:") {
-                controls.shadow.insert(topic.to_owned());
+                Ok(RelayControl::Paused(topic)) => {
+                    controls.paused.insert(topic);
+                }
+                Ok(RelayControl::Shadow(topic)) => {
+                    controls.shadow.insert(topic);
+                }
+                Err(reason) => controls.ignored.push((field, value, reason)),
             }
         }
+        controls.ignored.sort();
         controls
     }
 
@@ -54,6 +59,7 @@ impl Controls {
             rates: self.rates.iter().map(|(t, r)| (t.clone(), *r)).collect(),
             paused: self.paused.iter().cloned().collect(),
             shadow: self.shadow.iter().cloned().collect(),
+            ignored: self.ignored.clone(),
         };
         state.rates.sort_by(|a, b| a.0.cmp(&b.0));
         state.paused.sort();

@@ -30,7 +30,7 @@ fn flow(batch_max: usize) -> Flow {
 }
 
 #[test]
-fn controls_ignore_rates_that_are_not_positive_finite_numbers() {
+fn controls_ignore_values_they_do_not_mean_and_say_why() {
     let c = Controls::parse(fields(&[
         ("rate:a", "10"),
         ("rate:b", "-1"),
@@ -39,12 +39,20 @@ fn controls_ignore_rates_that_are_not_positive_finite_numbers() {
         ("rate:e", "fast"),
         ("paused:p", "1"),
         ("shadow:s", "1"),
+        ("shadow:z", "0"),
+        ("paused:q", "no"),
         ("other", "x"),
     ]));
     assert_eq!(c.rates, HashMap::from([("a".to_owned(), 10.0)]));
     assert_eq!(c.paused, HashSet::from(["p".to_owned()]));
     assert_eq!(c.shadow, HashSet::from(["s".to_owned()]));
     assert_eq!(c.state().rates, vec![("a".to_owned(), 10.0)]);
+    let ignored: Vec<&str> = c.ignored.iter().map(|(f, _, _)| f.as_str()).collect();
+    assert_eq!(
+        ignored,
+        ["other", "paused:q", "rate:b", "rate:c", "rate:d", "rate:e", "shadow:z"]
+    );
+    assert!(c.ignored.iter().all(|(_, _, why)| !why.is_empty()));
 }
 
 #[test]

@@ -118,6 +118,8 @@ pub struct ControlState {
     pub paused: Vec<String>,
     /// Topics in shadow mode.
     pub shadow: Vec<String>,
+    /// Fields of the control hash ignored, with why: `(field, value, reason)`.
+    pub ignored: Vec<(String, String, String)>,
 }
 
 /// The relay's metrics in Prometheus' text format.

@@ -72,7 +72,7 @@ impl Writer {
                 .map(|b| admit_command(&self.queues[&*b.topic], &b.fenced()))
                 .collect();
             let all: Vec<&PartitionBatch> = batches.iter().collect();
-            account(&all, store.connection().pipeline(commands)?);
+            account(&all, store.scripted()?.pipeline(commands)?);
         } else {
             // One queue's partitions at a time (one topic is one queue): the
             // plain path watches one queue's fences.

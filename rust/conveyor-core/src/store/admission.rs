@@ -111,7 +111,7 @@ impl RedisStore {
             next_offset: 0,
             jobs,
         };
-        Ok(admit_command(keys, &direct).query(self.connection())?)
+        Ok(admit_command(keys, &direct).query(self.scripted()?)?)
     }
 
     /// Admits one partition's relayed records exactly once: records below
@@ -157,7 +157,7 @@ impl RedisStore {
         batches: &[Fenced<'_>],
     ) -> Result<Vec<Admitted>> {
         let commands = batches.iter().map(|b| admit_command(keys, b)).collect();
-        self.connection().pipeline(commands)
+        self.scripted()?.pipeline(commands)
     }
 
     /// The Lua-free path of [`RedisStore::relay_batches`]; `None` when the

@@ -4,7 +4,19 @@
 use super::scripts;
 use super::RedisStore;
 use crate::error::{Error, Result};
-use crate::store::keys::{registry_key, relay_control_key, relay_status_key, routes_key};
+use crate::store::keys::{
+    history_key, registry_key, relay_control_key, relay_status_key, routes_key, HISTORY_LEN,
+};
+
+/// Who changed a control and from where, as the caller tells it: written
+/// into the control's history with the old and the new value.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    /// User names (the operating system's, the Redis account's).
+    pub who: String,
+    /// Where from (a host name).
+    pub origin: String,
+}
 
 impl RedisStore {
     /// Publishes job types (`(name, JSON options)`) to the registry; returns
@@ -19,7 +31,7 @@ impl RedisStore {
             crate::envelope::validate_job_type(name)?;
             invocation.arg(name).arg(options);
         }
-        Ok(invocation.invoke(&mut self.conn)?)
+        Ok(invocation.invoke(self.scripted()?)?)
     }
 
     /// Every published job type as `(name, JSON options)`.
@@ -30,35 +42,76 @@ impl RedisStore {
     }
 
     /// Sets (`Some`) or clears (`None`) a relay control field for `topic`:
-    /// `kind` is `"rate"` (jobs per second), `"paused"` or `"shadow"`.
+    /// `kind` is `"rate"` (jobs per second), `"paused"` or `"shadow"`; the
+    /// change is recorded with `actor`. Returns the value before (`None`
+    /// when clear).
     pub fn set_relay_control(
         &mut self,
         namespace: &str,
         kind: &str,
         topic: &str,
         value: Option<&str>,
-    ) -> Result<()> {
-        if !matches!(kind, "rate" | "paused" | "shadow") {
-            return Err(Error::InvalidJob(format!(
-                "relay control must be 'rate', 'paused' or 'shadow', not {kind:?}"
-            )));
-        }
-        let _: i64 = scripts::CONTROL
-            .key(relay_control_key(namespace)?)
-            .arg(format!("{kind}:{topic}"))
-            .arg(value.unwrap_or(""))
-            .invoke(&mut self.conn)?;
-        Ok(())
+        actor: &Actor,
+    ) -> Result<Option<String>> {
+        let field = format!("{kind}:{topic}");
+        // Cleared fields are checked as if set, for their kind and topic.
+        super::control_values::check_relay_control(&field, value.unwrap_or("1"))
+            .map_err(Error::InvalidJob)?;
+        self.control(
+            &relay_control_key(namespace)?,
+            &field,
+            value.unwrap_or(""),
+            actor,
+        )
+    }
+
+    /// Sets or clears one field of a control hash and records the change
+    /// (see `scripts/control-2.lua`); the value before.
+    fn control(
+        &mut self,
+        key: &str,
+        field: &str,
+        value: &str,
+        actor: &Actor,
+    ) -> Result<Option<String>> {
+        let old: String = scripts::CONTROL
+            .key(key)
+            .key(history_key(key))
+            .arg(field)
+            .arg(value)
+            .arg(&actor.who)
+            .arg(&actor.origin)
+            .arg(HISTORY_LEN)
+            .invoke(self.scripted()?)?;
+        Ok(Some(old).filter(|old| !old.is_empty()))
+    }
+
+    /// A control hash's recorded changes, newest first, as JSON texts;
+    /// `routes` picks the routes' history, else the relay controls'.
+    pub fn control_history(&mut self, namespace: &str, routes: bool) -> Result<Vec<String>> {
+        let key = if routes {
+            routes_key(namespace)?
+        } else {
+            relay_control_key(namespace)?
+        };
+        Ok(redis::cmd("LRANGE")
+            .arg(history_key(&key))
+            .arg(0)
+            .arg(-1)
+            .query(&mut self.conn)?)
     }
 
     /// Sets a job type's route (`Some((kafka_percent, double_write))`) or
     /// clears it (`None`: the producers' own configuration applies again).
+    /// The change is recorded with `actor`; returns the route before (its
+    /// JSON, `None` when none was set).
     pub fn set_route(
         &mut self,
         namespace: &str,
         job_type: &str,
         route: Option<(f64, bool)>,
-    ) -> Result<()> {
+        actor: &Actor,
+    ) -> Result<Option<String>> {
         crate::envelope::validate_job_type(job_type)?;
         let value = match route {
             None => String::new(),
@@ -68,12 +121,7 @@ impl RedisStore {
                     .to_string()
             }
         };
-        let _: i64 = scripts::CONTROL
-            .key(routes_key(namespace)?)
-            .arg(job_type)
-            .arg(value)
-            .invoke(&mut self.conn)?;
-        Ok(())
+        self.control(&routes_key(namespace)?, job_type, &value, actor)
     }
 
     /// Every route set at run time, as `(job type, JSON)`.

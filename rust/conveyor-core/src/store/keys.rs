@@ -153,6 +153,17 @@ pub fn routes_key(namespace: &str) -> Result<String> {
     namespaced(namespace, "routes")
 }
 
+/// The list recording the changes of a control hash (`relay_control_key`
+/// or `routes_key`), newest first, as `control-2.lua` writes them. Its
+/// hash tag is the control hash's name, so both live in one cluster slot
+/// and one script changes both.
+pub fn history_key(control_key: &str) -> String {
+    format!("{{{control_key}}}:history")
+}
+
+/// How many changes each control history keeps.
+pub const HISTORY_LEN: usize = 1000;
+
 /// A namespace-wide key (not tied to one queue): `cv:[<ns>:]<suffix>`.
 fn namespaced(namespace: &str, suffix: &str) -> Result<String> {
     if namespace.is_empty() {

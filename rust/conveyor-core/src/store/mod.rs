@@ -10,7 +10,8 @@
 pub mod admission;
 pub mod conn;
 mod control;
-pub use control::check_kafka_percent;
+pub use control::{check_kafka_percent, Actor};
+pub mod control_values;
 pub mod keys;
 pub mod queue;
 pub mod scripts;
@@ -30,6 +31,8 @@ use keys::QueueKeys;
 /// A synchronous connection to one Redis server or one Redis Cluster.
 pub struct RedisStore {
     conn: RedisConn,
+    /// Whether this connection has loaded the scripts (see [`RedisStore::scripted`]).
+    scripts_loaded: bool,
 }
 
 impl RedisStore {
@@ -37,14 +40,10 @@ impl RedisStore {
     /// `redis+cluster://[:password@]host:port[,host:port…]` for a cluster),
     /// bounding the connect and every reply by `timeout`.
     pub fn connect(url: &str, timeout: Duration) -> Result<Self> {
-        let mut conn = RedisConn::open(url, timeout)?;
-        // Pipelines and prepared commands send EVALSHA without retrying on
-        // NOSCRIPT: load every script with the connection (on a cluster,
-        // SCRIPT LOAD goes to every primary).
-        for script in scripts::ALL.iter() {
-            script.load(&mut conn)?;
-        }
-        Ok(Self { conn })
+        Ok(Self {
+            conn: RedisConn::open(url, timeout)?,
+            scripts_loaded: false,
+        })
     }
 
     /// Whether this store is a Redis Cluster.
@@ -202,9 +201,24 @@ impl RedisStore {
         Ok(old.unwrap_or_else(|| fresh.to_owned()))
     }
 
-    /// The underlying connection, for the relay's pipelines.
+    /// The underlying connection, for plain commands.
     pub(crate) fn connection(&mut self) -> &mut RedisConn {
         &mut self.conn
+    }
+
+    /// The connection, for script calls: the scripts are loaded on the
+    /// first. Pipelines send EVALSHA without retrying on NOSCRIPT, so all
+    /// are loaded at once (on a cluster, SCRIPT LOAD goes to every primary).
+    /// Not at connect: a read-only account (`conveyor queues` under the
+    /// operator ACL role) has no right to load scripts and needs none.
+    pub(crate) fn scripted(&mut self) -> Result<&mut RedisConn> {
+        if !self.scripts_loaded {
+            for script in scripts::ALL.iter() {
+                script.load(&mut self.conn)?;
+            }
+            self.scripts_loaded = true;
+        }
+        Ok(&mut self.conn)
     }
 }
 

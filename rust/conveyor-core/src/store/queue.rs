@@ -117,7 +117,7 @@ impl RedisStore {
             .arg(token)
             .arg(max.clamp(1, MAX_FETCH))
             .arg(lease_ms)
-            .invoke(self.connection())?;
+            .invoke(self.scripted()?)?;
         Ok(Lease {
             token: token.to_owned(),
             deadline_ms,
@@ -149,7 +149,7 @@ impl RedisStore {
         for (token, slot) in tokens {
             call.arg(token).arg(*slot);
         }
-        Ok(call.invoke(self.connection())?)
+        Ok(call.invoke(self.scripted()?)?)
     }
 
     /// Gives unstarted jobs of a lease back to the head of ready, not counted
@@ -170,7 +170,7 @@ impl RedisStore {
         for slot in sorted {
             call.arg(slot);
         }
-        Ok(call.invoke(self.connection())?)
+        Ok(call.invoke(self.scripted()?)?)
     }
 
     /// Returns the jobs of up to `max_leases` expired leases to ready, with
@@ -202,7 +202,7 @@ impl RedisStore {
         for token in &expired {
             call.arg(token);
         }
-        Ok(call.invoke(self.connection())?)
+        Ok(call.invoke(self.scripted()?)?)
     }
 
     /// Forgets up to `max` (1 to 1000) dead-lettered jobs past `retention`
@@ -223,7 +223,7 @@ impl RedisStore {
             .arg(retention.max_jobs)
             .arg(max.clamp(1, MAX_FETCH))
             .arg(why.counter())
-            .invoke(self.connection())?)
+            .invoke(self.scripted()?)?)
     }
 
     /// Moves up to `max` dead-lettered jobs back to ready, oldest first, each
@@ -252,7 +252,7 @@ impl RedisStore {
                 let field = decoded.and_then(|e| e.unique_field()).unwrap_or_default();
                 call.arg(raw.as_slice()).arg(id).arg(field);
             }
-            let (now_moved, now_kept): (u64, u64) = call.invoke(self.connection())?;
+            let (now_moved, now_kept): (u64, u64) = call.invoke(self.scripted()?)?;
             if now_moved + now_kept == 0 {
                 break;
             }
@@ -279,7 +279,7 @@ impl RedisStore {
             .arg(name)
             .arg(occurrence_ms)
             .arg(envelope)
-            .invoke(self.connection())?;
+            .invoke(self.scripted()?)?;
         Ok(enqueued == 1)
     }
 

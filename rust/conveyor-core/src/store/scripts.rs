@@ -62,9 +62,9 @@ pub(crate) static ALL: LazyLock<[&'static Script; 11]> = LazyLock::new(|| {
 });
 
 /// Sets or clears a relay control or a job type's route. See
-/// `scripts/control-1.lua`.
+/// `scripts/control-2.lua`.
 pub static CONTROL: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/control-1.lua")));
+    LazyLock::new(|| Script::new(include_str!("scripts/control-2.lua")));
 
 /// Records job types in the registry. See `scripts/publish_registry-1.lua`.
 pub static PUBLISH_REGISTRY: LazyLock<Script> =
@@ -88,7 +88,7 @@ mod tests {
         ),
         ("periodic-3.lua", include_str!("scripts/periodic-3.lua")),
         ("purge_dead-3.lua", include_str!("scripts/purge_dead-3.lua")),
-        ("control-1.lua", include_str!("scripts/control-1.lua")),
+        ("control-2.lua", include_str!("scripts/control-2.lua")),
         (
             "publish_registry-1.lua",
             include_str!("scripts/publish_registry-1.lua"),

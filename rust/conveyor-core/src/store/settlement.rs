@@ -148,6 +148,6 @@ impl RedisStore {
                 }
             }
         }
-        Ok(call.invoke(self.connection())?)
+        Ok(call.invoke(self.scripted()?)?)
     }
 }

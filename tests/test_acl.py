@@ -1,0 +1,187 @@
+"""Redis least privilege: each component runs jobs end to end under the ACL
+role `conveyor acl` prints for it, applied to a real redis-server with
+redis-cli as the docs say; each role is refused what it has no business
+doing; and the roles' command lists agree with the Lua scripts' sources."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import conveyor
+from conveyor import _core
+from conveyor.acl import ROLES, SCRIPT_COMMANDS
+from conveyor.devservers import DevServers
+from tests.helpers.cli import conveyor as run_cli
+from tests.helpers.relay import start_relay
+from tests.helpers.waiting import wait_until
+from tests.test_gate import post
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "rust/conveyor-core/src/store/scripts"
+PASSWORD = "acl-test-password"
+
+
+def test_the_roles_know_every_command_each_script_sends() -> None:
+    found = {
+        path.name: frozenset(
+            c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", path.read_text())
+        )
+        for path in sorted(SCRIPTS.glob("*.lua"))
+    }
+    assert found == SCRIPT_COMMANDS
+    for name, role in ROLES.items():
+        assert set(role.scripts) <= set(SCRIPT_COMMANDS), name
+
+
+@pytest.fixture
+def accounts(servers: DevServers, namespace: str) -> Iterator[dict[str, str]]:
+    """The roles applied as `conveyor acl | redis-cli` and then switched on
+    with a password; role name -> Redis URL of its account."""
+    prefix = f"{namespace}-"
+    printed = run_cli("acl", "--user-prefix", prefix, env={"CONVEYOR_NAMESPACE": namespace})
+    assert printed.returncode == 0, printed.stderr
+    port = str(servers.redis.port)
+    enable = "".join(f"ACL SETUSER {prefix}{role} on >{PASSWORD}\n" for role in ROLES)
+    applied = subprocess.run(
+        ["redis-cli", "-p", port],
+        input=printed.stdout + enable,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert set(applied.stdout.split()) == {"OK"}, applied.stdout
+    yield {role: f"redis://{prefix}{role}:{PASSWORD}@127.0.0.1:{port}/0" for role in ROLES}
+    users = " ".join(f"{prefix}{role}" for role in ROLES)
+    subprocess.run(["redis-cli", "-p", port], input=f"ACL DELUSER {users}\n", text=True, check=True)
+
+
+def _app(servers: DevServers, namespace: str, url: str, ran: list[str]) -> conveyor.Conveyor:
+    app = conveyor.Conveyor(
+        conveyor.Settings(
+            kafka_bootstrap=servers.kafka.bootstrap,
+            redis_url=url,
+            namespace=namespace,
+            route_refresh_s=0.2,
+        )
+    )
+    lock = threading.Lock()
+    for name in ("acl.kafka", "acl.direct", "acl.gate"):
+
+        def record(tag: str, name: str = name) -> None:
+            with lock:
+                ran.append(f"{name}:{tag}")
+
+        app.job(name)(record)
+    return app
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(240)
+def test_every_component_runs_under_its_own_role(
+    servers: DevServers, namespace: str, accounts: dict[str, str]
+) -> None:
+    ran: list[str] = []
+    env = {
+        "CONVEYOR_NAMESPACE": namespace,
+        "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
+    }
+
+    def as_role(role: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*argv, env={**env, "CONVEYOR_REDIS_URL": accounts[role]})
+
+    worker_app = _app(servers, namespace, accounts["worker"], ran)
+    producer = _app(servers, namespace, accounts["producer"], [])
+    worker_app.ensure_topics()
+    assert worker_app.publish_registry() == 3
+    relay = start_relay(worker_app, redis_url=accounts["relay"])
+    gate = _core.Gate(
+        "127.0.0.1:0",
+        servers.kafka.bootstrap,
+        namespace=namespace,
+        registry_url=accounts["gate"],
+        registry_refresh_s=0.2,
+    )
+    worker = conveyor.Worker(worker_app, threads=2)
+    try:
+        worker.start()
+        # The admin routes one type straight into Redis; the producer (its
+        # own account) follows within its refresh.
+        routed = as_role("admin", "route", "acl.direct", "--kafka-percent", "0")
+        assert routed.returncode == 0, routed.stderr
+        probes = []
+
+        def direct() -> bool:
+            probes.append(1)
+            return producer.enqueue("acl.direct", ["probe"]).wait(10) == [(-1, -1)]
+
+        wait_until(direct, 10, "the producer reads the route")
+        producer.enqueue_many("acl.kafka", [("p",)] * 50).wait(30)
+        producer.enqueue_many("acl.direct", [("p",)] * 50).wait(30)
+        wait_until(lambda: "acl.gate" in gate.routes(), 10, "the gate reads the registry")
+        for i in range(20):
+            body = json.dumps({"type": "acl.gate", "args": [f"g{i}"]}).encode()
+            assert post(gate.address, "/v1/jobs", body)[0] == 200
+        wait_until(lambda: len(ran) == 120 + len(probes), 60, "every job run")
+        assert worker.stats()["dead"] == 0
+        assert relay.stats()["relayed"] >= 70
+        assert relay.stats()["redis_errors"] == 0
+        assert sorted({r.split(":")[0] for r in ran}) == ["acl.direct", "acl.gate", "acl.kafka"]
+
+        # The operator reads everything without a script right.
+        for argv in (
+            ("queues",),
+            ("relays",),
+            ("route",),
+            ("controls", "--history"),
+            ("dead", "list", "default"),
+        ):
+            done = as_role("operator", *argv)
+            assert done.returncode == 0, (argv, done.stdout, done.stderr)
+        history = as_role("operator", "controls", "--history").stdout
+        assert "route acl.direct: (clear) ->" in history
+        assert f"{namespace}-admin" in history
+        assert sorted(gate.registry_ignored()) == []
+    finally:
+        worker.stop(grace_s=5)
+        relay.stop()
+        gate.stop()
+        producer.close()
+        worker_app.close()
+
+
+@pytest.mark.servers
+def test_each_role_is_refused_what_it_has_no_business_doing(
+    servers: DevServers, namespace: str, accounts: dict[str, str]
+) -> None:
+    env = {"CONVEYOR_NAMESPACE": namespace, "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap}
+    refusals = {
+        "operator": ("pause", "default"),
+        "worker": ("pause", "default"),
+        "relay": ("route", "acl.kafka", "--kafka-percent", "0"),
+        "producer": ("shadow", "default", "on"),
+        "gate": ("resume", "default"),
+    }
+    for role, argv in refusals.items():
+        done = run_cli(*argv, env={**env, "CONVEYOR_REDIS_URL": accounts[role]})
+        assert done.returncode == 2, (role, done.stdout)
+        assert "no permissions" in done.stderr, (role, done.stderr)
+        assert "conveyor acl" in done.stderr, (role, done.stderr)
+    # The gate's account cannot write a queue, nor the operator's forget jobs.
+    envelope = conveyor.Envelope("acl.kafka", b'{"args": ["x"], "kwargs": {}}').encode()
+    with pytest.raises(conveyor.RedisError, match="no permissions"):
+        _core.RedisStore(accounts["gate"]).admit(namespace, "default", [envelope])
+    with pytest.raises(conveyor.RedisError, match="no permissions"):
+        _core.RedisStore(accounts["operator"]).purge_dead(
+            namespace, "default", older_than_s=0, keep=0, count=10
+        )
+    # A wrong password gets no connection at all.
+    wrong = accounts["operator"].replace(PASSWORD, "guess")
+    with pytest.raises(conveyor.ConveyorError):
+        _core.RedisStore(wrong).counts(namespace, "default")
