@@ -18,13 +18,13 @@ import conveyor
 from conveyor import _core
 from conveyor.acl import ROLES, SCRIPT_COMMANDS
 from conveyor.devservers import DevServers
+from tests.helpers.acl import PASSWORD, apply_roles, drop_roles
 from tests.helpers.cli import conveyor as run_cli
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
 from tests.test_gate import post
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "rust/conveyor-core/src/store/scripts"
-PASSWORD = "acl-test-password"
 
 
 def test_the_roles_know_every_command_each_script_sends() -> None:
@@ -43,23 +43,8 @@ def test_the_roles_know_every_command_each_script_sends() -> None:
 def accounts(servers: DevServers, namespace: str) -> Iterator[dict[str, str]]:
     """The roles applied as `conveyor acl | redis-cli` and then switched on
     with a password; role name -> Redis URL of its account."""
-    prefix = f"{namespace}-"
-    printed = run_cli("acl", "--user-prefix", prefix, env={"CONVEYOR_NAMESPACE": namespace})
-    assert printed.returncode == 0, printed.stderr
-    port = str(servers.redis.port)
-    enable = "".join(f"ACL SETUSER {prefix}{role} on >{PASSWORD}\n" for role in ROLES)
-    applied = subprocess.run(
-        ["redis-cli", "-p", port],
-        input=printed.stdout + enable,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    assert set(applied.stdout.split()) == {"OK"}, applied.stdout
-    yield {role: f"redis://{prefix}{role}:{PASSWORD}@127.0.0.1:{port}/0" for role in ROLES}
-    users = " ".join(f"{prefix}{role}" for role in ROLES)
-    subprocess.run(["redis-cli", "-p", port], input=f"ACL DELUSER {users}\n", text=True, check=True)
+    yield apply_roles(servers.redis.port, namespace)
+    drop_roles(servers.redis.port, namespace)
 
 
 def _app(servers: DevServers, namespace: str, url: str, ran: list[str]) -> conveyor.Conveyor:
