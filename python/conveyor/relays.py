@@ -5,15 +5,24 @@ gets its own relay (a Rust thread with its own Kafka consumer), all in the
 same consumer group, which assigns each topic's partitions only among the
 relays subscribed to it. So one `conveyor relay` process can feed several
 independent Redis servers, and several such processes share the work.
+
+`QueueFollower` is what `conveyor relay` with no queue named relays: the
+configured queues and every queue of the job type registry whose topic
+exists, read again while it runs, so a queue that a new worker serves is
+relayed without anyone restarting the relay.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from conveyor import _core
+from conveyor.errors import ConveyorError, InvalidJobError
 from conveyor.settings import Settings
+
+log = logging.getLogger("conveyor.relay")
 
 
 def group_id(settings: Settings) -> str:
@@ -69,3 +78,52 @@ def merged_metrics(relays: Sequence[_core.Relay]) -> str:
             name = f"{name[:-1]},{label}}}" if name.endswith("}") else f"{name}{{{label}}}"
             out.append(f"{name} {value}")
     return "\n".join(out) + "\n"
+
+
+class QueueFollower:
+    """The queues to relay when none is named; see the module doc."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._store: _core.RedisStore | None = None
+        #: Queues (and bad entries) already reported, so each is said once.
+        self._told: set[str] = set()
+
+    def queues(self) -> list[str]:
+        """The configured queues, plus each registry queue whose topic
+        exists, sorted; empty while Redis or Kafka cannot say (keep what
+        runs)."""
+        s = self._settings
+        wanted = set(s.queues)
+        try:
+            if self._store is None:
+                self._store = _core.RedisStore(s.redis_url)
+            entries = self._store.read_registry(s.namespace)
+            _, _, topics = _core.kafka_cluster_info(
+                s.kafka_bootstrap, properties=list(s.kafka_properties)
+            )
+        except ConveyorError as err:
+            self._store = None
+            self._tell(f"cannot read the registry or Kafka's topics (keeping the queues): {err}")
+            return []
+        existing = set(topics)
+        for type_name, options in entries:
+            try:
+                queue = _core.check_registry_entry(type_name, options)
+            except InvalidJobError as err:
+                self._tell(f"ignoring a registry entry: {err}")
+                continue
+            if s.topic_for(queue) in existing:
+                wanted.add(queue)
+            else:
+                self._tell(
+                    f"queue {queue} (job type {type_name}) has no Kafka topic "
+                    f"{s.topic_for(queue)} yet: not relayed until it exists "
+                    f"(`conveyor topics create {queue}`, or a worker starting creates it)"
+                )
+        return sorted(wanted)
+
+    def _tell(self, message: str) -> None:
+        if message not in self._told:
+            self._told.add(message)
+            log.warning("%s", message)

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from conveyor.cli.stopping import stop_on_signals
+
+if TYPE_CHECKING:
+    from conveyor import _core
+    from conveyor.settings import Settings
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds `relay` and `relays`."""
     relay = commands.add_parser("relay", help="relay queues' Kafka topics into Redis")
-    relay.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
+    relay.add_argument(
+        "queues",
+        nargs="*",
+        help="queues (default: the configured ones and every queue in the job type "
+        "registry, followed while it runs)",
+    )
     relay.add_argument(
         "--report-every",
         type=float,
@@ -53,48 +63,53 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     relays.set_defaults(run=_relays)
 
 
+#: How often a relay started without queue names reads the registry again.
+FOLLOW_EVERY_S = 5.0
+
+
 def _relay(args: argparse.Namespace) -> int:
     import logging
     import time
 
     from conveyor.cli.ignored import IgnoredValues
-    from conveyor.relays import group_id, merged_metrics, start_relays
+    from conveyor.relays import QueueFollower, merged_metrics
     from conveyor.settings import Settings
 
     settings = Settings.from_env()
-    queues = args.queues or list(settings.queues)
-    started = start_relays(
-        settings,
-        queues,
-        memory_high=args.memory_high,
-        memory_low=args.memory_low,
-        depth_high=args.depth_high,
-        depth_low=args.depth_low if args.depth_low is not None else (args.depth_high or 0) // 2,
-    )
-    relays = [relay for _, _, relay in started]
+    follower = None if args.queues else QueueFollower(settings)
+    queues = args.queues or (follower and follower.queues()) or list(settings.queues)
+    relays = _start(settings, queues, args)
     stop = stop_on_signals()
-    for _, names, _ in started:
-        print(
-            f"relay: {', '.join(names)} from Kafka {settings.kafka_bootstrap} into Redis "
-            f"{'(default)' if len(started) == 1 else 'deployment of ' + names[0]} "
-            f"(group {group_id(settings)})",
-            flush=True,
-        )
     if args.metrics_bind:
         from conveyor.metrics_http import serve_metrics
 
         server = serve_metrics(args.metrics_bind, lambda: merged_metrics(relays))
         host, port = server.server_address[:2]
         print(f"relay: metrics on http://{host!s}:{port}/metrics", flush=True)
+    # Counters of relays replaced when the queues changed, so totals go on.
+    carried: dict[str, int] = {}
     last, last_at = 0, time.monotonic()
+    followed_at = reported_at = last_at
     ignored = IgnoredValues(logging.getLogger("conveyor.relay"), "a relay control")
-    while not stop.wait(args.report_every):
-        ignored.report(why for relay in relays for _, _, why in relay.ignored_controls())
-        totals: dict[str, int] = {}
-        for relay in relays:
-            for key, value in relay.stats().items():
-                totals[key] = totals.get(key, 0) + value
+    while not stop.wait(min(1.0, args.report_every)):
         now = time.monotonic()
+        if follower is not None and now - followed_at >= FOLLOW_EVERY_S:
+            followed_at = now
+            wanted = follower.queues()
+            if wanted and wanted != sorted(queues):
+                added = sorted(set(wanted) - set(queues))
+                print(f"relay: new queues in the registry: {', '.join(added)}", flush=True)
+                for key, value in _totals(relays).items():
+                    carried[key] = carried.get(key, 0) + value
+                for relay in relays:
+                    relay.stop()
+                queues = wanted
+                relays[:] = _start(settings, queues, args)
+        if now - reported_at < args.report_every:
+            continue
+        reported_at = now
+        ignored.report(why for relay in relays for _, _, why in relay.ignored_controls())
+        totals = _totals(relays, carried)
         rate = (totals["relayed"] - last) / (now - last_at)
         last, last_at = totals["relayed"], now
         guard = " REDIS NEAR FULL, holding back;" if totals["memory_guarded"] else ""
@@ -110,6 +125,36 @@ def _relay(args: argparse.Namespace) -> int:
     for relay in relays:
         relay.stop()
     return 0
+
+
+def _start(settings: Settings, queues: list[str], args: argparse.Namespace) -> list[_core.Relay]:
+    """Relays of `queues` (one per Redis deployment), each announced."""
+    from conveyor.relays import group_id, start_relays
+
+    started = start_relays(
+        settings,
+        queues,
+        memory_high=args.memory_high,
+        memory_low=args.memory_low,
+        depth_high=args.depth_high,
+        depth_low=args.depth_low if args.depth_low is not None else (args.depth_high or 0) // 2,
+    )
+    for _, names, _ in started:
+        print(
+            f"relay: {', '.join(names)} from Kafka {settings.kafka_bootstrap} into Redis "
+            f"{'(default)' if len(started) == 1 else 'deployment of ' + names[0]} "
+            f"(group {group_id(settings)})",
+            flush=True,
+        )
+    return [relay for _, _, relay in started]
+
+
+def _totals(relays: list[_core.Relay], base: dict[str, int] | None = None) -> dict[str, int]:
+    totals = dict(base or {})
+    for relay in relays:
+        for key, value in relay.stats().items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
 
 
 def _relays(args: argparse.Namespace) -> int:

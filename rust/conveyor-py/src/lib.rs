@@ -74,6 +74,16 @@ fn check_route(job_type: &str, text: &str) -> PyResult<(f64, bool)> {
         .py()
 }
 
+/// Reads the queue of a registry entry (`job_type`, its JSON options);
+/// refuses an entry that names no valid queue, with the reason.
+#[pyfunction]
+fn check_registry_entry(job_type: &str, options: &str) -> PyResult<String> {
+    use crate::errors::IntoPyResult;
+    conveyor_core::store::control_values::check_registry_entry(job_type, options)
+        .map_err(conveyor_core::Error::InvalidJob)
+        .py()
+}
+
 /// Reads a relay control hash's `(field, value)`; refuses one that is not
 /// a valid control, with the reason.
 #[pyfunction]
@@ -113,6 +123,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_kafka_percent, m)?)?;
     m.add_function(wrap_pyfunction!(check_route, m)?)?;
     m.add_function(wrap_pyfunction!(check_relay_control, m)?)?;
+    m.add_function(wrap_pyfunction!(check_registry_entry, m)?)?;
     m.add_function(wrap_pyfunction!(check_trace_context, m)?)?;
     // Registered by the module itself, so no import order can skip it.
     let hook = wrap_pyfunction!(after_fork_in_child, m)?;
