@@ -107,7 +107,8 @@ def test_every_component_runs_under_its_own_role(
             return producer.enqueue("acl.direct", ["probe"]).wait(10) == [(-1, -1)]
 
         wait_until(direct, 10, "the producer reads the route")
-        producer.enqueue_many("acl.kafka", [("p",)] * 50).wait(30)
+        kafka_ids = producer.enqueue_many("acl.kafka", [("p",)] * 50).ids
+        producer.flush()
         producer.enqueue_many("acl.direct", [("p",)] * 50).wait(30)
         wait_until(lambda: "acl.gate" in gate.routes(), 10, "the gate reads the registry")
         for i in range(20):
@@ -126,6 +127,7 @@ def test_every_component_runs_under_its_own_role(
             ("route",),
             ("controls", "--history"),
             ("dead", "list", "default"),
+            ("job", kafka_ids[0]),
         ):
             done = as_role("operator", *argv)
             assert done.returncode == 0, (argv, done.stdout, done.stderr)

@@ -275,6 +275,16 @@ class RedisStore:
         origin: str = "",
     ) -> str | None: ...
     def control_history(self, namespace: str, routes: bool) -> list[str]: ...
+    def lookup(
+        self,
+        namespace: str,
+        queue: str,
+        job_id: str,
+        *,
+        history_s: float = 300.0,
+        history_max_bytes: int = 33554432,
+        max_scan: int = 100000,
+    ) -> tuple[str, int | None, bytes, str | None] | None: ...
     def routes(self, namespace: str) -> list[tuple[str, str]]: ...
     def relay_statuses(self, namespace: str) -> list[tuple[str, str]]: ...
     def relay_batch(
@@ -410,6 +420,8 @@ class WorkQueues:
         max_age_default_s: float = 3600.0,
         dead_max: int = 100000,
         dead_max_age_s: float = 2592000.0,
+        history_s: float = 300.0,
+        history_max_bytes: int = 33554432,
     ) -> WorkQueues: ...
     def fetch(self, max_jobs: int) -> LeasedBatch | None: ...
     def settle(

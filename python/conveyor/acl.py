@@ -42,16 +42,17 @@ SCRIPT_COMMANDS: dict[str, frozenset[str]] = {
     ),
     "release-5.lua": frozenset({"exists", "hdel", "hget", "lpush", "ltrim", "rpush", "zrem"}),
     "replay_dead-4.lua": frozenset({"hget", "hset", "ltrim", "rpush", "zrem", "zscore"}),
-    "settle-9.lua": frozenset(
-        {"exists", "hdel", "hget", "hincrby", "hset", "time", "zadd", "zrem"}
+    "settle-10.lua": frozenset(
+        {"append", "exists", "expire", "hdel", "hget", "hgetall", "hincrby", "hset", "strlen"}
+        | {"time", "zadd", "zrem"}
     ),
 }
 
 #: Every account may learn a cluster's layout (redis-rs asks on connect).
 _CLUSTER = ("cluster|slots", "cluster|shards", "cluster|nodes")
-#: Reading the state of queues, relays and controls (`conveyor queues`,
-#: `dead`, `relays`, `route`, `controls --history`).
-_READS = ("hgetall", "hget", "llen", "zcard", "zrange", "lrange")
+#: Reading the state of queues, jobs, relays and controls (`conveyor
+#: queues`, `job`, `dead`, `relays`, `route`, `controls --history`).
+_READS = ("get", "hgetall", "hget", "hvals", "llen", "zcard", "zrange", "lrange")
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ ROLES: dict[str, Role] = {
         doc="workers: lease, settle, retry and schedule jobs, publish the "
         "registry at start, enqueue follow-up jobs (as a producer)",
         scripts=(
-            *("fetch-5.lua", "settle-9.lua", "heartbeat-2.lua", "release-5.lua"),
+            *("fetch-5.lua", "settle-10.lua", "heartbeat-2.lua", "release-5.lua"),
             *("reap-5.lua", "periodic-3.lua", "purge_dead-3.lua"),
             *("admit-7.lua", "publish_registry-1.lua"),
         ),

@@ -17,6 +17,7 @@ from conveyor.deliveries import DeliveryFailure, DeliveryWatcher, OnDeliveryFail
 from conveyor.enqueue import Enqueued
 from conveyor.errors import ConveyorError, InvalidJobError
 from conveyor.jobs import JobOptions, JobType, P, R
+from conveyor.lookup import JobInfo, find
 from conveyor.payload import Call, encode_call
 from conveyor.routing import Route, RouteTable
 from conveyor.schedules import Cron, Schedule
@@ -383,6 +384,12 @@ class Conveyor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def lookup(self, job_id: str) -> JobInfo | None:
+        """A job's state and timeline by its id, looked for in the queues
+        this app may enqueue to (see `conveyor.lookup`);
+        None when it is not found. (Not `job`: that name registers handlers.)"""
+        return find(self.settings, job_id, sorted(self.queues()))
 
     def publish_registry(self) -> int:
         """Record this application's job types in Redis, where gates learn

@@ -84,6 +84,11 @@ class Settings:
     #: cannot fill Redis. `conveyor dead purge` forgets them on demand.
     dead_max: int = 100_000
     dead_max_age_s: float = 30 * 24 * 3600.0
+    #: How long after it ended a job stays findable by id (`app.lookup`,
+    #: `conveyor job`), 0 for never, and at most how many bytes of Redis
+    #: each queue's history takes (docs/lookup.md).
+    job_history_s: float = 300.0
+    job_history_max_bytes: int = 32 * 1024 * 1024
 
     def redis_url_for(self, queue: str) -> str:
         """The Redis deployment that holds `queue`."""
@@ -105,7 +110,9 @@ class Settings:
         `SASL_SSL`) with `CONVEYOR_KAFKA_SSL_CA_FILE` (default: the system's
         roots) and, for a client certificate, `CONVEYOR_KAFKA_SSL_CERT_FILE` and
         `CONVEYOR_KAFKA_SSL_KEY_FILE`, `CONVEYOR_ROUTE_REFRESH_S` (seconds, or "off"),
-        `CONVEYOR_DEAD_MAX` and `CONVEYOR_DEAD_MAX_AGE_S` (dead-letter retention).
+        `CONVEYOR_DEAD_MAX` and `CONVEYOR_DEAD_MAX_AGE_S` (dead-letter retention),
+        `CONVEYOR_JOB_HISTORY_S` and `CONVEYOR_JOB_HISTORY_MAX_BYTES` (ended jobs
+        findable by id).
         """
         env = os.environ
         default = cls()
@@ -141,6 +148,10 @@ class Settings:
             route_refresh_s=_route_refresh(env.get("CONVEYOR_ROUTE_REFRESH_S")),
             dead_max=int(_number(env, "CONVEYOR_DEAD_MAX", default.dead_max)),
             dead_max_age_s=_number(env, "CONVEYOR_DEAD_MAX_AGE_S", default.dead_max_age_s),
+            job_history_s=_number(env, "CONVEYOR_JOB_HISTORY_S", default.job_history_s),
+            job_history_max_bytes=int(
+                _number(env, "CONVEYOR_JOB_HISTORY_MAX_BYTES", default.job_history_max_bytes)
+            ),
         )
 
     def topic_for(self, queue: str) -> str:

@@ -107,6 +107,8 @@ class Worker:
             max_age_default_s=max_job_s,
             dead_max=s.dead_max,
             dead_max_age_s=s.dead_max_age_s,
+            history_s=s.job_history_s,
+            history_max_bytes=s.job_history_max_bytes,
         )
         self._stopping = threading.Event()
         self._stopped = threading.Event()

@@ -7,7 +7,7 @@ its commands to the parser (`add_commands`) with their handlers.
 | `gate` | `gate` |
 | `relay` | `relay`, `relays` |
 | `controls` | `throttle`, `pause`, `resume`, `shadow`, `route`, `controls` |
-| `worker` | `worker`, `queues`, `dead` |
+| `worker` | `worker`, `queues`, `job`, `dead` |
 | `replay` | `replay` |
 | `config` | `config`, `acl` |
 """

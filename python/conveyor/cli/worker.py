@@ -63,6 +63,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     queues.add_argument("queues", nargs="*", help="queues (default: the configured ones)")
     queues.set_defaults(run=_queues)
 
+    job = commands.add_parser("job", help="a job's state and timeline, by its id")
+    job.add_argument("id", help="the job id (26 characters)")
+    job.add_argument(
+        "--queue",
+        action="append",
+        help="look only in this queue (repeatable; default: the configured queues and "
+        "every queue of the registry)",
+    )
+    job.set_defaults(run=_job)
+
     dead = commands.add_parser("dead", help="list, replay or purge a queue's dead-lettered jobs")
     dead.add_argument("action", choices=["list", "replay", "purge"])
     dead.add_argument("queue")
@@ -157,6 +167,35 @@ def _queues(args: argparse.Namespace) -> int:
         row = [name] + [str(depth[k]) for k in ("queued", "scheduled", "leases", "dead")]
         row += [str(counts.get(k, 0)) for k in ("admitted", "done", "retried", "reaped")]
         print("  ".join(f"{c:>10}" for c in row))
+    return 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    from conveyor.lookup import find, registry_queues
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    queues = args.queue or sorted({*settings.queues, *registry_queues(settings)})
+    info = find(settings, args.id, queues)
+    if info is None:
+        print(
+            f"job {args.id} not found in {', '.join(queues)}: it may still be in Kafka, "
+            f"or have ended more than {settings.job_history_s:g}s ago "
+            "(CONVEYOR_JOB_HISTORY_S), or be in another queue (--queue)"
+        )
+        return 1
+    print(f"job {info.id}: {info.state}")
+    print(f"  type {info.job_type}, queue {info.queue}, attempts {info.attempts}")
+    if info.kafka is not None:
+        print(f"  Kafka partition {info.kafka[0]}, offset {info.kafka[1]}")
+    for stage, at in info.timeline:
+        when = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+        print(f"  {when:%Y-%m-%d %H:%M:%S.%f}Z  {stage}")
+    if info.error is not None:
+        print(f"  last error: {json.dumps(info.error)}")
     return 0
 
 

@@ -2,9 +2,11 @@
 
 use conveyor_core::config::duration;
 use conveyor_core::store::admission::{Admission, Fenced};
+use conveyor_core::store::history::History;
 use conveyor_core::store::keys::{fence_field, QueueKeys};
 use conveyor_core::store::queue::{DeadRetention, Forgotten};
 use conveyor_core::store::{Actor, RedisStore as CoreStore};
+use conveyor_core::JobId;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
@@ -319,6 +321,32 @@ impl RedisStore {
         self.with(py, |s| s.control_history(namespace, routes))
     }
 
+    /// Finds job `job_id` in `queue`: `(state, ended_ms, envelope, error)`
+    /// or `None`; see `store/history.rs`. `history_s`/`history_max_bytes` are
+    /// the workers' settings (which windows to read); `max_scan` bounds the
+    /// scan of the scheduled set and of the ready list.
+    #[pyo3(signature = (namespace, queue, job_id, *, history_s=300.0, history_max_bytes=33_554_432, max_scan=100_000))]
+    #[allow(clippy::too_many_arguments)]
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        queue: &str,
+        job_id: &str,
+        history_s: f64,
+        history_max_bytes: u64,
+        max_scan: usize,
+    ) -> PyResult<Option<LookedUp<'py>>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let id = JobId::parse(job_id).py()?;
+        let history = History {
+            retention: duration("history_s", history_s).py()?,
+            max_bytes: history_max_bytes,
+        };
+        let found = self.with(py, |s| s.lookup(&keys, &id.0, &history, max_scan))?;
+        Ok(found.map(|f| (f.state, f.ended_ms, PyBytes::new(py, &f.envelope), f.error)))
+    }
+
     /// Every route set at run time as `(job type, JSON)`.
     fn routes(&self, py: Python<'_>, namespace: &str) -> PyResult<Vec<(String, String)>> {
         self.with(py, |s| s.routes(namespace))
@@ -346,6 +374,14 @@ impl RedisStore {
         self.with(py, |s| s.purge(&keys))
     }
 }
+
+/// A job found by `lookup`: state, when it ended (ms), envelope, error.
+type LookedUp<'py> = (
+    &'static str,
+    Option<u64>,
+    Bound<'py, PyBytes>,
+    Option<String>,
+);
 
 fn actor(who: &str, origin: &str) -> Actor {
     Actor {

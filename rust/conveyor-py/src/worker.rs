@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use conveyor_core::config::{duration, positive_duration};
 use conveyor_core::id::new_process_id;
+use conveyor_core::store::history::History;
 use conveyor_core::store::keys::QueueKeys;
 use conveyor_core::store::queue::DeadRetention;
 use conveyor_core::worker::keeper::Keeper;
@@ -90,7 +91,7 @@ impl WorkQueues {
     #[pyo3(signature = (
         redis_url, namespace, queues, *, strict=false, worker_id=None, lease_s=30.0,
         max_age_s=HashMap::new(), max_age_default_s=3600.0,
-        dead_max=100_000, dead_max_age_s=2_592_000.0,
+        dead_max=100_000, dead_max_age_s=2_592_000.0, history_s=300.0, history_max_bytes=33_554_432,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -105,7 +106,13 @@ impl WorkQueues {
         max_age_default_s: f64,
         dead_max: u64,
         dead_max_age_s: f64,
+        history_s: f64,
+        history_max_bytes: u64,
     ) -> PyResult<Self> {
+        let history = History {
+            retention: duration("history_s", history_s).py()?,
+            max_bytes: history_max_bytes,
+        };
         let lease = positive_duration("lease_s", lease_s).py()?;
         let max_ages = MaxAges {
             by_type: max_age_s
@@ -135,7 +142,8 @@ impl WorkQueues {
             .detach(|| worker::WorkQueues::new(redis_url, queues, strict, &id, lease))
             .py()?
             .with_max_ages(max_ages)
-            .with_dead_retention(retention);
+            .with_dead_retention(retention)
+            .with_history(history);
         Ok(Self {
             inner: Arc::new(inner),
             keeper: Mutex::new(None),

@@ -102,7 +102,15 @@ impl QueueKeys {
         format!("{}:open", self.base)
     }
 
-    /// Every key of the queue that is not per lease.
+    /// Hash: job id -> how it ended, for the jobs that ended in one window of
+    /// [`super::history::BUCKET_S`] seconds (`bucket` = Unix seconds / that);
+    /// expires by itself (`history.rs`).
+    pub fn history(&self, bucket: u64) -> String {
+        format!("{}:history:{bucket}", self.base)
+    }
+
+    /// Every key of the queue that is not per lease (nor a history window,
+    /// which expires by itself).
     pub fn all(&self) -> [String; 12] {
         [
             self.ready(),

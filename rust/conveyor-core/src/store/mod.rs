@@ -12,6 +12,7 @@ pub mod conn;
 mod control;
 pub use control::{check_kafka_percent, Actor};
 pub mod control_values;
+pub mod history;
 pub mod keys;
 pub mod queue;
 pub mod scripts;

@@ -20,7 +20,7 @@ script!(
     "Admits new jobs into a queue (relay and direct path)."
 );
 script!(FETCH, "fetch-5.lua", "Leases a batch of jobs to a worker.");
-script!(SETTLE, "settle-9.lua", "Records how leased jobs ended.");
+script!(SETTLE, "settle-10.lua", "Records how leased jobs ended.");
 script!(HEARTBEAT, "heartbeat-2.lua", "Extends a worker's leases.");
 script!(
     RELEASE,
@@ -78,7 +78,7 @@ mod tests {
     const SOURCES: [(&str, &str); 11] = [
         ("admit-7.lua", include_str!("scripts/admit-7.lua")),
         ("fetch-5.lua", include_str!("scripts/fetch-5.lua")),
-        ("settle-9.lua", include_str!("scripts/settle-9.lua")),
+        ("settle-10.lua", include_str!("scripts/settle-10.lua")),
         ("heartbeat-2.lua", include_str!("scripts/heartbeat-2.lua")),
         ("release-5.lua", include_str!("scripts/release-5.lua")),
         ("reap-5.lua", include_str!("scripts/reap-5.lua")),

@@ -1,8 +1,9 @@
 //! Settling: how the jobs of one lease ended (done, retry later, dead), in
-//! one `settle-9.lua` call per batch.
+//! one `settle-10.lua` call per batch.
 
 use redis::FromRedisValue;
 
+use super::history::History;
 use super::keys::QueueKeys;
 use super::{scripts, RedisStore};
 use crate::error::Result;
@@ -53,7 +54,7 @@ pub enum Settlement {
     },
 }
 
-/// What one `settle` did; see `scripts/settle-9.lua`.
+/// What one `settle` did; see `scripts/settle-10.lua`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {
     /// Jobs that left Redis as done.
@@ -79,12 +80,14 @@ impl FromRedisValue for Settled {
 }
 
 impl RedisStore {
-    /// Records how leased jobs ended, in one atomic step.
+    /// Records how leased jobs ended, in one atomic step, and (unless
+    /// `history` is off) keeps each job's end findable by its id.
     pub fn settle(
         &mut self,
         keys: &QueueKeys,
         token: &str,
         outcomes: &[Settlement],
+        history: &History,
     ) -> Result<Settled> {
         if outcomes.is_empty() {
             return Ok(Settled::default());
@@ -98,7 +101,10 @@ impl RedisStore {
             .key(keys.counts())
             .key(keys.progress())
             .key(keys.open())
-            .arg(token);
+            .key(keys.history(history.bucket_now()))
+            .arg(token)
+            .arg(history.ttl_s())
+            .arg(history.bucket_max());
         for outcome in outcomes {
             match outcome {
                 Settlement::Done {

@@ -23,6 +23,7 @@ use crate::envelope::{append_stage, set_attempt, Envelope, Stage};
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::metrics::Histogram;
+use crate::store::history::History;
 use crate::store::keys::{self, QueueKeys};
 use crate::store::queue::{DeadRetention, Forgotten, Settled, Settlement};
 use crate::store::RedisStore;
@@ -134,6 +135,8 @@ pub struct WorkQueues {
     lease: Duration,
     max_ages: MaxAges,
     retention: DeadRetention,
+    /// How long ended jobs stay findable by id (off while Redis is tight).
+    history: History,
     /// Redis is nearly full (see `leases::check_memory`): retries keep no
     /// error record and dead letters a short one, so failures cannot grow it.
     tight: std::sync::atomic::AtomicBool,
@@ -174,6 +177,7 @@ impl WorkQueues {
             lease,
             max_ages: MaxAges::default(),
             retention: DeadRetention::default(),
+            history: History::default(),
             tight: Default::default(),
             sequence: AtomicU64::new(0),
             pool: Mutex::new(vec![first]),
@@ -192,6 +196,12 @@ impl WorkQueues {
     /// Sets how many dead jobs each queue keeps, and for how long.
     pub fn with_dead_retention(mut self, retention: DeadRetention) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Sets how long, and how many, ended jobs stay findable by id.
+    pub fn with_history(mut self, history: History) -> Self {
+        self.history = history;
         self
     }
 
@@ -348,8 +358,13 @@ impl WorkQueues {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&batch.token);
+        let history = if self.tight.load(Ordering::Relaxed) {
+            History::OFF
+        } else {
+            self.history
+        };
         let result = self.with_store(|s| {
-            let settled = s.settle(keys, &batch.token, &records)?;
+            let settled = s.settle(keys, &batch.token, &records, &history)?;
             let back = s.release(keys, &batch.token, &released)?;
             if settled.dead > 0 {
                 // The retention, so that failures cannot fill Redis. Best

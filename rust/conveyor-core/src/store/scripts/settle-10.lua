@@ -11,8 +11,14 @@
   KEYS[7]   cv:[<ns>:]{<queue>}:counts          hash: counter name -> count
   KEYS[8]   cv:[<ns>:]{<queue>}:progress        hash: lease token -> slot running
   KEYS[9]   cv:[<ns>:]{<queue>}:open            hash: "<partition>:<block>" -> open jobs
+  KEYS[10]  cv:[<ns>:]{<queue>}:history:<bucket> string: how jobs ended, one
+            record after another (history.rs): its kind ('D' done, 'R' to
+            retry, 'X' dead), Redis' time in ms (13 digits), the envelope's
+            length (8 hex digits), the envelope (the leased one for a done job)
   ARGV[1]   the lease token
-  ARGV[2..] records, each starting with its kind:
+  ARGV[2]   seconds KEYS[10] lives after its last write; 0 records no history
+  ARGV[3]   most bytes KEYS[10] takes (past it, jobs are not recorded)
+  ARGV[4..] records, each starting with its kind:
               'D', slot, id, unique field                               done
               'O', slot, id, unique field, open field                   done, relayed
               'R', slot, id, unique field, envelope, delay ms, error    retry after delay
@@ -48,7 +54,24 @@ local done, retried, dead, stale = 0, 0, 0, 0
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
+local ttl = tonumber(ARGV[2])
+local record = ttl > 0 and redis.call('STRLEN', KEYS[10]) < tonumber(ARGV[3])
+local history = {}
+-- A done job is recorded with its leased envelope: all of them read at once.
+local leased_envelopes = {}
+if record then
+  local all = redis.call('HGETALL', KEYS[1])
+  for j = 1, #all, 2 do
+    leased_envelopes[all[j]] = all[j + 1]
+  end
+end
+
 local closed = {}
+-- One append per settle, not a write per job: the history costs a copy.
+local function remember(kind, envelope)
+  history[#history + 1] = kind .. string.format('%013d%08x', now_ms, #envelope) .. envelope
+end
+
 local function close(field)
   if field ~= '' then
     closed[field] = (closed[field] or 0) + 1
@@ -64,7 +87,7 @@ end
 -- Check every record before changing anything: a script that stops half way
 -- leaves its earlier writes in place.
 local WIDTH = { D = 4, O = 5, R = 7, X = 7 }
-local FIRST = 2
+local FIRST = 4
 local i = FIRST
 while i <= #ARGV do
   local width = WIDTH[ARGV[i]]
@@ -84,10 +107,14 @@ i = FIRST
 while i <= #ARGV do
   local kind, slot, id, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local width = WIDTH[kind]
+  local leased = leased_envelopes[slot]
   if redis.call('HDEL', KEYS[1], slot) == 0 then
     stale = stale + 1
   elseif kind == 'D' or kind == 'O' then
     done = done + 1
+    if leased then
+      remember('D', leased)
+    end
     if kind == 'O' then
       close(ARGV[i + 4])
     end
@@ -98,6 +125,9 @@ while i <= #ARGV do
   elseif kind == 'R' then
     retried = retried + 1
     redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[i + 5]), ARGV[i + 4])
+    if record then
+      remember('R', ARGV[i + 4])
+    end
     if ARGV[i + 6] ~= '' then
       redis.call('HSET', KEYS[5], id, ARGV[i + 6])
     end
@@ -105,12 +135,20 @@ while i <= #ARGV do
     dead = dead + 1
     close(ARGV[i + 4])
     redis.call('ZADD', KEYS[4], now_ms, ARGV[i + 5])
+    if record then
+      remember('X', ARGV[i + 5])
+    end
     if ARGV[i + 6] ~= '' then
       redis.call('HSET', KEYS[5], id, ARGV[i + 6])
     end
     release_unique(id, key)
   end
   i = i + width
+end
+
+if #history > 0 then
+  redis.call('APPEND', KEYS[10], table.concat(history))
+  redis.call('EXPIRE', KEYS[10], ttl)
 end
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
