@@ -22,7 +22,7 @@ from tests.helpers.acl import PASSWORD, apply_roles, drop_roles
 from tests.helpers.cli import conveyor as run_cli
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
-from tests.test_gate import post
+from tests.test_gate import get, post
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "rust/conveyor-core/src/store/scripts"
 
@@ -115,6 +115,10 @@ def test_every_component_runs_under_its_own_role(
             body = json.dumps({"type": "acl.gate", "args": [f"g{i}"]}).encode()
             assert post(gate.address, "/v1/jobs", body)[0] == 200
         wait_until(lambda: len(ran) == 120 + len(probes), 60, "every job run")
+        # The gate looks jobs up with its read-only account.
+        wait_until(
+            lambda: get(gate.address, f"/v1/jobs/{kafka_ids[0]}")[0] == 200, 10, "the gate finds it"
+        )
         assert worker.stats()["dead"] == 0
         assert relay.stats()["relayed"] >= 70
         assert relay.stats()["redis_errors"] == 0

@@ -6,14 +6,20 @@ not kept."""
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.error
+import urllib.request
+from typing import Any
 
 import pytest
 
 import conveyor
+from conveyor import _core
 from conveyor.devservers import DevServers
 from tests.helpers.cli import conveyor as conveyor_cli
 from tests.helpers.relay import start_relay, wait_until
+from tests.test_gate_access import Token
 
 pytestmark = pytest.mark.servers
 
@@ -135,3 +141,55 @@ def test_with_the_history_off_ended_jobs_are_not_kept(servers: DevServers, names
         worker.stop(grace_s=5)
         relay.stop()
         app.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_gate_answers_a_lookup_within_the_token_scope(app: conveyor.Conveyor) -> None:
+    app.job("lk.gate")(lambda: None)
+    app.publish_registry()
+    svc: Token = ("svc", "s" * 32, ["lk.*"], [], False, None)
+    other: Token = ("other", "o" * 32, ["zz.*"], [], False, None)
+    s = app.settings
+    gate = _core.Gate(
+        "127.0.0.1:0",
+        s.kafka_bootstrap,
+        namespace=s.namespace,
+        registry_url=s.redis_url,
+        registry_refresh_s=0.2,
+        tokens=[svc, other],
+    )
+    relay = start_relay(app)
+    worker = conveyor.Worker(app, threads=1)
+    try:
+        worker.start()
+        handle = app.enqueue("lk.gate", [])
+        handle.wait(10)
+        wait_until(lambda: _state(app, handle.id) == "done", 20, "the job done")
+
+        def ask(job_id: str, token: str | None) -> tuple[int, dict[str, Any]]:
+            request = urllib.request.Request(f"http://{gate.address}/v1/jobs/{job_id}")
+            if token:
+                request.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())
+
+        status, job = ask(handle.id, svc[1])
+        assert status == 200, job
+        assert job["state"] == "done"
+        assert job["type"] == "lk.gate"
+        assert [stage for stage, _ in job["timeline"]][-1] == "done"
+        # Out of scope reads exactly as absent; no token, no answer.
+        never = conveyor.Envelope("lk.gate", b"{}").id
+        assert ask(handle.id, other[1]) == ask(never, svc[1])
+        assert ask(never, svc[1])[0] == 404
+        assert ask(handle.id, None)[0] == 401
+        status, refused = ask("not-an-id", svc[1])
+        assert status == 400
+        assert "26 characters" in str(refused["error"])
+    finally:
+        worker.stop(grace_s=5)
+        relay.stop()
+        gate.stop()

@@ -106,9 +106,10 @@ ROLES: dict[str, Role] = {
         read_keys=("cv:routes",),
     ),
     "gate": Role(
-        doc="the HTTP gate: reads the job type registry, writes nothing",
-        commands=("hgetall",),
-        read_keys=("cv:registry",),
+        doc="the HTTP gate: reads the job type registry, and queues for job "
+        "lookups (GET /v1/jobs/{id}); writes nothing",
+        commands=("hgetall", "get", "hget", "hvals", "zrange", "lrange"),
+        read_keys=("cv:registry", _QUEUES),
     ),
     "relay": Role(
         doc="relays: admit into queues, fences and open-job counts, their "

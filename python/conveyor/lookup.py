@@ -15,15 +15,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from conveyor import _core
 from conveyor.errors import InvalidJobError
 from conveyor.settings import Settings
-
-_STAGE_NAMES = dict(_core.STAGES)
-#: The source stamp holds `partition << 48 | offset`, not a time.
-_SOURCE = next(code for code, name in _core.STAGES if name == "source")
-_OFFSET_BITS = 48
 
 
 @dataclass(frozen=True)
@@ -62,37 +58,26 @@ def find(
             max_scan=max_scan,
         )
         if found is not None:
-            return _info(queue, *found)
+            return from_description(json.loads(found))
     return None
 
 
-def _info(queue: str, state: str, ended_ms: int | None, raw: bytes, error: str | None) -> JobInfo:
-    envelope = _core.Envelope.decode(raw)
-    timeline = [("enqueued", envelope.enqueued_at_us / 1e6)]
-    kafka = None
-    for code, value in envelope.stages:
-        if code == _SOURCE:
-            kafka = (value >> _OFFSET_BITS, value & ((1 << _OFFSET_BITS) - 1))
-        else:
-            timeline.append((_STAGE_NAMES.get(code, f"stage {code}"), value / 1e6))
-    if ended_ms is not None:
-        timeline.append((state, ended_ms / 1e3))
-    parsed = None
-    if error:
-        try:
-            parsed = dict(json.loads(error))
-        except (ValueError, TypeError):
-            parsed = {"message": error}
+def from_description(job: dict[str, Any]) -> JobInfo:
+    """A `JobInfo` from the description the core gives (`Found::describe`,
+    also the body of the gate's `GET /v1/jobs/{id}`)."""
+    kafka = job["kafka"]
     return JobInfo(
-        id=envelope.id,
-        state=state,
-        job_type=envelope.job_type,
-        queue=queue,
-        # A leased envelope counts the attempts before the one it is in.
-        attempts=envelope.attempt + (1 if state in ("done", "running") else 0),
-        timeline=timeline,
-        kafka=kafka,
-        error=parsed,
+        id=job["id"],
+        state=job["state"],
+        job_type=job["type"],
+        queue=job["queue"],
+        attempts=job["attempts"],
+        timeline=[
+            ("enqueued", job["enqueued_at_us"] / 1e6),
+            *((str(stage), at / 1e6) for stage, at in job["timeline"]),
+        ],
+        kafka=None if kafka is None else (kafka["partition"], kafka["offset"]),
+        error=job["error"],
     )
 
 

@@ -321,30 +321,34 @@ impl RedisStore {
         self.with(py, |s| s.control_history(namespace, routes))
     }
 
-    /// Finds job `job_id` in `queue`: `(state, ended_ms, envelope, error)`
-    /// or `None`; see `store/history.rs`. `history_s`/`history_max_bytes` are
-    /// the workers' settings (which windows to read); `max_scan` bounds the
-    /// scan of the scheduled set and of the ready list.
+    /// Finds job `job_id` in `queue`: its description as JSON text
+    /// (`Found::describe`), or `None`; see `store/history.rs`.
+    /// `history_s`/`history_max_bytes` are the workers' settings (which
+    /// windows to read); `max_scan` bounds the scan of the scheduled set and
+    /// of the ready list.
     #[pyo3(signature = (namespace, queue, job_id, *, history_s=300.0, history_max_bytes=33_554_432, max_scan=100_000))]
     #[allow(clippy::too_many_arguments)]
-    fn lookup<'py>(
+    fn lookup(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         namespace: &str,
         queue: &str,
         job_id: &str,
         history_s: f64,
         history_max_bytes: u64,
         max_scan: usize,
-    ) -> PyResult<Option<LookedUp<'py>>> {
+    ) -> PyResult<Option<String>> {
         let keys = QueueKeys::new(namespace, queue).py()?;
         let id = JobId::parse(job_id).py()?;
         let history = History {
             retention: duration("history_s", history_s).py()?,
             max_bytes: history_max_bytes,
         };
-        let found = self.with(py, |s| s.lookup(&keys, &id.0, &history, max_scan))?;
-        Ok(found.map(|f| (f.state, f.ended_ms, PyBytes::new(py, &f.envelope), f.error)))
+        self.with(py, |s| {
+            s.lookup(&keys, &id.0, &history, max_scan)?
+                .map(|found| Ok(found.describe(queue)?.to_string()))
+                .transpose()
+        })
     }
 
     /// Every route set at run time as `(job type, JSON)`.
@@ -374,14 +378,6 @@ impl RedisStore {
         self.with(py, |s| s.purge(&keys))
     }
 }
-
-/// A job found by `lookup`: state, when it ended (ms), envelope, error.
-type LookedUp<'py> = (
-    &'static str,
-    Option<u64>,
-    Bound<'py, PyBytes>,
-    Option<String>,
-);
 
 fn actor(who: &str, origin: &str) -> Actor {
     Actor {

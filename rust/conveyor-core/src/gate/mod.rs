@@ -34,6 +34,7 @@
 mod access;
 mod handlers;
 mod https;
+mod lookups;
 mod requests;
 mod server;
 
@@ -130,6 +131,8 @@ struct Gate {
     readiness: Readiness,
     access: access::Access,
     https: Option<Arc<https::Https>>,
+    /// Room for job lookups running at once (`lookups::MAX_LOOKUPS`).
+    lookups: tokio::sync::Semaphore,
 }
 
 /// The last readiness answer and whether a probe runs now.
@@ -289,6 +292,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
     let gate = Arc::new(Gate {
         registry: RwLock::new(config.routes.clone()),
         registry_ignored: RwLock::default(),
+        lookups: tokio::sync::Semaphore::new(lookups::MAX_LOOKUPS),
         producer,
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
@@ -315,6 +319,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
     let app = Router::new()
         .route("/v1/jobs", post(enqueue_one))
         .route("/v1/jobs/batch", post(enqueue_batch))
+        .route("/v1/jobs/{id}", get(lookups::lookup_job))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

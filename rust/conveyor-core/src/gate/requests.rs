@@ -73,6 +73,16 @@ impl Refusal {
         }
     }
 
+    /// 404: no such job, or one out of the token's scope (told apart by nobody).
+    pub(super) fn not_found(reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            reason: reason.into(),
+            index: None,
+        }
+    }
+
     pub(super) fn at(mut self, index: usize) -> Self {
         self.index = Some(index);
         self

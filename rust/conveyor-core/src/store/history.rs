@@ -18,10 +18,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Cmd;
+use serde_json::{json, Value};
 
 use super::keys::QueueKeys;
 use super::RedisStore;
-use crate::envelope::{id_bytes, ID_LEN};
+use crate::envelope::{id_bytes, Envelope, Stage, ID_LEN};
 use crate::error::Result;
 
 /// Width of one history window, in seconds.
@@ -96,6 +97,50 @@ pub struct Found {
     pub envelope: Vec<u8>,
     /// Its last error (JSON), if it failed.
     pub error: Option<String>,
+}
+
+impl Found {
+    /// The job as `conveyor job`, `app.lookup` and `GET /v1/jobs/{id}` show
+    /// it: `id`, `state`, `type`, `queue`, `attempts`, `enqueued_at_us`,
+    /// `timeline` (`[stage, µs]` from the stage stamps, then the end),
+    /// `kafka` (`{partition, offset}` the relay read it from, or null) and
+    /// `error` (the last one recorded, or null).
+    pub fn describe(&self, queue: &str) -> Result<Value> {
+        let envelope = Envelope::decode(&self.envelope)?;
+        let mut kafka = Value::Null;
+        let mut timeline = Vec::new();
+        for stamp in &envelope.stages {
+            match (stamp.source(), Stage::from_code(stamp.code)) {
+                (Some((partition, offset)), _) => {
+                    kafka = json!({"partition": partition, "offset": offset});
+                }
+                (None, Some(stage)) => timeline.push(json!([stage.name(), stamp.at_us])),
+                (None, None) => {
+                    timeline.push(json!([format!("stage {}", stamp.code), stamp.at_us]))
+                }
+            }
+        }
+        if let Some(ms) = self.ended_ms {
+            timeline.push(json!([self.state, ms.saturating_mul(1000)]));
+        }
+        let error = self
+            .error
+            .as_deref()
+            .map(|text| serde_json::from_str(text).unwrap_or_else(|_| json!({"message": text})));
+        // A leased envelope counts the attempts before the one it is in.
+        let current = u32::from(matches!(self.state, "done" | "running"));
+        Ok(json!({
+            "id": envelope.id.to_string(),
+            "state": self.state,
+            "type": envelope.job_type,
+            "queue": queue,
+            "attempts": envelope.attempt + current,
+            "enqueued_at_us": envelope.enqueued_at_us,
+            "timeline": timeline,
+            "kafka": kafka,
+            "error": error,
+        }))
+    }
 }
 
 /// Envelopes read per round trip when scanning a list or a set.
