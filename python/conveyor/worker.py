@@ -190,6 +190,16 @@ class Worker:
         out["thread_faults"] = self._thread_faults
         return out
 
+    def health(self) -> str | None:
+        """None while every worker thread and the keeper run; else what
+        stopped (for `/healthz`)."""
+        if not self._threads:
+            return "not started"
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if self._keeper_thread is None or not self._keeper_thread.is_alive():
+            dead.append("conveyor-keeper")
+        return f"stopped: {', '.join(dead)}" if dead else None
+
     def metrics(self) -> str:
         """This process's worker metrics in Prometheus' text format."""
         return self._queues.metrics()

@@ -69,6 +69,7 @@ FOLLOW_EVERY_S = 5.0
 
 def _relay(args: argparse.Namespace) -> int:
     import logging
+    import sys
     import time
 
     from conveyor.cli.ignored import IgnoredValues
@@ -83,7 +84,9 @@ def _relay(args: argparse.Namespace) -> int:
     if args.metrics_bind:
         from conveyor.metrics_http import serve_metrics
 
-        server = serve_metrics(args.metrics_bind, lambda: merged_metrics(relays))
+        server = serve_metrics(
+            args.metrics_bind, lambda: merged_metrics(relays), lambda: _health(relays)
+        )
         host, port = server.server_address[:2]
         print(f"relay: metrics on http://{host!s}:{port}/metrics", flush=True)
     # Counters of relays replaced when the queues changed, so totals go on.
@@ -93,6 +96,12 @@ def _relay(args: argparse.Namespace) -> int:
     ignored = IgnoredValues(logging.getLogger("conveyor.relay"), "a relay control")
     while not stop.wait(min(1.0, args.report_every)):
         now = time.monotonic()
+        if (wrong := _health(relays)) is not None:
+            # A relay whose loop ended relays nothing: say so and exit, so
+            # whatever runs this process restarts it.
+            print(f"relay: {wrong}; exiting", file=sys.stderr, flush=True)
+            _stop(relays)
+            return 1
         if follower is not None and now - followed_at >= FOLLOW_EVERY_S:
             followed_at = now
             wanted = follower.queues()
@@ -122,9 +131,7 @@ def _relay(args: argparse.Namespace) -> int:
             flush=True,
         )
     print("relay stopping: finishing the batch in flight ...", flush=True)
-    for relay in relays:
-        relay.stop()
-    return 0
+    return 0 if _stop(relays) else 1
 
 
 def _start(settings: Settings, queues: list[str], args: argparse.Namespace) -> list[_core.Relay]:
@@ -147,6 +154,27 @@ def _start(settings: Settings, queues: list[str], args: argparse.Namespace) -> l
             flush=True,
         )
     return [relay for _, _, relay in started]
+
+
+def _stop(relays: list[_core.Relay]) -> bool:
+    """Stops every relay; says why any loop had ended. True if none had."""
+    import sys
+
+    from conveyor.errors import ConveyorError
+
+    clean = True
+    for relay in relays:
+        try:
+            relay.stop()
+        except ConveyorError as err:
+            clean = False
+            print(f"relay: a relay loop ended: {err}", file=sys.stderr, flush=True)
+    return clean
+
+
+def _health(relays: list[_core.Relay]) -> str | None:
+    stopped = sum(not relay.running() for relay in relays)
+    return f"{stopped} of {len(relays)} relays stopped" if stopped else None
 
 
 def _totals(relays: list[_core.Relay], base: dict[str, int] | None = None) -> dict[str, int]:

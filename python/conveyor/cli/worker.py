@@ -121,7 +121,7 @@ def _worker(args: argparse.Namespace) -> int:
             host, _, port = args.metrics_bind.rpartition(":")
             if port.isdigit() and int(port):
                 port = str(int(port) + index)
-            server = serve_metrics(f"{host}:{port}", worker.metrics)
+            server = serve_metrics(f"{host}:{port}", worker.metrics, worker.health)
             url = f"http://{host}:{server.server_address[1]}/metrics"
             print(f"worker: metrics on {url}", flush=True)
         worker.run(progress_every_s=args.report_every)

@@ -99,6 +99,12 @@ impl Relay {
         controls.ignored.clone()
     }
 
+    /// Whether the relay's threads all still run (false once its loop ended
+    /// by itself, on a fatal error, or after `stop`).
+    fn running(&self) -> bool {
+        self.handle().running()
+    }
+
     /// The `(topic, partition)`s this relay owns now.
     fn assignment(&self) -> Vec<(String, i32)> {
         self.handle().stats().assignment()

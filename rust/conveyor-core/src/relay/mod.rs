@@ -133,6 +133,13 @@ impl RelayHandle {
         &self.stats
     }
 
+    /// Whether its threads all still run: false once the relay loop ended
+    /// by itself (a fatal Kafka or configuration error) or was stopped.
+    pub fn running(&self) -> bool {
+        let reader = self.thread.as_ref().is_some_and(|t| !t.is_finished());
+        reader && self.observer.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Finishes the batch in flight, commits, leaves the group, and returns
     /// the loop's outcome.
     pub fn stop(&mut self) -> Result<()> {
