@@ -64,6 +64,11 @@ def _app(servers: DevServers, namespace: str, url: str, ran: list[str]) -> conve
                 ran.append(f"{name}:{tag}")
 
         app.job(name)(record)
+
+    @app.job("acl.result", store_result=True)
+    def shout(word: str) -> str:
+        return word.upper()
+
     return app
 
 
@@ -84,7 +89,7 @@ def test_every_component_runs_under_its_own_role(
     worker_app = _app(servers, namespace, accounts["worker"], ran)
     producer = _app(servers, namespace, accounts["producer"], [])
     worker_app.ensure_topics()
-    assert worker_app.publish_registry() == 3
+    assert worker_app.publish_registry() == 4
     relay = start_relay(worker_app, redis_url=accounts["relay"])
     gate = _core.Gate(
         "127.0.0.1:0",
@@ -119,10 +124,13 @@ def test_every_component_runs_under_its_own_role(
         wait_until(
             lambda: get(gate.address, f"/v1/jobs/{kafka_ids[0]}")[0] == 200, 10, "the gate finds it"
         )
+        # A worker keeps a result, a producer reads it, each as its own role.
+        assert producer.registry["acl.result"].enqueue("hi").result(timeout_s=30) == "HI"
         assert worker.stats()["dead"] == 0
         assert relay.stats()["relayed"] >= 70
         assert relay.stats()["redis_errors"] == 0
         assert sorted({r.split(":")[0] for r in ran}) == ["acl.direct", "acl.gate", "acl.kafka"]
+        assert sorted(worker_app.registry) == ["acl.direct", "acl.gate", "acl.kafka", "acl.result"]
 
         # The operator reads everything without a script right.
         for argv in (

@@ -15,6 +15,7 @@ import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
 from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.gate import start_gate
 from tests.helpers.relay import start_relay, wait_until
 
 pytestmark = pytest.mark.servers
@@ -68,13 +69,7 @@ def test_the_gate_ignores_registry_entries_it_cannot_use(
     _hset(servers, key, "cp.good", '{"queue": "default"}')
     _hset(servers, key, "cp.escape", '{"queue": "../../elsewhere"}')
     _hset(servers, key, "cp.garbled", "{not json")
-    gate = _core.Gate(
-        "127.0.0.1:0",
-        s.kafka_bootstrap,
-        namespace=s.namespace,
-        registry_url=s.redis_url,
-        registry_refresh_s=0.2,
-    )
+    gate = start_gate(app)
     try:
         wait_until(lambda: "cp.good" in gate.routes(), 10, "the registry read")
         assert gate.routes() == {"cp.good": "default"}

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
+from tests.helpers.gate import start_gate
 from tests.helpers.kafka_reader import read_all
 
 pytestmark = pytest.mark.servers
@@ -80,16 +81,7 @@ def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
 
 @pytest.fixture
 def gate(app: conveyor.Conveyor) -> Iterator[_core.Gate]:
-    s = app.settings
-    gate = _core.Gate(
-        "127.0.0.1:0",
-        s.kafka_bootstrap,
-        namespace=s.namespace,
-        registry_url=s.redis_url,
-        registry_refresh_s=0.2,
-        max_payload_bytes=4096,
-        max_batch=50,
-    )
+    gate = start_gate(app, max_payload_bytes=4096, max_batch=50)
     yield gate
     gate.stop()
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import conveyor
-from conveyor import _core
 from conveyor.devservers import DevServers
 from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.gate import start_gate
 from tests.helpers.relay import start_relay, wait_until
 from tests.test_gate_access import Token
 
@@ -149,15 +149,7 @@ def test_the_gate_answers_a_lookup_within_the_token_scope(app: conveyor.Conveyor
     app.publish_registry()
     svc: Token = ("svc", "s" * 32, ["lk.*"], [], False, None)
     other: Token = ("other", "o" * 32, ["zz.*"], [], False, None)
-    s = app.settings
-    gate = _core.Gate(
-        "127.0.0.1:0",
-        s.kafka_bootstrap,
-        namespace=s.namespace,
-        registry_url=s.redis_url,
-        registry_refresh_s=0.2,
-        tokens=[svc, other],
-    )
+    gate = start_gate(app, tokens=[svc, other])
     relay = start_relay(app)
     worker = conveyor.Worker(app, threads=1)
     try:

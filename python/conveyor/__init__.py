@@ -20,6 +20,7 @@ from conveyor.errors import (
     DevServerError,
     EnvelopeDecodeError,
     InvalidJobError,
+    JobFailed,
     JobTimeout,
     KafkaError,
     PermanentError,
@@ -27,6 +28,7 @@ from conveyor.errors import (
     UnknownTopicError,
     UnsupportedEnvelopeVersion,
 )
+from conveyor.handles import JobHandle
 from conveyor.job_context import JobInfo, current_job
 from conveyor.jobs import JobOptions, JobType
 from conveyor.middleware import Middleware
@@ -51,6 +53,8 @@ __all__ = [
     "Envelope",
     "EnvelopeDecodeError",
     "InvalidJobError",
+    "JobFailed",
+    "JobHandle",
     "JobInfo",
     "JobOptions",
     "JobTimeout",

@@ -44,7 +44,7 @@ SCRIPT_COMMANDS: dict[str, frozenset[str]] = {
     "replay_dead-4.lua": frozenset({"hget", "hset", "ltrim", "rpush", "zrem", "zscore"}),
     "settle-10.lua": frozenset(
         {"append", "exists", "expire", "hdel", "hget", "hgetall", "hincrby", "hset", "strlen"}
-        | {"time", "zadd", "zrem"}
+        | {"set", "time", "zadd", "zrem"}
     ),
 }
 
@@ -99,9 +99,9 @@ _HISTORIES = "{cv:*}:history"
 ROLES: dict[str, Role] = {
     "producer": Role(
         doc="services enqueuing with the Python client: the run-time routes, "
-        "and the direct path into queues",
+        "the direct path into queues, and results (handle.result())",
         scripts=("admit-7.lua",),
-        commands=("hgetall",),
+        commands=("hgetall", "get"),
         keys=(_QUEUES,),
         read_keys=("cv:routes",),
     ),

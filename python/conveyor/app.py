@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from conveyor import _core
+from conveyor import _core, results
 from conveyor.deliveries import DeliveryFailure, DeliveryWatcher, OnDeliveryFailure, let_go
 from conveyor.enqueue import Enqueued
-from conveyor.errors import ConveyorError, InvalidJobError
+from conveyor.errors import ConfigError, ConveyorError, InvalidJobError
+from conveyor.handles import result_reader
 from conveyor.jobs import JobOptions, JobType, P, R
 from conveyor.lookup import JobInfo, find
 from conveyor.payload import Call, encode_call
@@ -87,13 +88,17 @@ class Conveyor:
         timeout_s: float | None = None,
         backoff_s: float = 1.0,
         backoff_max_s: float = 3600.0,
+        store_result: bool = False,
+        result_ttl_s: float = 3600.0,
     ) -> Callable[[Callable[P, R]], JobType[P, R]]:
         """Decorator registering a handler under the stable type name `name`.
 
         A failed attempt is retried after `backoff_s`, doubling each time up
         to `backoff_max_s` (with jitter), until `max_attempts` attempts were
         made; then the job is dead-lettered with its last error. An attempt
-        running longer than `timeout_s` fails with `JobTimeout`.
+        running longer than `timeout_s` fails with `JobTimeout`. With
+        `store_result`, each job's outcome is kept `result_ttl_s` seconds for
+        `handle.result()` (`conveyor.results`).
         """
         _core.check_job_type(name)
         _core.check_queue_name(queue)
@@ -103,7 +108,11 @@ class Conveyor:
             raise InvalidJobError(f"timeout_s must be positive, not {timeout_s}")
         if not 0 <= backoff_s <= backoff_max_s:
             raise InvalidJobError("backoff_s must be between 0 and backoff_max_s")
-        options = JobOptions(queue, max_attempts, timeout_s, backoff_s, backoff_max_s)
+        if not 0 < result_ttl_s < float("inf"):
+            raise InvalidJobError(f"result_ttl_s must be positive and finite, not {result_ttl_s}")
+        options = JobOptions(
+            queue, max_attempts, timeout_s, backoff_s, backoff_max_s, store_result, result_ttl_s
+        )
 
         def register(fn: Callable[P, R]) -> JobType[P, R]:
             if name in self._jobs:
@@ -390,6 +399,26 @@ class Conveyor:
         this app may enqueue to (see `conveyor.lookup`);
         None when it is not found. (Not `job`: that name registers handlers.)"""
         return find(self.settings, job_id, sorted(self.queues()))
+
+    def result(self, job_id: str, timeout_s: float | None = None) -> Any:
+        """Job `job_id`'s result (see `JobHandle.result`), read in the queues
+        of this app's job types that keep results."""
+        return results.wait(job_id, self._result_reader(job_id), timeout_s)
+
+    async def result_async(self, job_id: str, timeout_s: float | None = None) -> Any:
+        """`result` for async code: awaits without blocking the event loop."""
+        return await results.wait_async(job_id, self._result_reader(job_id), timeout_s)
+
+    def _result_reader(self, job_id: str) -> results.Read:
+        queues = sorted({j.options.queue for j in self._jobs.values() if j.options.store_result})
+        if not queues:
+            raise ConfigError("no job type of this app keeps results (store_result=True)")
+        readers = [result_reader(self, queue, job_id) for queue in queues]
+
+        def read() -> bytes | None:
+            return next((raw for r in readers if (raw := r()) is not None), None)
+
+        return read
 
     def publish_registry(self) -> int:
         """Record this application's job types in Redis, where gates learn

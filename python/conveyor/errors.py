@@ -87,6 +87,19 @@ class InternalError(ConveyorError):
     code = "internal"
 
 
+class JobFailed(ConveyorError):
+    """The job a result was awaited for was given up on (dead-lettered):
+    `error` is its last error as the worker recorded it (`type`, `message`,
+    `traceback`, `attempt`), or its result could not be kept."""
+
+    code = "job_failed"
+
+    def __init__(self, message: str, error: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        #: The recorded error.
+        self.error: dict[str, object] = error or {}
+
+
 class DevServerError(ConveyorError):
     """A local development server (Kafka or Redis) could not be set up or started."""
 

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.errors import InvalidJobError
+from conveyor.handles import JobHandle
 from conveyor.payload import Call, split_call
 from conveyor.transports import PLAIN, SendOptions
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
-    from conveyor.enqueue import Enqueued
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,6 +34,11 @@ class JobOptions:
     backoff_s: float = 1.0
     #: Longest delay between two attempts.
     backoff_max_s: float = 3600.0
+    #: Keep each job's outcome (return value, or last error when given up
+    #: on) for `handle.result()` (`conveyor.results`).
+    store_result: bool = False
+    #: How long a kept result stays readable, in seconds.
+    result_ttl_s: float = 3600.0
 
 
 class JobType(Generic[P, R]):
@@ -68,12 +73,14 @@ class JobType(Generic[P, R]):
                 f"arguments do not fit {self.name}{self._signature}: {err}"
             ) from err
 
-    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Enqueued:
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Send one job with these handler arguments; returns at once."""
         shape = self._shape
         if shape is None or not shape.accepts_call(args, kwargs):
             self.check_args(args, kwargs)
-        return self.app.send_one(self.name, self.options.queue, args, kwargs, PLAIN)
+        return JobHandle(
+            self.app.send_one(self.name, self.options.queue, args, kwargs, PLAIN), self
+        )
 
     def enqueue_with(
         self,
@@ -84,13 +91,15 @@ class JobType(Generic[P, R]):
         delay: float | timedelta | None = None,
         run_at: datetime | float | None = None,
         trace_context: str | None = None,
-    ) -> Enqueued:
+    ) -> JobHandle:
         """Send one job with options: a dedup key, a delay or a run-at time
         (a datetime, or seconds since the epoch), a W3C trace context."""
         kwargs = kwargs or {}
         self.check_args(args, kwargs)
         options = SendOptions.of([dedup_key], delay, run_at, trace_context, 1)
-        return self.app.send_one(self.name, self.options.queue, args, kwargs, options)
+        return JobHandle(
+            self.app.send_one(self.name, self.options.queue, args, kwargs, options), self
+        )
 
     def enqueue_many(
         self,
@@ -100,7 +109,7 @@ class JobType(Generic[P, R]):
         delay: float | timedelta | None = None,
         run_at: datetime | float | None = None,
         trace_context: str | None = None,
-    ) -> Enqueued:
+    ) -> JobHandle:
         """Send a batch in one call: each item is a tuple of positional
         arguments or a dict of keyword arguments. One handle for the batch."""
         materialised = list(calls)
@@ -110,7 +119,9 @@ class JobType(Generic[P, R]):
                 args, kwargs = split_call(call)
                 self.check_args(args, kwargs)
         options = SendOptions.of(dedup_keys, delay, run_at, trace_context, len(materialised))
-        return self.app.send_many(self.name, self.options.queue, materialised, options)
+        return JobHandle(
+            self.app.send_many(self.name, self.options.queue, materialised, options), self
+        )
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from conveyor.job_context import JobInfo, current
 from conveyor.jobs import JobOptions, JobType
 from conveyor.middleware import Middleware, call_hooks
 from conveyor.payload import decode_call
+from conveyor.results import encode_error, encode_value
 from conveyor.retry import retry_delay
 from conveyor.timeouts import Timeouts, with_timeout
 
@@ -36,6 +37,9 @@ UNKNOWN_TYPE = JobOptions(max_attempts=5, backoff_s=5.0, backoff_max_s=300.0)
 #: How a failed job is settled: its error record (JSON) and the delay before
 #: the next attempt, or None to dead-letter it.
 Failure = tuple[str, float | None]
+
+#: A result to keep for a job's waiters (`conveyor.results`) and for how long (s).
+Kept = tuple[bytes, float]
 
 
 def error_record(error: BaseException, attempt: int) -> str:
@@ -73,8 +77,11 @@ class Runner:
         handlers: Mapping[str, JobType[Any, Any]],
         middleware: Sequence[Middleware] = (),
         loop: asyncio.AbstractEventLoop | None = None,
+        result_limit: int = _core.MAX_PAYLOAD_LEN,
     ) -> None:
         self.handlers = dict(handlers)
+        #: Largest result kept (bytes, encoded); a larger one is kept as an error.
+        self.result_limit = result_limit
         self.middleware = tuple(middleware)
         self.loop = loop
         self.timeouts = Timeouts()
@@ -88,10 +95,12 @@ class Runner:
         stopping: threading.Event,
         ends: list[float],
         failures: dict[int, Failure],
+        results: dict[int, Kept],
     ) -> None:
         """Runs a batch's jobs in order until `stopping` is set, appending the
-        end time of each job that ran to `ends` and its failure, if any, to
-        `failures` by index, for settle. Filled as jobs end, so that what ran
+        end time of each job that ran to `ends`, its failure, if any, to
+        `failures` and its result to keep, if its type keeps them, to
+        `results`, by index, for settle. Filled as jobs end, so that what ran
         is known even if this is interrupted."""
         handlers = self.handlers
         now = time.time
@@ -107,6 +116,7 @@ class Runner:
                 simple
                 and jt is not None
                 and jt.options.timeout_s is None
+                and not jt.options.store_result
                 and attempt < jt.options.max_attempts
             ):
                 # The hot path: the same steps as `attempt` with nothing to
@@ -123,18 +133,28 @@ class Runner:
                         failures[i] = self.failure(jt.options, info, err)
                 ends.append(now())
                 continue
-            error = self.attempt(jt, info, payload)
+            kept: list[Any] = []
+            error = self.attempt(jt, info, payload, kept)
             if error is not None:
                 options = jt.options if jt is not None else UNKNOWN_TYPE
-                failures[i] = self.failure(options, info, error)
+                failures[i] = failure = self.failure(options, info, error)
+                if options.store_result and failure[1] is None:
+                    results[i] = (encode_error(failure[0]), options.result_ttl_s)
+            elif kept and jt is not None:
+                results[i] = (encode_value(kept[0], self.result_limit), jt.options.result_ttl_s)
             ends.append(now())
         current.job = None
 
     def attempt(
-        self, jt: JobType[Any, Any] | None, info: JobInfo, payload: bytes
+        self,
+        jt: JobType[Any, Any] | None,
+        info: JobInfo,
+        payload: bytes,
+        kept: list[Any] | None = None,
     ) -> BaseException | None:
         """One job with every check: unknown type, attempts left, hooks,
-        timeout. Returns the error if the attempt failed."""
+        timeout. Returns the error if the attempt failed; appends what the
+        handler returned to `kept` (if given) for a type that keeps results."""
         current.job = info
         if jt is None:
             return InvalidJobError(
@@ -156,7 +176,9 @@ class Runner:
             error = PermanentError(str(err))
         else:
             try:
-                self._call(jt, options, args, kwargs)
+                value = self._call(jt, options, args, kwargs)
+                if kept is not None and options.store_result:
+                    kept.append(value)
             except BaseException as err:  # a handler may raise anything at all
                 error = err
         call_hooks(self.middleware, "after", info, error)
@@ -168,25 +190,23 @@ class Runner:
         options: JobOptions,
         args: list[Any],
         kwargs: dict[str, Any],
-    ) -> None:
+    ) -> Any:
+        """Calls the handler; returns what it returned."""
         timeout = options.timeout_s
         if jt.name in self.async_types:
             coro: Coroutine[Any, Any, Any] = jt.fn(*args, **kwargs)
             if timeout is not None:
                 coro = with_timeout(coro, timeout)
             if self.loop is None:
-                asyncio.run(coro)
-            else:
-                asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-            return
+                return asyncio.run(coro)
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
         if timeout is None:
-            jt.fn(*args, **kwargs)
-            return
+            return jt.fn(*args, **kwargs)
         # The timeout may land anywhere up to disarm() returning: catch it here too.
         try:
             self.timeouts.arm(timeout)
             try:
-                jt.fn(*args, **kwargs)
+                return jt.fn(*args, **kwargs)
             finally:
                 self.timeouts.disarm()
         except JobTimeout:

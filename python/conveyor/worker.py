@@ -26,7 +26,7 @@ from conveyor.errors import ConfigError, ConveyorError
 from conveyor.job_context import JobInfo, current_job
 from conveyor.keeper import Keeper
 from conveyor.middleware import Middleware
-from conveyor.runner import UNKNOWN_TYPE, Failure, Runner, error_record
+from conveyor.runner import UNKNOWN_TYPE, Failure, Kept, Runner, error_record
 
 log = logging.getLogger("conveyor.worker")
 
@@ -82,7 +82,9 @@ class Worker:
         self.max_batch = max_batch
         self.grace_s = grace_s
         self.middleware = tuple(middleware)
-        self._runner = Runner(app.registry, self.middleware)
+        self._runner = Runner(
+            app.registry, self.middleware, result_limit=app.settings.max_payload_bytes
+        )
         if not self.queues:
             raise ConfigError("a worker needs at least one queue")
         s = app.settings
@@ -246,8 +248,9 @@ class Worker:
         Whatever happens, the batch is settled or its lease let go."""
         ends: list[float] = []
         failures: dict[int, Failure] = {}
+        results: dict[int, Kept] = {}
         try:
-            self._runner.run_batch(batch, self._stopping, ends, failures)
+            self._runner.run_batch(batch, self._stopping, ends, failures, results)
         except BaseException as err:
             # The job running when it happened counts as a failed attempt
             # (it may be what caused it); the rest go back unstarted.
@@ -256,7 +259,7 @@ class Worker:
             if len(ends) < len(batch):
                 failures[len(ends)] = self._fault_failure(batch, len(ends), err)
                 ends.append(time.time())
-        self._settle(batch, ends, failures)
+        self._settle(batch, ends, failures, results)
         return len(ends)
 
     def _fault_failure(self, batch: _core.LeasedBatch, index: int, error: BaseException) -> Failure:
@@ -273,6 +276,7 @@ class Worker:
         batch: _core.LeasedBatch,
         ends: list[float],
         failures: dict[int, Failure],
+        results: dict[int, Kept],
     ) -> None:
         # Redis away: keep trying while the lease lasts; after that, stop
         # renewing it, so that it expires and the reaper gives the jobs back:
@@ -280,7 +284,7 @@ class Worker:
         give_up = time.monotonic() + self.lease_s
         while True:
             try:
-                self._queues.settle(batch, ends, failures)
+                self._queues.settle(batch, ends, failures, results=results or None)
                 return
             except ConveyorError as err:
                 if time.monotonic() > give_up:

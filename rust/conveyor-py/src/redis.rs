@@ -351,6 +351,21 @@ impl RedisStore {
         })
     }
 
+    /// The result kept for `job_id` in `queue` (`store_result` job types), or
+    /// `None`: not ended yet, kept no longer, or never kept.
+    fn result<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        queue: &str,
+        job_id: &str,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let id = JobId::parse(job_id).py()?;
+        let value = self.with(py, |s| s.result(&keys, &id.0))?;
+        Ok(value.map(|v| PyBytes::new(py, &v)))
+    }
+
     /// Every route set at run time as `(job type, JSON)`.
     fn routes(&self, py: Python<'_>, namespace: &str) -> PyResult<Vec<(String, String)>> {
         self.with(py, |s| s.routes(namespace))

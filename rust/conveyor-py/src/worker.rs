@@ -187,8 +187,9 @@ impl WorkQueues {
     /// queue. `failures[i] = (error_json, retry_in_s)` marks job `i` failed,
     /// retried after `retry_in_s` or dead-lettered when it is `None`. Job `i`
     /// started at `starts[i]` if given, else when job `i - 1` ended (the fetch
-    /// for job 0). Returns `(done, retried, dead, stale)`.
-    #[pyo3(signature = (batch, ends, failures, starts=None))]
+    /// for job 0). `results[i] = (value, ttl_s)` is kept for job `i`'s
+    /// waiters when it is done or dead. Returns `(done, retried, dead, stale)`.
+    #[pyo3(signature = (batch, ends, failures, starts=None, results=None))]
     fn settle(
         &self,
         py: Python<'_>,
@@ -196,9 +197,11 @@ impl WorkQueues {
         ends: Vec<f64>,
         failures: HashMap<usize, Failure>,
         starts: Option<Vec<f64>>,
+        results: Option<HashMap<usize, (Vec<u8>, f64)>>,
     ) -> PyResult<(u64, u64, u64, u64)> {
         let batch = &batch.batch;
-        let outcomes = outcomes(batch, &ends, &failures, starts.as_deref()).py()?;
+        let results = results.unwrap_or_default();
+        let outcomes = outcomes(batch, &ends, &failures, starts.as_deref(), results).py()?;
         let s = py.detach(|| self.inner.settle(batch, &outcomes)).py()?;
         Ok((s.done, s.retried, s.dead, s.stale))
     }

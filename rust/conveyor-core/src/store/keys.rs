@@ -109,6 +109,12 @@ impl QueueKeys {
         format!("{}:history:{bucket}", self.base)
     }
 
+    /// String: the result of job `id` (`store_result` job types), kept for
+    /// its time to live (`settlement.rs`).
+    pub fn result(&self, id: &[u8; 16]) -> String {
+        format!("{}:result:{}", self.base, crate::JobId(*id))
+    }
+
     /// Every key of the queue that is not per lease (nor a history window,
     /// which expires by itself).
     pub fn all(&self) -> [String; 12] {

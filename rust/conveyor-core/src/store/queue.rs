@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use redis::Cmd;
 
-pub use super::settlement::{Settled, Settlement};
+pub use super::settlement::{Settled, Settlement, StoredResult};
 
 use super::keys::QueueKeys;
 use super::{scripts, RedisStore};

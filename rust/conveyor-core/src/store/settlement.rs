@@ -22,6 +22,8 @@ pub enum Settlement {
         /// Its field in the queue's open jobs (`keys::open_field`), for a
         /// job a relay read from Kafka.
         open: Option<String>,
+        /// Its result, kept under its id (`store_result` job types).
+        result: Option<StoredResult>,
     },
     /// Failed, to be tried again `delay_ms` after settling (Redis' clock).
     /// An empty `error` keeps no error record.
@@ -51,7 +53,23 @@ pub enum Settlement {
         envelope: Vec<u8>,
         /// The error, as JSON text.
         error: String,
+        /// What its waiters read: its error, kept under its id
+        /// (`store_result` job types).
+        result: Option<StoredResult>,
     },
+}
+
+/// A job's result, kept for whoever waits on its id (`RedisStore::result`).
+/// The bytes are opaque here: Python writes and reads them
+/// (`conveyor/results.py`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResult {
+    /// The job's 16-byte id, which names the key.
+    pub id: [u8; 16],
+    /// The result as stored.
+    pub value: Vec<u8>,
+    /// How long it is kept (ms, at least 1).
+    pub ttl_ms: u64,
 }
 
 /// What one `settle` did; see `scripts/settle-10.lua`.
@@ -93,6 +111,8 @@ impl RedisStore {
             return Ok(Settled::default());
         }
         let mut call = scripts::SETTLE.key(keys.lease(token));
+        // KEYS[11..]: a result key for each record that keeps one.
+        let mut result_keys = 10;
         call.key(keys.leases())
             .key(keys.scheduled())
             .key(keys.dead())
@@ -112,6 +132,7 @@ impl RedisStore {
                     id,
                     unique,
                     open,
+                    result,
                 } => {
                     call.arg(if open.is_some() { "O" } else { "D" })
                         .arg(*slot)
@@ -120,6 +141,7 @@ impl RedisStore {
                     if let Some(open) = open {
                         call.arg(open);
                     }
+                    keep(&mut call, keys, result, &mut result_keys);
                 }
                 Settlement::Retry {
                     slot,
@@ -143,6 +165,7 @@ impl RedisStore {
                     open,
                     envelope,
                     error,
+                    result,
                 } => {
                     call.arg("X")
                         .arg(*slot)
@@ -151,9 +174,32 @@ impl RedisStore {
                         .arg(open.as_deref().unwrap_or(""))
                         .arg(envelope.as_slice())
                         .arg(error);
+                    keep(&mut call, keys, result, &mut result_keys);
                 }
             }
         }
         Ok(call.invoke(self.scripted()?)?)
+    }
+
+    /// The result kept for job `id` in this queue, if any (yet, or still).
+    pub fn result(&mut self, keys: &QueueKeys, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        Ok(redis::Cmd::get(keys.result(id)).query(self.connection())?)
+    }
+}
+
+/// Adds the 'V' record that keeps `result` after the record it belongs to.
+fn keep(
+    call: &mut redis::ScriptInvocation<'_>,
+    keys: &QueueKeys,
+    result: &Option<StoredResult>,
+    result_keys: &mut usize,
+) {
+    if let Some(result) = result {
+        *result_keys += 1;
+        call.key(keys.result(&result.id))
+            .arg("V")
+            .arg(*result_keys)
+            .arg(result.ttl_ms.max(1))
+            .arg(result.value.as_slice());
     }
 }

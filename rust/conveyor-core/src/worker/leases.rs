@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::{Batch, ReadyJob, WorkQueues};
 use crate::error::Result;
 use crate::id::now_ms;
+use crate::store::history::History;
 
 /// Share of `maxmemory` from which Redis counts as nearly full.
 const TIGHT_AT: f64 = 0.9;
@@ -176,10 +177,20 @@ impl WorkQueues {
     /// storm of failures cannot push Redis past its limit (settling must
     /// work over it, and so is allowed to grow it).
     pub(super) fn check_memory(&self) -> Result<()> {
+        self.kept_since_check.store(0, Ordering::Relaxed);
         let (used, max) = self.with_store(|s| s.memory())?;
         let tight = max > 0 && used as f64 >= max as f64 * TIGHT_AT;
         self.tight.store(tight, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The history settles keep now: none while Redis is nearly full.
+    pub(super) fn history_now(&self) -> History {
+        if self.tight.load(Ordering::Relaxed) {
+            History::OFF
+        } else {
+            self.history
+        }
     }
 
     /// How many leases this process holds now.

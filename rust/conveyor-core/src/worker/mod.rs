@@ -10,6 +10,7 @@ pub mod outcomes;
 pub mod records;
 
 pub use leases::{MaxAges, Progress};
+pub use outcomes::{Kept, Outcome};
 pub use records::{cap_error, error_json, MAX_ERROR_BYTES};
 
 use std::collections::HashMap;
@@ -71,31 +72,6 @@ pub struct Batch {
     pub progress: Arc<Progress>,
 }
 
-/// How a handler's attempt at one job ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Succeeded.
-    Done {
-        /// When the attempt started and ended (µs since the epoch).
-        started_us: u64,
-        /// When it ended.
-        ended_us: u64,
-    },
-    /// Failed: retry after `retry_in` or, with `None`, dead-letter.
-    Failed {
-        /// When the attempt started (µs since the epoch).
-        started_us: u64,
-        /// When it ended.
-        ended_us: u64,
-        /// The error as JSON text, kept with the job.
-        error: String,
-        /// Delay before the next attempt; `None` gives up.
-        retry_in: Option<Duration>,
-    },
-    /// Never started: give it back to the queue (shutdown).
-    Released,
-}
-
 /// Latency and outcome counters of one worker process.
 #[derive(Default)]
 pub struct WorkerStats {
@@ -140,6 +116,8 @@ pub struct WorkQueues {
     /// Redis is nearly full (see `leases::check_memory`): retries keep no
     /// error record and dead letters a short one, so failures cannot grow it.
     tight: std::sync::atomic::AtomicBool,
+    /// Bytes of results kept since Redis' memory was last read (`records::kept`).
+    kept_since_check: AtomicU64,
     sequence: AtomicU64,
     pool: Mutex<Vec<RedisStore>>,
     /// Every lease held now, by token.
@@ -179,6 +157,7 @@ impl WorkQueues {
             retention: DeadRetention::default(),
             history: History::default(),
             tight: Default::default(),
+            kept_since_check: Default::default(),
             sequence: AtomicU64::new(0),
             pool: Mutex::new(vec![first]),
             held: Mutex::new(HashMap::new()),
@@ -347,6 +326,7 @@ impl WorkQueues {
                 open: None,
                 envelope: raw.clone(),
                 error: cap_error(error_json("EnvelopeDecodeError", reason), self.error_cap()),
+                result: None,
             });
         }
         let keys = &self.queues[batch.queue].keys;
@@ -358,11 +338,7 @@ impl WorkQueues {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&batch.token);
-        let history = if self.tight.load(Ordering::Relaxed) {
-            History::OFF
-        } else {
-            self.history
-        };
+        let history = self.history_now();
         let result = self.with_store(|s| {
             let settled = s.settle(keys, &batch.token, &records, &history)?;
             let back = s.release(keys, &batch.token, &released)?;
@@ -403,6 +379,7 @@ impl WorkQueues {
             Outcome::Done {
                 started_us,
                 ended_us,
+                result,
             } => {
                 self.observe(env, *started_us, *ended_us, true);
                 let needs_id = env.attempt > 0 || env.dedup_key.is_some();
@@ -411,6 +388,7 @@ impl WorkQueues {
                     id: needs_id.then_some(env.id.0),
                     unique: env.unique_field(),
                     open: open_field(env),
+                    result: self.kept(env, result),
                 })
             }
             Outcome::Failed {
@@ -418,6 +396,7 @@ impl WorkQueues {
                 ended_us,
                 error,
                 retry_in,
+                result,
             } => {
                 self.observe(env, *started_us, *ended_us, false);
                 // Redis nearly full: a failure adds nothing to the job but its
@@ -459,6 +438,7 @@ impl WorkQueues {
                             open: open_field(env),
                             envelope: stored,
                             error: cap_error(error.clone(), self.error_cap()),
+                            result: self.kept(env, result),
                         })
                     }
                 }

@@ -3,14 +3,43 @@
 
 use std::sync::atomic::Ordering;
 
-use super::WorkQueues;
+use super::{Kept, WorkQueues};
+use crate::envelope::Envelope;
+use crate::store::queue::StoredResult;
 
 /// Largest error record kept with a job (bytes); longer ones are cut.
 pub const MAX_ERROR_BYTES: usize = 4096;
 /// Largest error record of a dead job while Redis is nearly full.
 pub const TIGHT_ERROR_BYTES: usize = 256;
+/// Bytes of results a worker process keeps before it reads Redis' memory again.
+pub const CHECK_AFTER_KEPT: u64 = 1 << 20;
 
 impl WorkQueues {
+    /// The result to keep for `env`'s waiters; none while Redis is nearly
+    /// full: a result is a key per job (about 120 bytes even for an empty
+    /// one), and jobs must keep finishing without growing a full Redis.
+    /// Results are opt-in and may be large: past [`CHECK_AFTER_KEPT`] bytes
+    /// kept, memory is read again before the next one, not at the keeper's
+    /// next beat (a second of results can be many megabytes).
+    pub(super) fn kept(&self, env: &Envelope, result: &Option<Kept>) -> Option<StoredResult> {
+        let (value, ttl) = result.as_ref()?;
+        let since = self
+            .kept_since_check
+            .fetch_add(value.len() as u64, Ordering::Relaxed);
+        if since >= CHECK_AFTER_KEPT {
+            // Best effort: on a Redis error the keeper's beat reads it later.
+            let _ = self.check_memory();
+        }
+        if self.tight.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(StoredResult {
+            id: env.id.0,
+            value: value.clone(),
+            ttl_ms: ttl.as_millis().clamp(1, u64::MAX as u128) as u64,
+        })
+    }
+
     pub(super) fn error_cap(&self) -> usize {
         if self.tight.load(Ordering::Relaxed) {
             TIGHT_ERROR_BYTES

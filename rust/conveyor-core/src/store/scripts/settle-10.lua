@@ -15,6 +15,8 @@
             record after another (history.rs): its kind ('D' done, 'R' to
             retry, 'X' dead), Redis' time in ms (13 digits), the envelope's
             length (8 hex digits), the envelope (the leased one for a done job)
+  KEYS[11..] cv:[<ns>:]{<queue>}:result:<job id>  string: a job's result, one
+            key for each 'V' record, in order
   ARGV[1]   the lease token
   ARGV[2]   seconds KEYS[10] lives after its last write; 0 records no history
   ARGV[3]   most bytes KEYS[10] takes (past it, jobs are not recorded)
@@ -23,6 +25,8 @@
               'O', slot, id, unique field, open field                   done, relayed
               'R', slot, id, unique field, envelope, delay ms, error    retry after delay
               'X', slot, id, unique field, open field, envelope, error  dead letter
+              'V', key index, ttl ms, result      keep the result of the job
+                                                  of the record before it
             id is the 16-byte job id, or "" for a done job that never failed
             and is not unique (nothing to clean up). The unique field is the
             job's field in KEYS[6], or "". envelope is the job
@@ -33,7 +37,9 @@
             or "" for a job that did not come from a relay: a job that ends
             is counted out of its block there, so the relay's watermark
             (docs/recovery.md) moves past it. 'D' is 'O' without one (an
-            argument fewer per job of the direct path).
+            argument fewer per job of the direct path). A 'V' record follows
+            the 'D', 'O' or 'X' record of a job whose type keeps results
+            (KEYS[key index]); it is not kept when that record was stale.
 
   Returns: { done, retried, dead, stale }
     stale   records whose slot is no longer leased: the lease expired and the
@@ -48,7 +54,8 @@
 
   `allow-oom`: settling frees the lease; a retry or dead letter moves the same
   bytes (plus a few stage stamps and the error) elsewhere. A full Redis must
-  never stop jobs from finishing.
+  never stop jobs from finishing. A kept result adds a key: while Redis is
+  nearly full the worker keeps none (worker/records.rs).
 ]]
 local done, retried, dead, stale = 0, 0, 0, 0
 local time = redis.call('TIME')
@@ -86,7 +93,7 @@ end
 
 -- Check every record before changing anything: a script that stops half way
 -- leaves its earlier writes in place.
-local WIDTH = { D = 4, O = 5, R = 7, X = 7 }
+local WIDTH = { D = 4, O = 5, R = 7, X = 7, V = 4 }
 local FIRST = 4
 local i = FIRST
 while i <= #ARGV do
@@ -99,18 +106,31 @@ while i <= #ARGV do
     if not delay or delay < 0 then
       return redis.error_reply('CVARGS a retry delay is a number of ms, not ' .. tostring(ARGV[i + 5]))
     end
+  elseif ARGV[i] == 'V' then
+    local key, ttl_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    if not key or not KEYS[key] or key <= 10 or not ttl_ms or ttl_ms < 1 then
+      return redis.error_reply('CVARGS a result names a key past KEYS[10] and a ttl in ms')
+    end
   end
   i = i + width
 end
 
 i = FIRST
+-- Whether the record before a 'V' was applied (not stale).
+local applied = false
 while i <= #ARGV do
   local kind, slot, id, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local width = WIDTH[kind]
   local leased = leased_envelopes[slot]
-  if redis.call('HDEL', KEYS[1], slot) == 0 then
+  if kind == 'V' then
+    if applied then
+      redis.call('SET', KEYS[tonumber(slot)], ARGV[i + 3], 'PX', tonumber(id))
+    end
+  elseif redis.call('HDEL', KEYS[1], slot) == 0 then
+    applied = false
     stale = stale + 1
   elseif kind == 'D' or kind == 'O' then
+    applied = true
     done = done + 1
     if leased then
       remember('D', leased)
@@ -123,6 +143,7 @@ while i <= #ARGV do
       release_unique(id, key)
     end
   elseif kind == 'R' then
+    applied = false
     retried = retried + 1
     redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[i + 5]), ARGV[i + 4])
     if record then
@@ -132,6 +153,7 @@ while i <= #ARGV do
       redis.call('HSET', KEYS[5], id, ARGV[i + 6])
     end
   else
+    applied = true
     dead = dead + 1
     close(ARGV[i + 4])
     redis.call('ZADD', KEYS[4], now_ms, ARGV[i + 5])

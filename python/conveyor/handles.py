@@ -1,0 +1,83 @@
+"""What `JobType.enqueue` returns: the delivery handle (`Enqueued`) of the
+jobs sent, plus what can be asked of them once they are on their way: the
+result (for job types that keep one) and, by id, where they are."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from conveyor.errors import ConfigError
+from conveyor.results import Read, wait, wait_async
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.enqueue import Enqueued
+    from conveyor.jobs import JobType
+
+
+class JobHandle:
+    """Jobs of one type handed over for delivery (see `Enqueued` for `id`,
+    `ids`, `wait` and `done`), and their results."""
+
+    __slots__ = ("_job_type", "_sent")
+
+    def __init__(self, sent: Enqueued, job_type: JobType[Any, Any]) -> None:
+        self._sent = sent
+        self._job_type = job_type
+
+    @property
+    def ids(self) -> list[str]:
+        """The jobs' ids, in the order they were given."""
+        return self._sent.ids
+
+    @property
+    def id(self) -> str:
+        """The first (usually only) job's id."""
+        return self._sent.id
+
+    def done(self) -> bool:
+        """Whether every job has been acknowledged (or has failed)."""
+        return self._sent.done()
+
+    def wait(self, timeout_s: float | None = None) -> list[tuple[int, int]]:
+        """Blocks until every job is acknowledged (see `Enqueued.wait`)."""
+        return self._sent.wait(timeout_s)
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def __repr__(self) -> str:
+        more = "..." if len(self) > 3 else ""
+        return f"JobHandle({self._job_type.name!r}, ids={self.ids[:3]}{more})"
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        """The first job's result once it ended, waiting at most `timeout_s`
+        seconds (None: no limit): what its handler returned, or `JobFailed`
+        if it was given up on; `ConveyorTimeout` when time is up."""
+        return wait(self.id, self._reader(self.id), timeout_s)
+
+    async def result_async(self, timeout_s: float | None = None) -> Any:
+        """`result` for async code: awaits without blocking the event loop."""
+        return await wait_async(self.id, self._reader(self.id), timeout_s)
+
+    def results(self, timeout_s: float | None = None) -> list[Any]:
+        """Every job's result in order (each waits at most `timeout_s`)."""
+        return [wait(i, self._reader(i), timeout_s) for i in self.ids]
+
+    def _reader(self, job_id: str) -> Read:
+        jt = self._job_type
+        if not jt.options.store_result:
+            raise ConfigError(
+                f"job type {jt.name!r} keeps no results: register it with store_result=True"
+            )
+        return result_reader(jt.app, jt.options.queue, job_id)
+
+
+def result_reader(app: Conveyor, queue: str, job_id: str) -> Read:
+    """Reads job `job_id`'s kept result in `queue`."""
+    namespace = app.settings.namespace
+
+    def read() -> bytes | None:
+        return app.store(queue).result(namespace, queue, job_id)
+
+    return read
