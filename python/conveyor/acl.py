@@ -26,10 +26,11 @@ SCRIPT_COMMANDS: dict[str, frozenset[str]] = {
         {"hget", "hincrby", "hset", "hsetnx", "ltrim", "rpush", "time", "zadd"}
     ),
     "control-2.lua": frozenset({"hdel", "hget", "hset", "lpush", "ltrim", "time"}),
-    "fetch-5.lua": frozenset(
+    "fetch-6.lua": frozenset(
         {"exists", "hset", "llen", "lpop", "lpush", "ltrim", "rpush", "time", "zadd"}
-        | {"zrangebyscore", "zrem"}
+        | {"zcard", "zrangebyscore", "zrem", "zscore"}
     ),
+    "cancel-1.lua": frozenset({"time", "zadd", "zremrangebyrank", "zremrangebyscore"}),
     "heartbeat-2.lua": frozenset({"hset", "time", "zadd", "zscore"}),
     "periodic-3.lua": frozenset({"hget", "hset", "ltrim", "rpush"}),
     "publish_registry-1.lua": frozenset({"hlen", "hset"}),
@@ -42,7 +43,7 @@ SCRIPT_COMMANDS: dict[str, frozenset[str]] = {
     ),
     "release-5.lua": frozenset({"exists", "hdel", "hget", "lpush", "ltrim", "rpush", "zrem"}),
     "replay_dead-4.lua": frozenset({"hget", "hset", "ltrim", "rpush", "zrem", "zscore"}),
-    "settle-10.lua": frozenset(
+    "settle-11.lua": frozenset(
         {"append", "exists", "expire", "hdel", "hget", "hgetall", "hincrby", "hset", "strlen"}
         | {"set", "time", "zadd", "zrem"}
     ),
@@ -99,9 +100,10 @@ _HISTORIES = "{cv:*}:history"
 ROLES: dict[str, Role] = {
     "producer": Role(
         doc="services enqueuing with the Python client: the run-time routes, "
-        "the direct path into queues, and results (handle.result())",
-        scripts=("admit-7.lua",),
-        commands=("hgetall", "get"),
+        "the direct path into queues, results (handle.result()), looking up "
+        "and cancelling jobs (app.lookup, app.cancel)",
+        scripts=("admit-7.lua", "cancel-1.lua"),
+        commands=_READS,
         keys=(_QUEUES,),
         read_keys=("cv:routes",),
     ),
@@ -127,11 +129,11 @@ ROLES: dict[str, Role] = {
         doc="workers: lease, settle, retry and schedule jobs, publish the "
         "registry at start, enqueue follow-up jobs (as a producer)",
         scripts=(
-            *("fetch-5.lua", "settle-10.lua", "heartbeat-2.lua", "release-5.lua"),
+            *("fetch-6.lua", "settle-11.lua", "heartbeat-2.lua", "release-5.lua"),
             *("reap-5.lua", "periodic-3.lua", "purge_dead-3.lua"),
             *("admit-7.lua", "publish_registry-1.lua"),
         ),
-        commands=("time", "blpop", "zrangebyscore", "hgetall", "info"),
+        commands=("time", "blpop", "zrangebyscore", "hgetall", "info", "zcard", "zmscore"),
         keys=(_QUEUES, "cv:registry"),
         read_keys=("cv:routes",),
     ),
@@ -143,9 +145,12 @@ ROLES: dict[str, Role] = {
     ),
     "admin": Role(
         doc="people who steer: everything `operator` reads, plus pause, "
-        "resume, throttle, shadow, route, replay from Kafka, and replay or purge "
-        "dead letters",
-        scripts=("control-2.lua", "replay_dead-4.lua", "purge_dead-3.lua", "admit-7.lua"),
+        "resume, throttle, shadow, route, replay from Kafka, replay or purge "
+        "dead letters, and cancel jobs",
+        scripts=(
+            *("control-2.lua", "replay_dead-4.lua", "purge_dead-3.lua", "admit-7.lua"),
+            "cancel-1.lua",
+        ),
         commands=(*_READS, "time"),
         keys=("cv:*", _HISTORIES),
     ),

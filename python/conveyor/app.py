@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from conveyor import _core, results
+from conveyor.cancellation import cancel
 from conveyor.deliveries import DeliveryFailure, DeliveryWatcher, OnDeliveryFailure, let_go
 from conveyor.enqueue import Enqueued
 from conveyor.errors import ConfigError, ConveyorError, InvalidJobError
@@ -399,6 +400,14 @@ class Conveyor:
         this app may enqueue to (see `conveyor.lookup`);
         None when it is not found. (Not `job`: that name registers handlers.)"""
         return find(self.settings, job_id, sorted(self.queues()))
+
+    def cancel(self, job_id: str, queue: str | None = None) -> str:
+        """Asks for job `job_id` to be cancelled (see `conveyor.cancellation`),
+        in `queue` or where it is found among this app's queues (all of them
+        while it is not found: it may still be in Kafka). Returns its state
+        when asked; `done`, `dead` or `cancelled` mean nothing was changed."""
+        queues = [queue] if queue is not None else sorted(self.queues())
+        return cancel(self.settings, job_id, queues)[0]
 
     def result(self, job_id: str, timeout_s: float | None = None) -> Any:
         """Job `job_id`'s result (see `JobHandle.result`), read in the queues

@@ -100,6 +100,14 @@ class JobFailed(ConveyorError):
         self.error: dict[str, object] = error or {}
 
 
+class JobCancelled(JobFailed):
+    """Raise from a handler to stop a job whose cancel was asked
+    (`current_job().cancelled`): it ends `cancelled`, not retried. Raised to
+    a waiter of a `store_result` job that was cancelled."""
+
+    code = "job_cancelled"
+
+
 class DevServerError(ConveyorError):
     """A local development server (Kafka or Redis) could not be set up or started."""
 

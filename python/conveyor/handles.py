@@ -64,6 +64,12 @@ class JobHandle:
         """Every job's result in order (each waits at most `timeout_s`)."""
         return [wait(i, self._reader(i), timeout_s) for i in self.ids]
 
+    def cancel(self) -> list[str]:
+        """Asks for every job of the handle to be cancelled (`app.cancel`);
+        returns each one's state when asked."""
+        jt = self._job_type
+        return [jt.app.cancel(i, jt.options.queue) for i in self.ids]
+
     def _reader(self, job_id: str) -> Read:
         jt = self._job_type
         if not jt.options.store_result:

@@ -33,6 +33,13 @@ class JobInfo:
         self._batch = batch
         self._index = index
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether this job's cancel was asked while it ran (`app.cancel`),
+        as of its worker's last heartbeat (at most a second ago). A handler
+        that sees it should stop: raise `conveyor.JobCancelled`."""
+        return self._batch is not None and self._batch.cancel_asked(self._index)
+
     def envelope(self) -> _core.Envelope | None:
         """The job's envelope as leased: enqueue time, run-at, dedup key,
         trace context and stage stamps (decoded only when asked for)."""

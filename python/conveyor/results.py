@@ -2,7 +2,7 @@
 
 A job type registered with `store_result=True` has its outcome kept in Redis
 for `result_ttl_s` seconds under its id (`cv:[ns:]{queue}:result:<id>`),
-written in the same atomic step that settles the job (`settle-10.lua`): the
+written in the same atomic step that settles the job (`settle-11.lua`): the
 handler's return value when it is done, its last error when it is given up
 on. A retry keeps nothing: the job has not ended.
 
@@ -11,7 +11,9 @@ A kept result is a one-byte tag and a body, written and read only here:
 - `v` and the value encoded as a call's single argument (the strict JSON
   encoder jobs use: a return value that does not encode, or is larger than
   `max_payload_bytes`, is kept as an error);
-- `e` and the error record (JSON), raised as `JobFailed` to the waiter.
+- `e` and the error record (JSON), raised as `JobFailed` to the waiter
+  (`JobCancelled` for a cancelled job; a worker's Rust side writes that one
+  for a job cancelled before it started, `worker/cancels.rs`).
 
 While Redis is nearly full (90% of `maxmemory`) workers keep no results: a
 result is a key per job, and jobs must keep finishing without growing a full
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor import _core
-from conveyor.errors import ConveyorTimeout, InvalidJobError, JobFailed
+from conveyor.errors import ConveyorTimeout, InvalidJobError, JobCancelled, JobFailed
 from conveyor.payload import decode_call
 
 VALUE = b"v"
@@ -83,6 +85,8 @@ def decode(job_id: str, raw: bytes) -> Any:
 
 
 def _raise_failed(job_id: str, error: dict[str, Any]) -> Any:
+    if error.get("type") == "JobCancelled":
+        raise JobCancelled(f"job {job_id} was cancelled: {error.get('message')}", error)
     raise JobFailed(f"job {job_id} failed: {error.get('type')}: {error.get('message')}", error)
 
 

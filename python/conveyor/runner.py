@@ -18,10 +18,11 @@ import threading
 import time
 import traceback
 from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor import _core
-from conveyor.errors import InvalidJobError, JobTimeout, PermanentError
+from conveyor.errors import InvalidJobError, JobCancelled, JobTimeout, PermanentError
 from conveyor.job_context import JobInfo, current
 from conveyor.jobs import JobOptions, JobType
 from conveyor.middleware import Middleware, call_hooks
@@ -40,6 +41,40 @@ Failure = tuple[str, float | None]
 
 #: A result to keep for a job's waiters (`conveyor.results`) and for how long (s).
 Kept = tuple[bytes, float]
+
+
+@dataclass
+class BatchRun:
+    """How the jobs of a batch that ran ended, by index, for settle."""
+
+    #: When each job that ran ended (seconds since the epoch), in order.
+    ends: list[float] = field(default_factory=list)
+    #: The failed ones.
+    failures: dict[int, Failure] = field(default_factory=dict)
+    #: Results to keep (`store_result` types).
+    results: dict[int, Kept] = field(default_factory=dict)
+    #: The ones that stopped for a cancel (`JobCancelled`).
+    cancelled: list[int] = field(default_factory=list)
+
+
+#: How often a running async handler looks whether its job was cancelled.
+_CANCEL_POLL_S = 0.2
+
+
+async def until_cancelled(coro: Coroutine[Any, Any, Any], info: JobInfo) -> Any:
+    """Runs an async handler's coroutine, cancelling it once its job's cancel
+    is asked (`JobInfo.cancelled`); raises `JobCancelled` if it then stops."""
+    task = asyncio.ensure_future(coro)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=_CANCEL_POLL_S)
+        if done:
+            return task.result()
+        if info.cancelled:
+            task.cancel()
+            try:
+                return await task  # a handler may catch the cancel and finish
+            except asyncio.CancelledError:
+                raise JobCancelled("cancelled while it ran") from None
 
 
 def error_record(error: BaseException, attempt: int) -> str:
@@ -89,21 +124,13 @@ class Runner:
             name for name, jt in self.handlers.items() if inspect.iscoroutinefunction(jt.fn)
         )
 
-    def run_batch(
-        self,
-        batch: _core.LeasedBatch,
-        stopping: threading.Event,
-        ends: list[float],
-        failures: dict[int, Failure],
-        results: dict[int, Kept],
-    ) -> None:
-        """Runs a batch's jobs in order until `stopping` is set, appending the
-        end time of each job that ran to `ends`, its failure, if any, to
-        `failures` and its result to keep, if its type keeps them, to
-        `results`, by index, for settle. Filled as jobs end, so that what ran
-        is known even if this is interrupted."""
+    def run_batch(self, batch: _core.LeasedBatch, stopping: threading.Event, ran: BatchRun) -> None:
+        """Runs a batch's jobs in order until `stopping` is set, recording in
+        `ran` how each one that ran ended, for settle. Filled as jobs end, so
+        that what ran is known even if this is interrupted."""
         handlers = self.handlers
         now = time.time
+        ends, failures = ran.ends, ran.failures
         queue = batch.queue
         simple = not self.middleware and not self.async_types
         for i, (job_type, payload, attempt, job_id) in enumerate(batch.jobs):
@@ -130,20 +157,41 @@ class Runner:
                     try:
                         jt.fn(*args, **kwargs)
                     except BaseException as err:  # a handler may raise anything at all
-                        failures[i] = self.failure(jt.options, info, err)
+                        if isinstance(err, JobCancelled):
+                            ran.cancelled.append(i)
+                        else:
+                            failures[i] = self.failure(jt.options, info, err)
                 ends.append(now())
                 continue
             kept: list[Any] = []
             error = self.attempt(jt, info, payload, kept)
-            if error is not None:
-                options = jt.options if jt is not None else UNKNOWN_TYPE
-                failures[i] = failure = self.failure(options, info, error)
-                if options.store_result and failure[1] is None:
-                    results[i] = (encode_error(failure[0]), options.result_ttl_s)
-            elif kept and jt is not None:
-                results[i] = (encode_value(kept[0], self.result_limit), jt.options.result_ttl_s)
+            options = jt.options if jt is not None else UNKNOWN_TYPE
+            self._record(ran, i, options, info, error=error, kept=kept)
             ends.append(now())
         current.job = None
+
+    def _record(
+        self,
+        ran: BatchRun,
+        i: int,
+        options: JobOptions,
+        info: JobInfo,
+        *,
+        error: BaseException | None,
+        kept: list[Any],
+    ) -> None:
+        """Records how job `i`, run with every check, ended (not its end time)."""
+        ttl = options.result_ttl_s
+        if isinstance(error, JobCancelled):
+            ran.cancelled.append(i)
+            if options.store_result:
+                ran.results[i] = (encode_error(error_record(error, info.attempt)), ttl)
+        elif error is not None:
+            ran.failures[i] = failure = self.failure(options, info, error)
+            if options.store_result and failure[1] is None:
+                ran.results[i] = (encode_error(failure[0]), ttl)
+        elif kept:
+            ran.results[i] = (encode_value(kept[0], self.result_limit), ttl)
 
     def attempt(
         self,
@@ -176,7 +224,7 @@ class Runner:
             error = PermanentError(str(err))
         else:
             try:
-                value = self._call(jt, options, args, kwargs)
+                value = self._call(jt, options, args, kwargs, info)
                 if kept is not None and options.store_result:
                     kept.append(value)
             except BaseException as err:  # a handler may raise anything at all
@@ -190,6 +238,7 @@ class Runner:
         options: JobOptions,
         args: list[Any],
         kwargs: dict[str, Any],
+        info: JobInfo,
     ) -> Any:
         """Calls the handler; returns what it returned."""
         timeout = options.timeout_s
@@ -197,6 +246,7 @@ class Runner:
             coro: Coroutine[Any, Any, Any] = jt.fn(*args, **kwargs)
             if timeout is not None:
                 coro = with_timeout(coro, timeout)
+            coro = until_cancelled(coro, info)
             if self.loop is None:
                 return asyncio.run(coro)
             return asyncio.run_coroutine_threadsafe(coro, self.loop).result()

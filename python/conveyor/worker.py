@@ -26,7 +26,7 @@ from conveyor.errors import ConfigError, ConveyorError
 from conveyor.job_context import JobInfo, current_job
 from conveyor.keeper import Keeper
 from conveyor.middleware import Middleware
-from conveyor.runner import UNKNOWN_TYPE, Failure, Kept, Runner, error_record
+from conveyor.runner import UNKNOWN_TYPE, BatchRun, Failure, Runner, error_record
 
 log = logging.getLogger("conveyor.worker")
 
@@ -111,6 +111,11 @@ class Worker:
             dead_max_age_s=s.dead_max_age_s,
             history_s=s.job_history_s,
             history_max_bytes=s.job_history_max_bytes,
+            result_ttl_s={
+                name: jt.options.result_ttl_s
+                for name, jt in app.registry.items()
+                if jt.options.store_result
+            },
         )
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -246,20 +251,19 @@ class Worker:
     def _run_batch(self, batch: _core.LeasedBatch) -> int:
         """Runs a batch's jobs in order and settles it; returns how many ran.
         Whatever happens, the batch is settled or its lease let go."""
-        ends: list[float] = []
-        failures: dict[int, Failure] = {}
-        results: dict[int, Kept] = {}
+        ran = BatchRun()
+        ends = ran.ends
         try:
-            self._runner.run_batch(batch, self._stopping, ends, failures, results)
+            self._runner.run_batch(batch, self._stopping, ran)
         except BaseException as err:
             # The job running when it happened counts as a failed attempt
             # (it may be what caused it); the rest go back unstarted.
             self._thread_faults += 1
             log.exception("fault while running a batch; settling what ran")
             if len(ends) < len(batch):
-                failures[len(ends)] = self._fault_failure(batch, len(ends), err)
+                ran.failures[len(ends)] = self._fault_failure(batch, len(ends), err)
                 ends.append(time.time())
-        self._settle(batch, ends, failures, results)
+        self._settle(batch, ran)
         return len(ends)
 
     def _fault_failure(self, batch: _core.LeasedBatch, index: int, error: BaseException) -> Failure:
@@ -274,9 +278,7 @@ class Worker:
     def _settle(
         self,
         batch: _core.LeasedBatch,
-        ends: list[float],
-        failures: dict[int, Failure],
-        results: dict[int, Kept],
+        ran: BatchRun,
     ) -> None:
         # Redis away: keep trying while the lease lasts; after that, stop
         # renewing it, so that it expires and the reaper gives the jobs back:
@@ -284,7 +286,13 @@ class Worker:
         give_up = time.monotonic() + self.lease_s
         while True:
             try:
-                self._queues.settle(batch, ends, failures, results=results or None)
+                self._queues.settle(
+                    batch,
+                    ran.ends,
+                    ran.failures,
+                    results=ran.results or None,
+                    cancelled=ran.cancelled or None,
+                )
                 return
             except ConveyorError as err:
                 if time.monotonic() > give_up:

@@ -73,6 +73,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     job.set_defaults(run=_job)
 
+    cancel = commands.add_parser("cancel", help="cancel a job by its id")
+    cancel.add_argument("id", help="the job id (26 characters)")
+    cancel.add_argument(
+        "--queue",
+        action="append",
+        help="the job's queue (repeatable; default: where it is found among the configured "
+        "queues and every queue of the registry, or all of them)",
+    )
+    cancel.set_defaults(run=_cancel)
+
     dead = commands.add_parser("dead", help="list, replay or purge a queue's dead-lettered jobs")
     dead.add_argument("action", choices=["list", "replay", "purge"])
     dead.add_argument("queue")
@@ -196,6 +206,30 @@ def _job(args: argparse.Namespace) -> int:
         print(f"  {when:%Y-%m-%d %H:%M:%S.%f}Z  {stage}")
     if info.error is not None:
         print(f"  last error: {json.dumps(info.error)}")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from conveyor.cancellation import cancel
+    from conveyor.lookup import registry_queues
+    from conveyor.settings import Settings
+
+    settings = Settings.from_env()
+    queues = args.queue or sorted({*settings.queues, *registry_queues(settings)})
+    state, marked = cancel(settings, args.id, queues)
+    if not marked:
+        print(f"job {args.id} is {state} already: nothing to cancel")
+        return 1
+    if state == "not found":
+        print(
+            f"job {args.id} not found (it may still be in Kafka): cancel set in "
+            f"{', '.join(marked)}; it will not start"
+        )
+    else:
+        print(
+            f"job {args.id} was {state}: cancel set in {marked[0]} "
+            "(a running job is told within a second; see conveyor job ID)"
+        )
     return 0
 
 

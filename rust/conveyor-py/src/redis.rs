@@ -351,6 +351,14 @@ impl RedisStore {
         })
     }
 
+    /// Asks for job `job_id` of `queue` to be cancelled (`cancel-1.lua`);
+    /// `False` if it was asked before.
+    fn cancel(&self, py: Python<'_>, namespace: &str, queue: &str, job_id: &str) -> PyResult<bool> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let id = JobId::parse(job_id).py()?;
+        self.with(py, |s| s.cancel(&keys, &id.0))
+    }
+
     /// The result kept for `job_id` in `queue` (`store_result` job types), or
     /// `None`: not ended yet, kept no longer, or never kept.
     fn result<'py>(

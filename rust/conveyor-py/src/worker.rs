@@ -65,6 +65,12 @@ impl LeasedBatch {
         self.batch.begin(index);
     }
 
+    /// Whether job `index`'s cancel was asked while it was leased (as of the
+    /// keeper's last beat).
+    fn cancel_asked(&self, index: usize) -> bool {
+        self.batch.cancel_asked(index)
+    }
+
     /// The decoded envelope of job `index` (its timestamps and stage stamps),
     /// built only when asked for.
     fn envelope(&self, index: usize) -> PyResult<crate::envelope::Envelope> {
@@ -92,6 +98,7 @@ impl WorkQueues {
         redis_url, namespace, queues, *, strict=false, worker_id=None, lease_s=30.0,
         max_age_s=HashMap::new(), max_age_default_s=3600.0,
         dead_max=100_000, dead_max_age_s=2_592_000.0, history_s=300.0, history_max_bytes=33_554_432,
+        result_ttl_s=HashMap::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -108,6 +115,7 @@ impl WorkQueues {
         dead_max_age_s: f64,
         history_s: f64,
         history_max_bytes: u64,
+        result_ttl_s: HashMap<String, f64>,
     ) -> PyResult<Self> {
         let history = History {
             retention: duration("history_s", history_s).py()?,
@@ -122,6 +130,11 @@ impl WorkQueues {
                 .py()?,
             default: positive_duration("max_age_default_s", max_age_default_s).py()?,
         };
+        let result_ttls = result_ttl_s
+            .into_iter()
+            .map(|(job_type, s)| Ok((job_type, positive_duration("result_ttl_s", s)?)))
+            .collect::<conveyor_core::Result<_>>()
+            .py()?;
         let retention = DeadRetention {
             max_jobs: dead_max,
             max_age: positive_duration("dead_max_age_s", dead_max_age_s).py()?,
@@ -143,7 +156,8 @@ impl WorkQueues {
             .py()?
             .with_max_ages(max_ages)
             .with_dead_retention(retention)
-            .with_history(history);
+            .with_history(history)
+            .with_result_ttls(result_ttls);
         Ok(Self {
             inner: Arc::new(inner),
             keeper: Mutex::new(None),
@@ -188,8 +202,11 @@ impl WorkQueues {
     /// retried after `retry_in_s` or dead-lettered when it is `None`. Job `i`
     /// started at `starts[i]` if given, else when job `i - 1` ended (the fetch
     /// for job 0). `results[i] = (value, ttl_s)` is kept for job `i`'s
-    /// waiters when it is done or dead. Returns `(done, retried, dead, stale)`.
-    #[pyo3(signature = (batch, ends, failures, starts=None, results=None))]
+    /// waiters when it is done, dead or cancelled; the jobs in `cancelled`
+    /// stopped because their cancel was asked. Returns `(done, retried, dead,
+    /// stale)`.
+    #[pyo3(signature = (batch, ends, failures, starts=None, results=None, cancelled=None))]
+    #[allow(clippy::too_many_arguments)]
     fn settle(
         &self,
         py: Python<'_>,
@@ -198,10 +215,20 @@ impl WorkQueues {
         failures: HashMap<usize, Failure>,
         starts: Option<Vec<f64>>,
         results: Option<HashMap<usize, (Vec<u8>, f64)>>,
+        cancelled: Option<Vec<usize>>,
     ) -> PyResult<(u64, u64, u64, u64)> {
         let batch = &batch.batch;
         let results = results.unwrap_or_default();
-        let outcomes = outcomes(batch, &ends, &failures, starts.as_deref(), results).py()?;
+        let cancelled = cancelled.unwrap_or_default();
+        let outcomes = outcomes(
+            batch,
+            &ends,
+            &failures,
+            starts.as_deref(),
+            results,
+            &cancelled,
+        )
+        .py()?;
         let s = py.detach(|| self.inner.settle(batch, &outcomes)).py()?;
         Ok((s.done, s.retried, s.dead, s.stale))
     }

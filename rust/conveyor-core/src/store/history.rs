@@ -1,7 +1,7 @@
 //! Finding a job by its id: how it ended, for a bounded time, and where it
 //! waits or runs until then.
 //!
-//! `settle-10.lua` appends each job that ends (done, to be retried, dead)
+//! `settle-11.lua` appends each job that ends (done, to be retried, dead)
 //! to its queue's history window of [`BUCKET_S`] seconds: its kind, Redis'
 //! time and its envelope (whose stage stamps are the job's timeline:
 //! written to Kafka, relayed, each attempt started and failed), one append
@@ -253,7 +253,7 @@ fn found(state: &'static str, envelope: Vec<u8>) -> Found {
 /// digits of length.
 const HEADER: usize = 1 + 13 + 8;
 
-/// The last record of `id` in one window, as `settle-10.lua` appends them;
+/// The last record of `id` in one window, as `settle-11.lua` appends them;
 /// `None` if it has none (or the window is cut short: a record is whole or
 /// not read).
 fn newest_record(window: &[u8], id: &[u8; ID_LEN]) -> Option<Found> {
@@ -272,6 +272,7 @@ fn newest_record(window: &[u8], id: &[u8; ID_LEN]) -> Option<Found> {
                 b'D' => "done",
                 b'R' => "retrying",
                 b'X' => "dead",
+                b'C' => "cancelled",
                 _ => break,
             };
             newest = Some(Found {

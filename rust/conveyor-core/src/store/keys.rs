@@ -109,6 +109,12 @@ impl QueueKeys {
         format!("{}:history:{bucket}", self.base)
     }
 
+    /// Sorted set: job id (16 bytes) -> when its cancel was asked (ms): the
+    /// cancels waiting for their jobs (`cancels.rs`).
+    pub fn cancelled(&self) -> String {
+        format!("{}:cancelled", self.base)
+    }
+
     /// String: the result of job `id` (`store_result` job types), kept for
     /// its time to live (`settlement.rs`).
     pub fn result(&self, id: &[u8; 16]) -> String {

@@ -33,6 +33,8 @@ pub struct Lease {
     pub deadline_ms: u64,
     /// The leased envelopes; slot `i + 1` holds `jobs[i]`.
     pub jobs: Vec<Vec<u8>>,
+    /// Slots of the jobs whose cancel was asked: settle them as cancelled.
+    pub cancelled: Vec<u32>,
 }
 
 /// How many dead-lettered jobs a queue keeps, and for how long: the oldest
@@ -108,12 +110,13 @@ impl RedisStore {
         max: usize,
         lease_ms: u64,
     ) -> Result<Lease> {
-        let (deadline_ms, jobs): (u64, Vec<Vec<u8>>) = scripts::FETCH
+        let (deadline_ms, jobs, cancelled): (u64, Vec<Vec<u8>>, Vec<u32>) = scripts::FETCH
             .key(keys.ready())
             .key(keys.scheduled())
             .key(keys.leases())
             .key(keys.lease(token))
             .key(keys.wake())
+            .key(keys.cancelled())
             .arg(token)
             .arg(max.clamp(1, MAX_FETCH))
             .arg(lease_ms)
@@ -122,6 +125,7 @@ impl RedisStore {
             token: token.to_owned(),
             deadline_ms,
             jobs,
+            cancelled,
         })
     }
 

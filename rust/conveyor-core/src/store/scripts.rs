@@ -19,8 +19,8 @@ script!(
     "admit-7.lua",
     "Admits new jobs into a queue (relay and direct path)."
 );
-script!(FETCH, "fetch-5.lua", "Leases a batch of jobs to a worker.");
-script!(SETTLE, "settle-10.lua", "Records how leased jobs ended.");
+script!(FETCH, "fetch-6.lua", "Leases a batch of jobs to a worker.");
+script!(SETTLE, "settle-11.lua", "Records how leased jobs ended.");
 script!(HEARTBEAT, "heartbeat-2.lua", "Extends a worker's leases.");
 script!(
     RELEASE,
@@ -39,13 +39,18 @@ script!(
     "Forgets dead-lettered jobs that died before a time."
 );
 script!(
+    CANCEL,
+    "cancel-1.lua",
+    "Asks for a job to be cancelled, by id."
+);
+script!(
     PERIODIC,
     "periodic-3.lua",
     "Enqueues one occurrence of a periodic job once."
 );
 
 /// Every script, to load them all when a connection opens.
-pub(crate) static ALL: LazyLock<[&'static Script; 11]> = LazyLock::new(|| {
+pub(crate) static ALL: LazyLock<[&'static Script; 12]> = LazyLock::new(|| {
     [
         &ADMIT,
         &FETCH,
@@ -56,6 +61,7 @@ pub(crate) static ALL: LazyLock<[&'static Script; 11]> = LazyLock::new(|| {
         &REPLAY_DEAD,
         &PURGE_DEAD,
         &PERIODIC,
+        &CANCEL,
         &CONTROL,
         &PUBLISH_REGISTRY,
     ]
@@ -75,10 +81,10 @@ mod tests {
     use crate::envelope::{ATTEMPT_OFFSET, ID_LEN, ID_OFFSET};
 
     /// Every script's source, by file name.
-    const SOURCES: [(&str, &str); 11] = [
+    const SOURCES: [(&str, &str); 12] = [
         ("admit-7.lua", include_str!("scripts/admit-7.lua")),
-        ("fetch-5.lua", include_str!("scripts/fetch-5.lua")),
-        ("settle-10.lua", include_str!("scripts/settle-10.lua")),
+        ("fetch-6.lua", include_str!("scripts/fetch-6.lua")),
+        ("settle-11.lua", include_str!("scripts/settle-11.lua")),
         ("heartbeat-2.lua", include_str!("scripts/heartbeat-2.lua")),
         ("release-5.lua", include_str!("scripts/release-5.lua")),
         ("reap-5.lua", include_str!("scripts/reap-5.lua")),
@@ -87,6 +93,7 @@ mod tests {
             include_str!("scripts/replay_dead-4.lua"),
         ),
         ("periodic-3.lua", include_str!("scripts/periodic-3.lua")),
+        ("cancel-1.lua", include_str!("scripts/cancel-1.lua")),
         ("purge_dead-3.lua", include_str!("scripts/purge_dead-3.lua")),
         ("control-2.lua", include_str!("scripts/control-2.lua")),
         (
@@ -129,8 +136,8 @@ mod tests {
             }
         }
         assert_eq!(
-            checked, 4,
-            "admit and purge_dead name the id; reap and replay_dead the attempt"
+            checked, 5,
+            "admit, fetch and purge_dead name the id; reap and replay_dead the attempt"
         );
     }
 

@@ -1,5 +1,5 @@
 //! Settling: how the jobs of one lease ended (done, retry later, dead), in
-//! one `settle-10.lua` call per batch.
+//! one `settle-11.lua` call per batch.
 
 use redis::FromRedisValue;
 
@@ -39,6 +39,20 @@ pub enum Settlement {
         /// The error, as JSON text.
         error: String,
     },
+    /// Cancelled (`cancel-1.lua`) before or while it ran: the job leaves
+    /// Redis like a done one, counted `cancelled`.
+    Cancelled {
+        /// Its slot in the lease (1-based).
+        slot: u32,
+        /// The 16-byte id (its cancel mark is removed).
+        id: [u8; 16],
+        /// Its dedup key, released if it still holds it.
+        unique: Option<String>,
+        /// Its field in the queue's open jobs, as for `Done`.
+        open: Option<String>,
+        /// What its waiters read (`store_result` job types).
+        result: Option<StoredResult>,
+    },
     /// Given up on: moved to the dead letters with its error.
     Dead {
         /// Its slot in the lease (1-based).
@@ -72,7 +86,7 @@ pub struct StoredResult {
     pub ttl_ms: u64,
 }
 
-/// What one `settle` did; see `scripts/settle-10.lua`.
+/// What one `settle` did; see `scripts/settle-11.lua`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {
     /// Jobs that left Redis as done.
@@ -83,16 +97,19 @@ pub struct Settled {
     pub dead: u64,
     /// Records for slots no longer leased (the lease expired and was reaped).
     pub stale: u64,
+    /// Jobs that left Redis cancelled.
+    pub cancelled: u64,
 }
 
 impl FromRedisValue for Settled {
     fn from_redis_value(v: redis::Value) -> std::result::Result<Self, redis::ParsingError> {
-        let (done, retried, dead, stale) = FromRedisValue::from_redis_value(v)?;
+        let (done, retried, dead, stale, cancelled) = FromRedisValue::from_redis_value(v)?;
         Ok(Settled {
             done,
             retried,
             dead,
             stale,
+            cancelled,
         })
     }
 }
@@ -111,8 +128,8 @@ impl RedisStore {
             return Ok(Settled::default());
         }
         let mut call = scripts::SETTLE.key(keys.lease(token));
-        // KEYS[11..]: a result key for each record that keeps one.
-        let mut result_keys = 10;
+        // KEYS[12..]: a result key for each record that keeps one.
+        let mut result_keys = 11;
         call.key(keys.leases())
             .key(keys.scheduled())
             .key(keys.dead())
@@ -122,6 +139,7 @@ impl RedisStore {
             .key(keys.progress())
             .key(keys.open())
             .key(keys.history(history.bucket_now()))
+            .key(keys.cancelled())
             .arg(token)
             .arg(history.ttl_s())
             .arg(history.bucket_max());
@@ -157,6 +175,20 @@ impl RedisStore {
                         .arg(envelope.as_slice())
                         .arg(*delay_ms)
                         .arg(error);
+                }
+                Settlement::Cancelled {
+                    slot,
+                    id,
+                    unique,
+                    open,
+                    result,
+                } => {
+                    call.arg("C")
+                        .arg(*slot)
+                        .arg(&id[..])
+                        .arg(unique.as_deref().unwrap_or(""))
+                        .arg(open.as_deref().unwrap_or(""));
+                    keep(&mut call, keys, result, &mut result_keys);
                 }
                 Settlement::Dead {
                     slot,

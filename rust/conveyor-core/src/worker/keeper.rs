@@ -70,7 +70,8 @@ fn beat(queues: &WorkQueues) {
     let result = queues
         .heartbeat()
         .and_then(|_| queues.reap())
-        .and_then(|_| queues.check_memory());
+        .and_then(|_| queues.check_memory())
+        .and_then(|_| queues.check_cancels());
     if let Err(err) = result {
         queues.stats.keeper_errors.fetch_add(1, Ordering::Relaxed);
         queues.event(format!("keeper: {err} (trying again)"));

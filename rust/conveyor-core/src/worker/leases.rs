@@ -28,6 +28,8 @@ pub struct Progress {
     started: AtomicU32,
     /// When the running job's lease stops being renewed (ms since the epoch).
     deadline_ms: AtomicU64,
+    /// Slots whose cancel was asked while leased (`cancels.rs`).
+    pub(super) cancel_asked: std::sync::Mutex<Vec<u32>>,
 }
 
 /// The longest a job may hold its lease: its type's limit (its timeout plus a
@@ -87,6 +89,7 @@ impl Progress {
         Progress {
             started: AtomicU32::new(0),
             deadline_ms: AtomicU64::new(now_ms().saturating_add(max_age_ms)),
+            cancel_asked: Default::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::metrics::render_counter;
 
 impl WorkerStats {
     /// The outcome counters by name.
-    pub fn counters(&self) -> [(&'static str, u64); 6] {
+    pub fn counters(&self) -> [(&'static str, u64); 7] {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("fetched", load(&self.fetched)),
@@ -16,6 +16,7 @@ impl WorkerStats {
             ("retried", load(&self.retried)),
             ("dead", load(&self.dead)),
             ("stale", load(&self.stale)),
+            ("cancelled", load(&self.cancelled)),
             ("released", load(&self.released)),
         ]
     }

@@ -3,12 +3,15 @@
 //! with the leases held tracked for heartbeats. Handlers run in Python; this
 //! side does everything per batch so Python only loops over ready jobs.
 
+mod cancels;
 pub mod keeper;
 mod leases;
 mod metrics;
 pub mod outcomes;
 pub mod records;
+mod settlements;
 
+pub use cancels::cancelled_result;
 pub use leases::{MaxAges, Progress};
 pub use outcomes::{Kept, Outcome};
 pub use records::{cap_error, error_json, MAX_ERROR_BYTES};
@@ -20,12 +23,12 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::envelope::{append_stage, set_attempt, Envelope, Stage};
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::id::now_us;
 use crate::metrics::Histogram;
 use crate::store::history::History;
-use crate::store::keys::{self, QueueKeys};
+use crate::store::keys::QueueKeys;
 use crate::store::queue::{DeadRetention, Forgotten, Settled, Settlement};
 use crate::store::RedisStore;
 
@@ -83,6 +86,8 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     /// Settlements for leases that had expired meanwhile.
     pub stale: AtomicU64,
+    /// Jobs cancelled, before they started or while they ran.
+    pub cancelled: AtomicU64,
     /// Jobs given back unstarted.
     pub released: AtomicU64,
     /// Jobs leased.
@@ -118,6 +123,8 @@ pub struct WorkQueues {
     tight: std::sync::atomic::AtomicBool,
     /// Bytes of results kept since Redis' memory was last read (`records::kept`).
     kept_since_check: AtomicU64,
+    /// How long results of `store_result` job types are kept (`cancels.rs`).
+    result_ttls: HashMap<String, Duration>,
     sequence: AtomicU64,
     pool: Mutex<Vec<RedisStore>>,
     /// Every lease held now, by token.
@@ -158,6 +165,7 @@ impl WorkQueues {
             history: History::default(),
             tight: Default::default(),
             kept_since_check: Default::default(),
+            result_ttls: HashMap::new(),
             sequence: AtomicU64::new(0),
             pool: Mutex::new(vec![first]),
             held: Mutex::new(HashMap::new()),
@@ -271,6 +279,10 @@ impl WorkQueues {
                     Err(err) => malformed.push((slot, raw, err.to_string())),
                 }
             }
+            let jobs = self.drop_cancelled(index, &token, jobs, &lease.cancelled)?;
+            if jobs.is_empty() && malformed.is_empty() {
+                continue;
+            }
             let first = jobs
                 .first()
                 .map_or(self.lease.as_millis() as u64, |j| j.max_age_ms);
@@ -366,95 +378,11 @@ impl WorkQueues {
         stats.retried.fetch_add(settled.retried, Ordering::Relaxed);
         stats.dead.fetch_add(settled.dead, Ordering::Relaxed);
         stats.stale.fetch_add(settled.stale, Ordering::Relaxed);
+        stats
+            .cancelled
+            .fetch_add(settled.cancelled, Ordering::Relaxed);
         stats.released.fetch_add(back, Ordering::Relaxed);
         Ok(settled)
-    }
-
-    /// The record for one job's outcome (`None`: release it), and its latencies.
-    fn settlement(&self, job: &ReadyJob, outcome: &Outcome) -> Option<Settlement> {
-        let env = &job.envelope;
-        let attempt = env.attempt.saturating_add(1);
-        match outcome {
-            Outcome::Released => None,
-            Outcome::Done {
-                started_us,
-                ended_us,
-                result,
-            } => {
-                self.observe(env, *started_us, *ended_us, true);
-                let needs_id = env.attempt > 0 || env.dedup_key.is_some();
-                Some(Settlement::Done {
-                    slot: job.slot,
-                    id: needs_id.then_some(env.id.0),
-                    unique: env.unique_field(),
-                    open: open_field(env),
-                    result: self.kept(env, result),
-                })
-            }
-            Outcome::Failed {
-                started_us,
-                ended_us,
-                error,
-                retry_in,
-                result,
-            } => {
-                self.observe(env, *started_us, *ended_us, false);
-                // Redis nearly full: a failure adds nothing to the job but its
-                // attempt count, so a storm of them cannot grow Redis.
-                let tight = self.tight.load(Ordering::Relaxed);
-                let mut stored = job.raw.clone();
-                set_attempt(&mut stored, attempt);
-                if !tight {
-                    append_stage(&mut stored, Stage::Started as u8, *started_us);
-                    append_stage(&mut stored, Stage::Failed as u8, *ended_us);
-                }
-                // A job out of stamp room still retries; its history is full.
-                let full = tight || Envelope::decode(&stored).is_err();
-                if full && !tight {
-                    stored = job.raw.clone();
-                    set_attempt(&mut stored, attempt);
-                }
-                match retry_in {
-                    Some(delay) => Some(Settlement::Retry {
-                        slot: job.slot,
-                        id: env.id.0,
-                        envelope: stored,
-                        delay_ms: delay.as_millis().min(u64::MAX as u128) as u64,
-                        // The attempt count and stage stamps still say it failed.
-                        error: if tight {
-                            String::new()
-                        } else {
-                            cap_error(error.clone(), MAX_ERROR_BYTES)
-                        },
-                    }),
-                    None => {
-                        if !full {
-                            append_stage(&mut stored, Stage::DeadLettered as u8, *ended_us);
-                        }
-                        Some(Settlement::Dead {
-                            slot: job.slot,
-                            id: env.id.0,
-                            unique: env.unique_field(),
-                            open: open_field(env),
-                            envelope: stored,
-                            error: cap_error(error.clone(), self.error_cap()),
-                            result: self.kept(env, result),
-                        })
-                    }
-                }
-            }
-        }
-    }
-
-    fn observe(&self, env: &Envelope, started_us: u64, ended_us: u64, done: bool) {
-        let us = |a: u64, b: u64| Duration::from_micros(b.saturating_sub(a));
-        if env.attempt == 0 {
-            self.stats.wait.observe(us(env.enqueued_at_us, started_us));
-        }
-        self.stats.run.observe(us(started_us, ended_us));
-        if done {
-            self.stats.total.observe(us(env.enqueued_at_us, ended_us));
-        }
     }
 
     /// Blocks until new jobs are signalled on any of the queues or `timeout`
@@ -464,18 +392,4 @@ impl WorkQueues {
         let timeout = timeout.clamp(Duration::from_millis(10), Duration::from_secs(2));
         self.with_store(|s| s.wait_for_work(&keys, timeout))
     }
-}
-
-/// The job's field in its queue's open jobs: where a relay read it, unless
-/// it was dead-lettered before (replayed from the dead letters, it was
-/// counted out then and runs outside the watermark).
-fn open_field(env: &Envelope) -> Option<String> {
-    let mut source = None;
-    for stamp in &env.stages {
-        if stamp.code == Stage::DeadLettered as u8 {
-            return None;
-        }
-        source = stamp.source().or(source);
-    }
-    source.map(|(partition, offset)| keys::open_field(partition, offset))
 }

@@ -49,6 +49,16 @@ pub enum Outcome {
         /// What to keep for its waiters if it is given up on.
         result: Option<Kept>,
     },
+    /// Stopped because its cancel was asked (the handler raised
+    /// `JobCancelled`, or an async handler was cancelled).
+    Cancelled {
+        /// When the attempt started (µs since the epoch).
+        started_us: u64,
+        /// When it ended.
+        ended_us: u64,
+        /// What to keep for its waiters.
+        result: Option<Kept>,
+    },
     /// Never started: give it back to the queue (shutdown).
     Released,
 }
@@ -56,13 +66,15 @@ pub enum Outcome {
 /// The outcomes of the first `ends.len()` jobs of `batch`; jobs after them
 /// never started and go back to the queue at settle. `ends[i]` (and
 /// `starts[i]`, if given) are seconds since the epoch; `results[i]` is job
-/// `i`'s result to keep and its time to live in seconds.
+/// `i`'s result to keep and its time to live in seconds; the jobs in
+/// `cancelled` stopped because their cancel was asked.
 pub fn outcomes(
     batch: &Batch,
     ends: &[f64],
     failures: &HashMap<usize, Failure>,
     starts: Option<&[f64]>,
     mut results: HashMap<usize, (Vec<u8>, f64)>,
+    cancelled: &[usize],
 ) -> Result<Vec<Outcome>> {
     if ends.len() > batch.jobs.len() || starts.is_some_and(|s| s.len() < ends.len()) {
         return Err(Error::InvalidJob(format!(
@@ -81,6 +93,14 @@ pub fn outcomes(
         let result = results
             .remove(&i)
             .map(|(value, ttl_s)| (value, to_duration(ttl_s, MAX_RESULT_TTL)));
+        if cancelled.contains(&i) {
+            out.push(Outcome::Cancelled {
+                started_us,
+                ended_us,
+                result,
+            });
+            continue;
+        }
         out.push(match failures.get(&i) {
             None => Outcome::Done {
                 started_us,
@@ -147,7 +167,7 @@ mod tests {
                 ended_us,
                 ..
             } => (*started_us, *ended_us),
-            Outcome::Released => (0, 0),
+            Outcome::Cancelled { .. } | Outcome::Released => (0, 0),
         }
     }
 
@@ -159,9 +179,11 @@ mod tests {
             (0, (b"v1".to_vec(), 2.5)),
             (1, (b"e".to_vec(), f64::INFINITY)),
         ]);
-        let got = outcomes(&b, &[2.0, 3.0, 4.0], &failures, None, results).unwrap();
+        let got = outcomes(&b, &[2.0, 3.0, 4.0], &failures, None, results, &[]).unwrap();
         let kept = |o: &Outcome| match o {
-            Outcome::Done { result, .. } | Outcome::Failed { result, .. } => result.clone(),
+            Outcome::Done { result, .. }
+            | Outcome::Failed { result, .. }
+            | Outcome::Cancelled { result, .. } => result.clone(),
             Outcome::Released => None,
         };
         assert_eq!(
@@ -175,7 +197,7 @@ mod tests {
     #[test]
     fn each_job_starts_when_the_one_before_ended_unless_told() {
         let b = batch(3);
-        let got = outcomes(&b, &[2.0, 3.0], &HashMap::new(), None, HashMap::new()).unwrap();
+        let got = outcomes(&b, &[2.0, 3.0], &HashMap::new(), None, HashMap::new(), &[]).unwrap();
         assert_eq!(
             got.iter().map(times).collect::<Vec<_>>(),
             [(1_000_000, 2_000_000), (2_000_000, 3_000_000)]
@@ -186,6 +208,7 @@ mod tests {
             &HashMap::new(),
             Some(&[1.5, 2.5]),
             HashMap::new(),
+            &[],
         )
         .unwrap();
         assert_eq!(times(&got[1]), (2_500_000, 3_000_000));
@@ -198,7 +221,7 @@ mod tests {
             (0, ("{}".to_owned(), Some(f64::INFINITY))),
             (1, ("{}".to_owned(), None)),
         ]);
-        let got = outcomes(&b, &[2.0, 3.0], &failures, None, HashMap::new()).unwrap();
+        let got = outcomes(&b, &[2.0, 3.0], &failures, None, HashMap::new(), &[]).unwrap();
         assert!(
             matches!(got[0], Outcome::Failed { retry_in: Some(d), .. } if d == MAX_RETRY_DELAY)
         );
@@ -208,7 +231,7 @@ mod tests {
     #[test]
     fn more_times_than_jobs_is_refused() {
         let b = batch(1);
-        assert!(outcomes(&b, &[1.0, 2.0], &HashMap::new(), None, HashMap::new()).is_err());
-        assert!(outcomes(&b, &[1.0], &HashMap::new(), Some(&[]), HashMap::new()).is_err());
+        assert!(outcomes(&b, &[1.0, 2.0], &HashMap::new(), None, HashMap::new(), &[]).is_err());
+        assert!(outcomes(&b, &[1.0], &HashMap::new(), Some(&[]), HashMap::new(), &[]).is_err());
     }
 }

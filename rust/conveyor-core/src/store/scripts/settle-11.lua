@@ -1,6 +1,7 @@
 #!lua flags=allow-oom
 --[[
-  settle: record how the jobs of one lease ended: done, retry later, or dead.
+  settle: record how the jobs of one lease ended: done, retry later, dead, or
+  cancelled.
 
   KEYS[1]   cv:[<ns>:]{<queue>}:lease:<token>   hash: slot -> envelope
   KEYS[2]   cv:[<ns>:]{<queue>}:leases          zset: lease token -> deadline (ms)
@@ -13,9 +14,11 @@
   KEYS[9]   cv:[<ns>:]{<queue>}:open            hash: "<partition>:<block>" -> open jobs
   KEYS[10]  cv:[<ns>:]{<queue>}:history:<bucket> string: how jobs ended, one
             record after another (history.rs): its kind ('D' done, 'R' to
-            retry, 'X' dead), Redis' time in ms (13 digits), the envelope's
-            length (8 hex digits), the envelope (the leased one for a done job)
-  KEYS[11..] cv:[<ns>:]{<queue>}:result:<job id>  string: a job's result, one
+            retry, 'X' dead, 'C' cancelled), Redis' time in ms (13 digits),
+            the envelope's length (8 hex digits), the envelope (the leased
+            one for a done or cancelled job)
+  KEYS[11]  cv:[<ns>:]{<queue>}:cancelled       zset: job id -> when its cancel was asked (ms)
+  KEYS[12..] cv:[<ns>:]{<queue>}:result:<job id>  string: a job's result, one
             key for each 'V' record, in order
   ARGV[1]   the lease token
   ARGV[2]   seconds KEYS[10] lives after its last write; 0 records no history
@@ -25,6 +28,7 @@
               'O', slot, id, unique field, open field                   done, relayed
               'R', slot, id, unique field, envelope, delay ms, error    retry after delay
               'X', slot, id, unique field, open field, envelope, error  dead letter
+              'C', slot, id, unique field, open field                   cancelled
               'V', key index, ttl ms, result      keep the result of the job
                                                   of the record before it
             id is the 16-byte job id, or "" for a done job that never failed
@@ -38,10 +42,12 @@
             is counted out of its block there, so the relay's watermark
             (docs/recovery.md) moves past it. 'D' is 'O' without one (an
             argument fewer per job of the direct path). A 'V' record follows
-            the 'D', 'O' or 'X' record of a job whose type keeps results
+            the 'D', 'O', 'X' or 'C' record of a job whose type keeps results
             (KEYS[key index]); it is not kept when that record was stale.
 
-  Returns: { done, retried, dead, stale }
+  A cancelled job leaves like a done one (its mark in KEYS[11] goes too).
+
+  Returns: { done, retried, dead, stale, cancelled }
     stale   records whose slot is no longer leased: the lease expired and the
             reaper put the job back in ready (it will run again), or the slot
             was settled before. Nothing is changed for them.
@@ -57,7 +63,7 @@
   never stop jobs from finishing. A kept result adds a key: while Redis is
   nearly full the worker keeps none (worker/records.rs).
 ]]
-local done, retried, dead, stale = 0, 0, 0, 0
+local done, retried, dead, stale, cancelled = 0, 0, 0, 0, 0
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
@@ -93,7 +99,7 @@ end
 
 -- Check every record before changing anything: a script that stops half way
 -- leaves its earlier writes in place.
-local WIDTH = { D = 4, O = 5, R = 7, X = 7, V = 4 }
+local WIDTH = { D = 4, O = 5, R = 7, X = 7, C = 5, V = 4 }
 local FIRST = 4
 local i = FIRST
 while i <= #ARGV do
@@ -108,8 +114,8 @@ while i <= #ARGV do
     end
   elseif ARGV[i] == 'V' then
     local key, ttl_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    if not key or not KEYS[key] or key <= 10 or not ttl_ms or ttl_ms < 1 then
-      return redis.error_reply('CVARGS a result names a key past KEYS[10] and a ttl in ms')
+    if not key or not KEYS[key] or key <= 11 or not ttl_ms or ttl_ms < 1 then
+      return redis.error_reply('CVARGS a result names a key past KEYS[11] and a ttl in ms')
     end
   end
   i = i + width
@@ -142,6 +148,16 @@ while i <= #ARGV do
       redis.call('HDEL', KEYS[5], id)
       release_unique(id, key)
     end
+  elseif kind == 'C' then
+    applied = true
+    cancelled = cancelled + 1
+    if leased then
+      remember('C', leased)
+    end
+    close(ARGV[i + 4])
+    redis.call('ZREM', KEYS[11], id)
+    redis.call('HDEL', KEYS[5], id)
+    release_unique(id, key)
   elseif kind == 'R' then
     applied = false
     retried = retried + 1
@@ -182,9 +198,9 @@ for field, n in pairs(closed) do
     redis.call('HDEL', KEYS[9], field)
   end
 end
-for name, n in pairs({ done = done, retried = retried, dead = dead }) do
+for name, n in pairs({ done = done, retried = retried, dead = dead, cancelled = cancelled }) do
   if n > 0 then
     redis.call('HINCRBY', KEYS[7], name, n)
   end
 end
-return { done, retried, dead, stale }
+return { done, retried, dead, stale, cancelled }

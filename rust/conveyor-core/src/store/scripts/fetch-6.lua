@@ -7,12 +7,16 @@
   KEYS[3]   cv:[<ns>:]{<queue>}:leases            zset: lease token -> lease deadline (ms)
   KEYS[4]   cv:[<ns>:]{<queue>}:lease:<token>     hash: slot (1..n) -> envelope
   KEYS[5]   cv:[<ns>:]{<queue>}:wake              list of at most one token for idle workers
+  KEYS[6]   cv:[<ns>:]{<queue>}:cancelled         zset: job id -> when its cancel was asked (ms)
   ARGV[1]   the lease token: unique per fetch (worker id and a sequence number)
   ARGV[2]   most jobs to take (1 to 1000)
   ARGV[3]   lease length in ms
 
-  Returns: { deadline_ms, { envelope1, envelope2, ... } }; the list is empty
-  when nothing is ready, and then no lease is created. Slot i holds envelope i.
+  Returns: { deadline_ms, { envelope1, envelope2, ... }, { slot, ... } }; the
+  list is empty when nothing is ready, and then no lease is created. Slot i
+  holds envelope i. The last list names the slots of jobs whose cancel was
+  asked (KEYS[6]): the worker settles them as cancelled without running them.
+  Looking costs nothing while no cancel is pending (one ZCARD).
 
   Scheduled jobs that are due are first moved to the head of ready, oldest
   first: they are late already. The cost is O(log S + batch) for S scheduled
@@ -25,6 +29,8 @@
   design follows: a full Redis refused even the dequeues that would have
   emptied it).
 ]]
+-- The job id's bytes in an envelope (1-based; envelope::ID_OFFSET).
+local ID_FIRST, ID_LAST = 5, 20
 local max = tonumber(ARGV[2])
 if not max or max < 1 or max > 1000 then
   return redis.error_reply('CVARGS fetch takes 1 to 1000 jobs, not ' .. tostring(ARGV[2]))
@@ -48,7 +54,7 @@ end
 
 local jobs = redis.call('LPOP', KEYS[1], max)
 if not jobs then
-  return { 0, {} }
+  return { 0, {}, {} }
 end
 if redis.call('LLEN', KEYS[1]) > 0 then
   redis.call('RPUSH', KEYS[5], 1)
@@ -62,4 +68,12 @@ end
 redis.call('HSET', KEYS[4], unpack(fields))
 local deadline = now_ms + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[3], deadline, ARGV[1])
-return { deadline, jobs }
+local cancelled = {}
+if redis.call('ZCARD', KEYS[6]) > 0 then
+  for i, envelope in ipairs(jobs) do
+    if redis.call('ZSCORE', KEYS[6], string.sub(envelope, ID_FIRST, ID_LAST)) then
+      cancelled[#cancelled + 1] = i
+    end
+  end
+end
+return { deadline, jobs, cancelled }
