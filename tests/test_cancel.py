@@ -77,7 +77,8 @@ def test_jobs_cancelled_before_they_start_never_run(app: conveyor.Conveyor) -> N
     assert _counts(app)["cancelled"] == 4
     assert worker.stats()["cancelled"] == 4
     info = app.lookup(queued.id)
-    assert info is not None and info.timeline[-1][0] == "cancelled"
+    assert info is not None
+    assert info.timeline[-1][0] == "cancelled"
     client = redis.Redis.from_url(app.settings.redis_url)
     ns = app.settings.namespace
     assert client.hlen(f"cv:{ns}:{{default}}:open") == 0, "relayed jobs counted out"
@@ -132,7 +133,7 @@ def test_running_jobs_are_told_and_stop(app: conveyor.Conveyor) -> None:
     assert _state(app, looping.id) == "cancelled"
     stats = worker.stats()
     assert stats["cancelled"] == 2
-    assert stats["retried"] == 0 and stats["dead"] == 0, "a cancel is not a failure"
+    assert (stats["retried"], stats["dead"]) == (0, 0), "a cancel is not a failure"
 
 
 def test_ended_jobs_are_not_changed_and_bad_ids_refused(app: conveyor.Conveyor) -> None:
@@ -165,4 +166,5 @@ def test_ended_jobs_are_not_changed_and_bad_ids_refused(app: conveyor.Conveyor) 
         app.cancel("nope")
     bad = conveyor_cli("cancel", "nope", env=env)
     assert bad.returncode != 0
-    assert "26 characters" in bad.stderr and "Traceback" not in bad.stderr
+    assert "26 characters" in bad.stderr
+    assert "Traceback" not in bad.stderr
