@@ -66,8 +66,10 @@ def test_jobs_cancelled_before_they_start_never_run(app: conveyor.Conveyor) -> N
     worker.start()
     try:
         wait_until(lambda: _state(app, other.id) == "done", 30, "the other job done")
-        for job in (in_kafka, queued, scheduled, result_job):
-            wait_until(lambda j=job: _state(app, j.id) == "cancelled", 30, f"{job.id} cancelled")
+        ids = [in_kafka.id, queued.id, scheduled.id, result_job.id]
+        wait_until(
+            lambda: [_state(app, i) for i in ids] == ["cancelled"] * 4, 30, "all four cancelled"
+        )
         with pytest.raises(conveyor.JobCancelled, match="before it started"):
             result_job.result(timeout_s=5)
     finally:
