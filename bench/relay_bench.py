@@ -105,28 +105,33 @@ def consume_rate(bootstrap: str, topic: str, jobs: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+#: The list `redis_lpush_rate` fills, deleted after: redis-benchmark's own
+#: `-t lpush` writes to `mylist` and leaves it behind (1,000,000 items a run,
+#: which grew a dev Redis to gigabytes over many runs).
+LPUSH_KEY = "conveyor-bench:lpush"
+
+
 def redis_lpush_rate(port: int) -> float:
-    out = subprocess.run(
-        [
-            "redis-benchmark",
-            "-p",
-            str(port),
-            "-t",
-            "lpush",
-            "-P",
-            "100",
-            "-n",
-            "1000000",
-            "-d",
-            "100",
-            "-q",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    match = re.search(r"LPUSH[^:]*:\s*([\d.]+)", out.replace("\r", "\n"))
+    """redis-benchmark's pipelined LPUSH of 100-byte values, 1,000,000 of them."""
+    try:
+        out = subprocess.run(
+            [
+                *("redis-benchmark", "-p", str(port), "-P", "100", "-n", "1000000", "-q"),
+                *("lpush", LPUSH_KEY, "x" * 100),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    finally:
+        subprocess.run(
+            ["redis-cli", "-p", str(port), "UNLINK", LPUSH_KEY],
+            check=False,
+            capture_output=True,
+            timeout=30,
+        )
+    match = re.search(r"lpush[^:]*:\s*([\d.]+)", out.replace("\r", "\n"), re.IGNORECASE)
     assert match, out
     return float(match.group(1))
 

@@ -7,6 +7,7 @@ test can count how often every job ran, across processes that get killed.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -53,4 +54,11 @@ def block_once(i: int) -> None:
     job = conveyor.current_job()
     if job is not None and job.attempt == 1:
         time.sleep(60)  # the timeout's exception waits for the call to return
+    _client.hincrby(RUNS_KEY, str(i), 1)
+
+
+@app.job("test.log")
+def log_line(i: int) -> None:
+    """Logs one line through `logging`, then counts one execution of job `i`."""
+    logging.getLogger("worker_app").info("handling %s", i)
     _client.hincrby(RUNS_KEY, str(i), 1)

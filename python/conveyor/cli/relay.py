@@ -52,6 +52,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--metrics-bind", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics"
     )
     relay.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or one JSON object each, with the job's id and type on "
+        "lines about a job (default: CONVEYOR_LOG_FORMAT, else text)",
+    )
+    relay.add_argument(
         "--depth-low",
         type=int,
         metavar="JOBS",
@@ -73,9 +79,11 @@ def _relay(args: argparse.Namespace) -> int:
     import time
 
     from conveyor.cli.ignored import IgnoredValues
+    from conveyor.logs import configure
     from conveyor.relays import QueueFollower, merged_metrics
     from conveyor.settings import Settings
 
+    configure(args.log_format)
     settings = Settings.from_env()
     follower = None if args.queues else QueueFollower(settings)
     queues = args.queues or (follower and follower.queues()) or list(settings.queues)

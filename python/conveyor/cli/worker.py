@@ -53,6 +53,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="serve Prometheus metrics at /metrics (process i of --processes on PORT + i)",
     )
     worker.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or one JSON object each, with the job's id and type on "
+        "lines about a job (default: CONVEYOR_LOG_FORMAT, else text)",
+    )
+    worker.add_argument(
         "--no-setup",
         action="store_true",
         help="do not publish the job registry or create missing Kafka topics at start",
@@ -97,13 +103,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import logging
     import sys
 
+    from conveyor.logs import configure
     from conveyor.processes import run_processes
     from conveyor.worker import Worker, load_app, parse_queues
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure(args.log_format)
     if "" not in sys.path:
         sys.path.insert(0, "")  # MODULE:APP is importable from the working folder
     app = load_app(args.app)

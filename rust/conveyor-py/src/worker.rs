@@ -299,9 +299,14 @@ impl WorkQueues {
         out
     }
 
-    /// Prometheus text for this process's worker metrics.
-    fn metrics(&self) -> String {
-        self.inner.stats().render()
+    /// Prometheus text for this process's worker metrics, per job type
+    /// too, and the depth of its queues (read from Redis now).
+    fn metrics(&self, py: Python<'_>) -> String {
+        let inner = &self.inner;
+        let mut out = inner.stats().render();
+        out.push_str(&inner.render_by_type());
+        out.push_str(&py.detach(|| inner.render_depths()));
+        out
     }
 }
 

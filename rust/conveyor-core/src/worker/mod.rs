@@ -3,6 +3,7 @@
 //! with the leases held tracked for heartbeats. Handlers run in Python; this
 //! side does everything per batch so Python only loops over ready jobs.
 
+pub mod by_type;
 mod cancels;
 pub mod keeper;
 mod leases;
@@ -131,6 +132,7 @@ pub struct WorkQueues {
     held: Mutex<HashMap<String, leases::Held>>,
     events: leases::Events,
     stats: WorkerStats,
+    by_type: by_type::ByType,
 }
 
 impl WorkQueues {
@@ -171,6 +173,7 @@ impl WorkQueues {
             held: Mutex::new(HashMap::new()),
             events: Default::default(),
             stats: WorkerStats::default(),
+            by_type: Default::default(),
         })
     }
 
@@ -382,6 +385,7 @@ impl WorkQueues {
             .cancelled
             .fetch_add(settled.cancelled, Ordering::Relaxed);
         stats.released.fetch_add(back, Ordering::Relaxed);
+        self.by_type.add(batch, outcomes);
         Ok(settled)
     }
 
