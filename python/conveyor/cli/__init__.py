@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from conveyor.cli import config, controls, gate, relay, replay, servers, worker
+from conveyor.cli import config, controls, gate, relay, replay, servers, status, worker
 from conveyor.errors import ConveyorError
 
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (servers, gate, relay, controls, worker, replay, config):
+    for group in (servers, gate, relay, controls, worker, status, replay, config):
         group.add_commands(commands)
     return parser
 
