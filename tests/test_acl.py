@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 import conveyor
-from conveyor import _core
+from conveyor import _core, canaries
 from conveyor.acl import ROLES, SCRIPT_COMMANDS
+from conveyor.canaries import CanarySender
 from conveyor.devservers import DevServers
 from tests.helpers.acl import PASSWORD, apply_roles, drop_roles
 from tests.helpers.cli import conveyor as run_cli
@@ -126,6 +127,9 @@ def test_every_component_runs_under_its_own_role(
         )
         # A worker keeps a result, a producer reads it, each as its own role.
         assert producer.registry["acl.result"].enqueue("hi").result(timeout_s=30) == "HI"
+        # A worker records a canary's arrival under its own account.
+        CanarySender(worker_app.settings, ["default"], every_s=60).tick()
+        wait_until(lambda: len(canaries.read(worker_app.settings, "default")) == 3, 30, "canaries")
         assert worker.stats()["dead"] == 0
         assert relay.stats()["relayed"] >= 70
         assert relay.stats()["redis_errors"] == 0

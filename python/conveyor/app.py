@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from conveyor import _core, results
+from conveyor import _core, results, tracing
 from conveyor.cancellation import cancel
 from conveyor.deliveries import DeliveryFailure, DeliveryWatcher, OnDeliveryFailure, let_go
 from conveyor.enqueue import Enqueued
-from conveyor.errors import ConfigError, ConveyorError, InvalidJobError
-from conveyor.handles import result_reader
+from conveyor.errors import ConveyorError, InvalidJobError
+from conveyor.handles import app_result_reader
 from conveyor.jobs import JobOptions, JobType, P, R
 from conveyor.lookup import JobInfo, find
 from conveyor.payload import Call, encode_call
@@ -234,14 +234,30 @@ class Conveyor:
         positional = args if isinstance(args, (list, tuple)) else list(args)
         if kwargs is not None and not isinstance(kwargs, dict):
             kwargs = dict(kwargs)
-        return self._transport(type_name).send_one(type_name, target, positional, kwargs, options)
+        transport = self._transport(type_name)
+        if tracing.ACTIVE and options.trace_context is None and tracing.recording():
+            return tracing.send_traced(
+                type_name,
+                1,
+                options,
+                lambda traced: transport.send_one(type_name, target, positional, kwargs, traced),
+            )
+        return transport.send_one(type_name, target, positional, kwargs, options)
 
     def send_many(
         self, type_name: str, queue: str | None, calls: list[Call], options: SendOptions
     ) -> Enqueued:
         """`enqueue_many` with its options as one value (what `JobType` calls)."""
         target = self._targets.get((type_name, queue)) or self._target(type_name, queue)
-        return self._transport(type_name).send_many(type_name, target, calls, options)
+        transport = self._transport(type_name)
+        if tracing.ACTIVE and options.trace_context is None and tracing.recording():
+            return tracing.send_traced(
+                type_name,
+                len(calls),
+                options,
+                lambda traced: transport.send_many(type_name, target, calls, traced),
+            )
+        return transport.send_many(type_name, target, calls, options)
 
     def _target(self, type_name: str, queue: str | None) -> Target:
         """Where `type_name`'s jobs go (checking the names), remembered."""
@@ -412,22 +428,11 @@ class Conveyor:
     def result(self, job_id: str, timeout_s: float | None = None) -> Any:
         """Job `job_id`'s result (see `JobHandle.result`), read in the queues
         of this app's job types that keep results."""
-        return results.wait(job_id, self._result_reader(job_id), timeout_s)
+        return results.wait(job_id, app_result_reader(self, job_id), timeout_s)
 
     async def result_async(self, job_id: str, timeout_s: float | None = None) -> Any:
         """`result` for async code: awaits without blocking the event loop."""
-        return await results.wait_async(job_id, self._result_reader(job_id), timeout_s)
-
-    def _result_reader(self, job_id: str) -> results.Read:
-        queues = sorted({j.options.queue for j in self._jobs.values() if j.options.store_result})
-        if not queues:
-            raise ConfigError("no job type of this app keeps results (store_result=True)")
-        readers = [result_reader(self, queue, job_id) for queue in queues]
-
-        def read() -> bytes | None:
-            return next((raw for r in readers if (raw := r()) is not None), None)
-
-        return read
+        return await results.wait_async(job_id, app_result_reader(self, job_id), timeout_s)
 
     def publish_registry(self) -> int:
         """Record this application's job types in Redis, where gates learn

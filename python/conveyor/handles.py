@@ -79,6 +79,20 @@ class JobHandle:
         return result_reader(jt.app, jt.options.queue, job_id)
 
 
+def app_result_reader(app: Conveyor, job_id: str) -> Read:
+    """Reads job `job_id`'s kept result in whichever queue of `app`'s job
+    types that keep results holds it."""
+    queues = sorted({j.options.queue for j in app.registry.values() if j.options.store_result})
+    if not queues:
+        raise ConfigError("no job type of this app keeps results (store_result=True)")
+    readers = [result_reader(app, queue, job_id) for queue in queues]
+
+    def read() -> bytes | None:
+        return next((raw for r in readers if (raw := r()) is not None), None)
+
+    return read
+
+
 def result_reader(app: Conveyor, queue: str, job_id: str) -> Read:
     """Reads job `job_id`'s kept result in `queue`."""
     namespace = app.settings.namespace

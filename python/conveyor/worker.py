@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from conveyor import _core
 from conveyor.app import Conveyor
+from conveyor.canaries import CANARY_TYPE, canary_job
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.job_context import JobInfo, current_job
 from conveyor.keeper import Keeper
@@ -82,8 +83,11 @@ class Worker:
         self.max_batch = max_batch
         self.grace_s = grace_s
         self.middleware = tuple(middleware)
+        # Canaries run in every worker (conveyor.canaries), unless the app
+        # registers a handler of its own under that name.
+        handlers = {CANARY_TYPE: canary_job(app), **app.registry}
         self._runner = Runner(
-            app.registry, self.middleware, result_limit=app.settings.max_payload_bytes
+            handlers, self.middleware, result_limit=app.settings.max_payload_bytes
         )
         if not self.queues:
             raise ConfigError("a worker needs at least one queue")

@@ -9,6 +9,7 @@ from conveyor.cli.stopping import stop_on_signals
 
 if TYPE_CHECKING:
     from conveyor import _core
+    from conveyor.canaries import CanarySender
     from conveyor.settings import Settings
 
 
@@ -52,6 +53,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--metrics-bind", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics"
     )
     relay.add_argument(
+        "--canary-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="send a canary job into every partition of every relayed queue this often and "
+        "export what comes back (conveyor.canaries; default: off)",
+    )
+    relay.add_argument(
         "--log-format",
         choices=("text", "json"),
         help="log lines as text or one JSON object each, with the job's id and type on "
@@ -80,7 +89,7 @@ def _relay(args: argparse.Namespace) -> int:
 
     from conveyor.cli.ignored import IgnoredValues
     from conveyor.logs import configure
-    from conveyor.relays import QueueFollower, merged_metrics
+    from conveyor.relays import QueueFollower
     from conveyor.settings import Settings
 
     configure(args.log_format)
@@ -89,14 +98,9 @@ def _relay(args: argparse.Namespace) -> int:
     queues = args.queues or (follower and follower.queues()) or list(settings.queues)
     relays = _start(settings, queues, args)
     stop = stop_on_signals()
+    canaries = [_canaries(settings, queues, args.canary_every)]
     if args.metrics_bind:
-        from conveyor.metrics_http import serve_metrics
-
-        server = serve_metrics(
-            args.metrics_bind, lambda: merged_metrics(relays), lambda: _health(relays)
-        )
-        host, port = server.server_address[:2]
-        print(f"relay: metrics on http://{host!s}:{port}/metrics", flush=True)
+        _serve(args.metrics_bind, relays, canaries)
     # Counters of relays replaced when the queues changed, so totals go on.
     carried: dict[str, int] = {}
     last, last_at = 0, time.monotonic()
@@ -122,6 +126,8 @@ def _relay(args: argparse.Namespace) -> int:
                     relay.stop()
                 queues = wanted
                 relays[:] = _start(settings, queues, args)
+                canaries[0] = _canaries(settings, queues, args.canary_every)
+        _send(canaries[0])
         if now - reported_at < args.report_every:
             continue
         reported_at = now
@@ -140,6 +146,42 @@ def _relay(args: argparse.Namespace) -> int:
         )
     print("relay stopping: finishing the batch in flight ...", flush=True)
     return 0 if _stop(relays) else 1
+
+
+def _canaries(settings: Settings, queues: list[str], every_s: float) -> CanarySender | None:
+    """The canary sender of `queues`, if canaries are asked for."""
+    from conveyor.canaries import CanarySender
+
+    return CanarySender(settings, queues, every_s) if every_s > 0 else None
+
+
+def _serve(bind: str, relays: list[_core.Relay], canaries: list[CanarySender | None]) -> None:
+    """Serves the relays' metrics (and the canaries', if sent) and health;
+    both lists are read at each request, as they change."""
+    from conveyor.metrics_http import serve_metrics
+    from conveyor.relays import merged_metrics
+
+    server = serve_metrics(
+        bind,
+        lambda: merged_metrics(relays) + (canaries[0].metrics() if canaries[0] else ""),
+        lambda: _health(relays),
+    )
+    host, port = server.server_address[:2]
+    print(f"relay: metrics on http://{host!s}:{port}/metrics", flush=True)
+
+
+def _send(canaries: CanarySender | None) -> None:
+    """Sends the canaries if they are due; a failure is logged, and tried
+    again at the next interval."""
+    import logging
+
+    from conveyor.errors import ConveyorError
+
+    if canaries is not None:
+        try:
+            canaries.tick()
+        except ConveyorError as err:
+            logging.getLogger("conveyor.relay").warning("canaries not sent: %s", err)
 
 
 def _start(settings: Settings, queues: list[str], args: argparse.Namespace) -> list[_core.Relay]:

@@ -5,6 +5,10 @@ list of what needs looking at (exit 1 when it is not empty)."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conveyor.settings import Settings
 
 #: A relay that has not reported for this long counts as gone.
 RELAY_STALE_S = 10.0
@@ -43,6 +47,8 @@ def _status(args: argparse.Namespace) -> int:
         print("  " + "  ".join(f"{c:>10}" for c in row))
         if depth["dead"]:
             attention.append(f"{depth['dead']} dead jobs in {name} (conveyor dead list {name})")
+
+    _canaries(settings, names, attention)
 
     urls = {settings.redis_url} | {url for _, url in settings.queue_redis}
     statuses = [
@@ -88,3 +94,37 @@ def _status(args: argparse.Namespace) -> int:
     for line in attention:
         print(f"  - {line}")
     return 1 if attention else 0
+
+
+def _canaries(settings: Settings, names: list[str], attention: list[str]) -> None:
+    """One line per queue that canaries reach (`conveyor relay --canary-every`)."""
+    import time
+
+    from conveyor import _core, canaries
+    from conveyor.errors import ConveyorError
+
+    now = time.time()
+    for name in names:
+        arrived = canaries.read(settings, name)
+        if not arrived:
+            continue
+        try:
+            offsets = _core.kafka_end_offsets(
+                settings.kafka_bootstrap,
+                settings.topic_for(name),
+                properties=list(settings.kafka_properties),
+            )
+            partitions = len(offsets)
+        except ConveyorError:
+            partitions = max(arrived) + 1  # Kafka unreachable: what arrived
+        newest = max(arrived.values(), key=lambda a: a["started_at"])
+        slowest = max(a["started_at"] - a["sent_at"] for a in arrived.values())
+        print(
+            f"\ncanaries {name}: {len(arrived)} of {partitions} partitions, last arrived "
+            f"{now - newest['started_at']:.1f}s ago, slowest {slowest * 1000:.0f} ms end to end"
+        )
+        for partition in canaries.missing(arrived, partitions, now):
+            attention.append(
+                f"canaries from {name} partition {partition} stopped arriving "
+                "(is it relayed? conveyor relays)"
+            )

@@ -95,6 +95,15 @@ fn check_relay_control(field: &str, value: &str) -> PyResult<()> {
         .py()
 }
 
+/// One gauge in Prometheus' text format, `(labels, value)` per series: the
+/// one renderer, for metrics Python gathers (canaries).
+#[pyfunction]
+fn render_gauge(name: &str, help: &str, series: Vec<(String, f64)>) -> String {
+    let mut out = String::new();
+    conveyor_core::metrics::render_gauge(&mut out, name, help, &series);
+    out
+}
+
 /// The native module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -117,6 +126,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     relay::register(m)?;
     worker::register(m)?;
     m.add_function(wrap_pyfunction!(encode_call, m)?)?;
+    m.add_function(wrap_pyfunction!(render_gauge, m)?)?;
     m.add_function(wrap_pyfunction!(queue_topic, m)?)?;
     m.add_function(wrap_pyfunction!(dead_letter_topic, m)?)?;
     m.add_function(wrap_pyfunction!(relay_group, m)?)?;

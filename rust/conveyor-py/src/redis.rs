@@ -351,6 +351,30 @@ impl RedisStore {
         })
     }
 
+    /// Records the canary that just ran from `partition` of `queue`.
+    fn record_canary(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        partition: u32,
+        record: &str,
+    ) -> PyResult<()> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        self.with(py, |s| s.record_canary(&keys, partition, record))
+    }
+
+    /// The last canary of each partition of `queue` as `(partition, JSON)`.
+    fn canaries(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+    ) -> PyResult<Vec<(u32, String)>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        self.with(py, |s| s.canaries(&keys))
+    }
+
     /// Asks for job `job_id` of `queue` to be cancelled (`cancel-1.lua`);
     /// `False` if it was asked before.
     fn cancel(&self, py: Python<'_>, namespace: &str, queue: &str, job_id: &str) -> PyResult<bool> {

@@ -115,6 +115,13 @@ impl QueueKeys {
         format!("{}:cancelled", self.base)
     }
 
+    /// Hash: Kafka partition -> the last canary job that ran from it
+    /// (JSON: when it was sent, written to Kafka, relayed, started), written
+    /// by workers, read by `conveyor status` and the canary sender.
+    pub fn canaries(&self) -> String {
+        format!("{}:canaries", self.base)
+    }
+
     /// String: the result of job `id` (`store_result` job types), kept for
     /// its time to live (`settlement.rs`).
     pub fn result(&self, id: &[u8; 16]) -> String {

@@ -8,6 +8,7 @@
 //! from `scripts/` ([`scripts`]); reads that change nothing are plain commands.
 
 pub mod admission;
+pub mod canaries;
 pub mod cancels;
 pub mod conn;
 mod control;
