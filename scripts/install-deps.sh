@@ -2,7 +2,8 @@
 # Installs the system packages Conveyor's build, dev servers and tests need, if
 # missing: a Java 17 runtime and Maven (Kafka from Maven Central), Debian's
 # redis-server, the C toolchain bits librdkafka's and OpenSSL's bundled builds
-# use, and the openssl command (tests make their certificates with it).
+# use, the openssl command (tests make their certificates with it) and
+# Chromium (the dashboard's browser tests drive Debian's, headless).
 # Fast when everything is there; needs root (or sudo) only when something is not.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ have_cmd pkg-config || need+=(pkg-config)
 # The bundled OpenSSL's build runs perl; tests make certificates with openssl.
 have_cmd perl || need+=(perl)
 have_cmd openssl || need+=(openssl)
+have_cmd chromium || need+=(chromium)
 for pkg in libcurl4-openssl-dev zlib1g-dev libssl-dev python3-venv; do
   have_pkg "$pkg" || need+=("$pkg")
 done

@@ -5,6 +5,7 @@ doing; and the roles' command lists agree with the Lua scripts' sources."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -18,6 +19,7 @@ import conveyor
 from conveyor import _core, canaries
 from conveyor.acl import ROLES, SCRIPT_COMMANDS
 from conveyor.canaries import CanarySender
+from conveyor.dashboard import Dashboard
 from conveyor.devservers import DevServers
 from tests.helpers.acl import PASSWORD, apply_roles, drop_roles
 from tests.helpers.cli import conveyor as run_cli
@@ -71,6 +73,21 @@ def _app(servers: DevServers, namespace: str, url: str, ran: list[str]) -> conve
         return word.upper()
 
     return app
+
+
+def _operator_dashboard_reads(settings: conveyor.Settings, url: str, done_id: str) -> None:
+    """A read-only dashboard shows everything with the operator's account."""
+    operator = dataclasses.replace(settings, redis_url=url)
+    board = Dashboard(operator, "t", address=("127.0.0.1", 0), queues=["default"], read_only=True)
+    board.start()
+    try:
+        assert board.get_overview({})["queues"][0]["depth"]["dead"] == 0
+        assert board.get_job({"id": done_id})["state"] == "done"
+        for state in ("queued", "dead"):
+            assert board.get_jobs({"queue": "default", "state": state})["matched"] == 0
+        board.series.sample()
+    finally:
+        board.stop()
 
 
 @pytest.mark.servers
@@ -149,6 +166,7 @@ def test_every_component_runs_under_its_own_role(
             assert done.returncode == 0, (argv, done.stdout, done.stderr)
         history = as_role("operator", "controls", "--history").stdout
         assert "route acl.direct: (clear) ->" in history
+        _operator_dashboard_reads(worker_app.settings, accounts["operator"], kafka_ids[0])
         assert f"{namespace}-admin" in history
         assert sorted(gate.registry_ignored()) == []
     finally:

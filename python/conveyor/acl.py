@@ -31,6 +31,7 @@ SCRIPT_COMMANDS: dict[str, frozenset[str]] = {
         | {"zcard", "zrangebyscore", "zrem", "zscore"}
     ),
     "cancel-1.lua": frozenset({"time", "zadd", "zremrangebyrank", "zremrangebyscore"}),
+    "forget_dead-3.lua": frozenset({"hdel", "hincrby", "zrem"}),
     "heartbeat-2.lua": frozenset({"hset", "time", "zadd", "zscore"}),
     "periodic-3.lua": frozenset({"hget", "hset", "ltrim", "rpush"}),
     "publish_registry-1.lua": frozenset({"hlen", "hset"}),
@@ -149,7 +150,7 @@ ROLES: dict[str, Role] = {
         "dead letters, and cancel jobs",
         scripts=(
             *("control-2.lua", "replay_dead-4.lua", "purge_dead-3.lua", "admit-7.lua"),
-            "cancel-1.lua",
+            *("cancel-1.lua", "forget_dead-3.lua"),
         ),
         commands=(*_READS, "time"),
         keys=("cv:*", _HISTORIES),

@@ -10,6 +10,8 @@ its commands to the parser (`add_commands`) with their handlers.
 | `worker` | `worker`, `queues`, `job`, `dead` |
 | `replay` | `replay` |
 | `config` | `config`, `acl` |
+| `status` | `status` |
+| `dashboard` | `dashboard` |
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from conveyor.cli import config, controls, gate, relay, replay, servers, status, worker
+from conveyor.cli import (
+    config,
+    controls,
+    dashboard,
+    gate,
+    relay,
+    replay,
+    servers,
+    status,
+    worker,
+)
 from conveyor.errors import ConveyorError
 
 
@@ -31,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (servers, gate, relay, controls, worker, status, replay, config):
+    for group in (servers, gate, relay, controls, worker, status, dashboard, replay, config):
         group.add_commands(commands)
     return parser
 

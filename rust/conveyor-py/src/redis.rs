@@ -224,6 +224,34 @@ impl RedisStore {
         self.with(py, |s| s.replay_dead(&keys, count))
     }
 
+    /// Moves the dead letters among `job_ids` back to ready with fresh
+    /// attempts, as `replay_dead` does; returns `(moved, kept)`.
+    fn replay_dead_ids(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        job_ids: Vec<String>,
+    ) -> PyResult<(u64, u64)> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let ids = parse_ids(&job_ids)?;
+        self.with(py, |s| s.replay_dead_ids(&keys, &ids))
+    }
+
+    /// Deletes the dead letters among `job_ids` with their error records
+    /// (counted as purged); returns how many.
+    fn forget_dead_ids(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        job_ids: Vec<String>,
+    ) -> PyResult<u64> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let ids = parse_ids(&job_ids)?;
+        self.with(py, |s| s.forget_dead_ids(&keys, &ids))
+    }
+
     /// Forgets up to `count` (1 to 1000) dead letters dead for longer than
     /// `older_than_s`, or the oldest beyond `keep`, with their error records;
     /// returns how many (counted as purged).
@@ -424,6 +452,13 @@ impl RedisStore {
         let keys = QueueKeys::new(namespace, queue).py()?;
         self.with(py, |s| s.purge(&keys))
     }
+}
+
+fn parse_ids(job_ids: &[String]) -> PyResult<Vec<[u8; 16]>> {
+    job_ids
+        .iter()
+        .map(|id| JobId::parse(id).map(|id| id.0).py())
+        .collect()
 }
 
 fn actor(who: &str, origin: &str) -> Actor {

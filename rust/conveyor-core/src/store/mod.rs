@@ -12,6 +12,7 @@ pub mod canaries;
 pub mod cancels;
 pub mod conn;
 mod control;
+pub mod dead;
 pub use control::{check_kafka_percent, Actor};
 pub mod control_values;
 pub mod history;

@@ -248,15 +248,7 @@ impl RedisStore {
             if dead.is_empty() {
                 break;
             }
-            let mut call = scripts::REPLAY_DEAD.key(keys.dead());
-            call.key(keys.ready()).key(keys.unique()).key(keys.wake());
-            for raw in &dead {
-                let decoded = Envelope::decode(raw).ok();
-                let id = crate::envelope::id_bytes(raw).unwrap_or_default();
-                let field = decoded.and_then(|e| e.unique_field()).unwrap_or_default();
-                call.arg(raw.as_slice()).arg(id).arg(field);
-            }
-            let (now_moved, now_kept): (u64, u64) = call.invoke(self.scripted()?)?;
+            let (now_moved, now_kept) = self.replay_envelopes(keys, &dead)?;
             if now_moved + now_kept == 0 {
                 break;
             }

@@ -39,6 +39,11 @@ script!(
     "Forgets dead-lettered jobs that died before a time."
 );
 script!(
+    FORGET_DEAD,
+    "forget_dead-3.lua",
+    "Deletes chosen dead letters, by envelope."
+);
+script!(
     CANCEL,
     "cancel-1.lua",
     "Asks for a job to be cancelled, by id."
@@ -50,7 +55,7 @@ script!(
 );
 
 /// Every script, to load them all when a connection opens.
-pub(crate) static ALL: LazyLock<[&'static Script; 12]> = LazyLock::new(|| {
+pub(crate) static ALL: LazyLock<[&'static Script; 13]> = LazyLock::new(|| {
     [
         &ADMIT,
         &FETCH,
@@ -60,6 +65,7 @@ pub(crate) static ALL: LazyLock<[&'static Script; 12]> = LazyLock::new(|| {
         &REAP,
         &REPLAY_DEAD,
         &PURGE_DEAD,
+        &FORGET_DEAD,
         &PERIODIC,
         &CANCEL,
         &CONTROL,
