@@ -23,7 +23,7 @@ from dataclasses import dataclass
 #: The Redis commands each script calls (`redis.call`), by script file name.
 SCRIPT_COMMANDS: dict[str, frozenset[str]] = {
     "admit-7.lua": frozenset(
-        {"hget", "hincrby", "hset", "hsetnx", "ltrim", "rpush", "time", "zadd"}
+        {"expire", "hget", "hincrby", "hset", "hsetnx", "ltrim", "rpush", "time", "zadd"}
     ),
     "control-2.lua": frozenset({"hdel", "hget", "hset", "lpush", "ltrim", "time"}),
     "fetch-6.lua": frozenset(
@@ -44,6 +44,7 @@ SCRIPT_COMMANDS: dict[str, frozenset[str]] = {
     ),
     "release-5.lua": frozenset({"exists", "hdel", "hget", "lpush", "ltrim", "rpush", "zrem"}),
     "replay_dead-4.lua": frozenset({"hget", "hset", "ltrim", "rpush", "zrem", "zscore"}),
+    "tally-1.lua": frozenset({"expire", "hincrby"}),
     "settle-11.lua": frozenset(
         {"append", "exists", "expire", "hdel", "hget", "hgetall", "hincrby", "hset", "strlen"}
         | {"set", "time", "zadd", "zrem"}
@@ -103,7 +104,7 @@ ROLES: dict[str, Role] = {
         doc="services enqueuing with the Python client: the run-time routes, "
         "the direct path into queues, results (handle.result()), looking up "
         "and cancelling jobs (app.lookup, app.cancel)",
-        scripts=("admit-7.lua", "cancel-1.lua"),
+        scripts=("admit-7.lua", "cancel-1.lua", "tally-1.lua"),
         commands=_READS,
         keys=(_QUEUES,),
         read_keys=("cv:routes",),
@@ -119,7 +120,7 @@ ROLES: dict[str, Role] = {
         "status, the store's generation; read their controls",
         scripts=("admit-7.lua",),
         commands=(
-            *("info", "get", "set", "llen", "rpush", "ltrim"),
+            *("info", "get", "set", "llen", "rpush", "ltrim", "expire"),
             *("hgetall", "hmget", "hget", "hset", "hdel", "hincrby"),
             *("watch", "unwatch", "multi", "exec"),
         ),
@@ -132,7 +133,7 @@ ROLES: dict[str, Role] = {
         scripts=(
             *("fetch-6.lua", "settle-11.lua", "heartbeat-2.lua", "release-5.lua"),
             *("reap-5.lua", "periodic-3.lua", "purge_dead-3.lua"),
-            *("admit-7.lua", "publish_registry-1.lua"),
+            *("admit-7.lua", "publish_registry-1.lua", "tally-1.lua"),
         ),
         commands=("time", "blpop", "zrangebyscore", "hgetall", "info", "zcard", "zmscore"),
         keys=(_QUEUES, "cv:registry"),
@@ -150,7 +151,7 @@ ROLES: dict[str, Role] = {
         "dead letters, and cancel jobs",
         scripts=(
             *("control-2.lua", "replay_dead-4.lua", "purge_dead-3.lua", "admit-7.lua"),
-            *("cancel-1.lua", "forget_dead-3.lua"),
+            *("cancel-1.lua", "forget_dead-3.lua", "tally-1.lua"),
         ),
         commands=(*_READS, "time"),
         keys=("cv:*", _HISTORIES),

@@ -24,6 +24,7 @@ from conveyor.payload import Call, encode_call
 from conveyor.routing import Route, RouteTable
 from conveyor.schedules import Cron, Schedule
 from conveyor.settings import Settings
+from conveyor.tallies import SentTally
 from conveyor.transports import (
     PLAIN,
     KafkaTransport,
@@ -343,7 +344,7 @@ class Conveyor:
                     if delivery_failed is not None:
                         delivery_failed(failures)
 
-                self._watcher = DeliveryWatcher(producer, on_failure)
+                self._watcher = DeliveryWatcher(producer, on_failure, SentTally(s))
                 # Dropped without close(), or at exit: deliver what is
                 # pending, as long as a delivery may take, and say what failed.
                 self._let_go = weakref.finalize(

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor import _core, canaries
+from conveyor import _core, canaries, tallies
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
+from conveyor.tallies import Reconciliation
 
 #: A relay that has not reported for this long counts as gone.
 RELAY_STALE_S = 10.0
@@ -61,6 +62,8 @@ class Overview:
     relays_gone: int
     lag_by_topic: dict[str, int]
     canaries: list[CanaryView]
+    #: Counts per hop over the last hour, per queue (`conveyor.tallies`).
+    hops: list[Reconciliation] = field(default_factory=list)
     attention: list[str] = field(default_factory=list)
 
 
@@ -88,6 +91,17 @@ def gather(settings: Settings, names: Sequence[str]) -> Overview:
                 for p in canary.missing
             ]
     _relays(settings, view)
+    for name in names:
+        topic = settings.topic_for(name)
+        # Only a topic some live relay reads can be said to be read to the end.
+        lag = view.lag_by_topic.get(topic)
+        hops = tallies.reconcile(settings, name, lag, now)
+        view.hops.append(hops)
+        view.attention += [
+            f"{n} jobs of {name} enqueued at {time.strftime('%H:%M', time.gmtime(at))} UTC "
+            "were acknowledged by Kafka but never relayed (lost in Kafka? conveyor topics)"
+            for at, n in hops.missing
+        ]
     return view
 
 

@@ -42,6 +42,15 @@ def _print(view: Overview) -> None:
         row += [str(q.ended[k]) for k in ("done", "retried", "cancelled")]
         print("  " + "  ".join(f"{c:>10}" for c in row))
 
+    from conveyor.tallies import HOPS
+
+    print("\njobs per hop, enqueued in the last hour")
+    print("  " + "  ".join(f"{h:>10}" for h in ("queue", *HOPS)))
+    for hops in view.hops:
+        row = [hops.queue] + [str(hops.totals.get(h, 0)) for h in HOPS]
+        line = "  " + "  ".join(f"{c:>10}" for c in row)
+        print(line + (f"  (not compared: {hops.unchecked})" if hops.unchecked else ""))
+
     for c in view.canaries:
         print(
             f"\ncanaries {c.queue}: {len(c.arrived)} of {c.partitions} partitions, last "

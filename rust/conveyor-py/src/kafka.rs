@@ -340,6 +340,12 @@ impl KafkaProducer {
             .collect())
     }
 
+    /// Jobs Kafka acknowledged since the last call, as `(topic, minute,
+    /// jobs)`, for the queues' tallies (double-written jobs left out).
+    fn take_sent(&self) -> Vec<(String, u64, u64)> {
+        self.inner.take_sent()
+    }
+
     /// How many jobs failed delivery with nobody waiting, since the start.
     #[getter]
     fn unobserved_failures(&self) -> u64 {

@@ -15,6 +15,9 @@ use std::sync::Mutex;
 
 use crate::errors::IntoPyResult;
 
+/// One minute's tally as Python sees it: `(minute, [(hop, jobs)])`.
+type MinuteCounts = (u64, Vec<(String, u64)>);
+
 /// A dead letter for Python: `(envelope, dead_at_s, last_error_json)`.
 type DeadLetterRow<'py> = (Bound<'py, PyBytes>, f64, Option<String>);
 
@@ -74,6 +77,34 @@ impl RedisStore {
             .py()?;
         let a = self.with(py, |s| s.admit(&keys, &jobs))?;
         Ok((a.queued, a.scheduled, a.duplicates))
+    }
+
+    /// Adds `(minute, jobs)` counts to hop `hop` of a queue's tallies.
+    fn add_tally(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        hop: &str,
+        counts: Vec<(u64, u64)>,
+    ) -> PyResult<()> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        self.with(py, |s| s.add_tally(&keys, hop, &counts))
+    }
+
+    /// A queue's tallies of minutes `first..=last` that have any, as
+    /// `(minute, [(hop, jobs)])`.
+    fn tallies(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        queue: &str,
+        first: u64,
+        last: u64,
+    ) -> PyResult<Vec<MinuteCounts>> {
+        let keys = QueueKeys::new(namespace, queue).py()?;
+        let found = self.with(py, |s| s.tallies(&keys, first, last))?;
+        Ok(found.into_iter().map(|t| (t.minute, t.counts)).collect())
     }
 
     /// Up to `count` envelopes from the head of a ready list, left in place.

@@ -3,11 +3,14 @@
 //! may wait on (or drop), and failures nobody waited for, kept for the next
 //! flush to report.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::id::JobId;
+use crate::store::tally::minute_of;
 
 /// How many failed job ids an error message lists before it only counts.
 pub(super) const FAILURE_SAMPLES: usize = 10;
@@ -84,7 +87,16 @@ pub(super) struct Shared {
     pub settled: Condvar,
     /// Signalled when a failure nobody waited for is recorded.
     pub failed: Condvar,
+    /// Jobs acknowledged, per topic and minute, until taken
+    /// ([`super::producer::JobProducer::take_sent`]).
+    pub sent: Mutex<SentTally>,
+    /// Whether anyone takes `sent`: set by the first take, so a producer
+    /// nobody takes from (the gate's, a relay's) keeps no counts growing.
+    pub tallying: AtomicBool,
 }
+
+/// Acknowledged jobs by topic, then by minute of their ids.
+pub(super) type SentTally = HashMap<Arc<str>, BTreeMap<u64, u64>>;
 
 // Per-record helpers below are marked inline: they sit in another module
 // (and so maybe another codegen unit) than the producer that calls them.
@@ -137,6 +149,8 @@ struct BatchInner {
 /// One `send` call's jobs and their delivery outcomes as they arrive.
 pub(super) struct Batch {
     pub ids: Vec<JobId>,
+    /// The topic its acknowledged jobs are tallied under; `None`: not tallied.
+    tally: Option<Arc<str>>,
     inner: Mutex<BatchInner>,
     ready: Condvar,
     /// Wakes an async waiter; holds a permit if the batch settles first.
@@ -145,10 +159,11 @@ pub(super) struct Batch {
 
 impl Batch {
     #[inline]
-    pub(super) fn new(ids: Vec<JobId>) -> Self {
+    pub(super) fn new(ids: Vec<JobId>, tally: Option<Arc<str>>) -> Self {
         let n = ids.len();
         Self {
             ids,
+            tally,
             inner: Mutex::new(BatchInner {
                 results: vec![None; n],
                 remaining: n,
@@ -174,6 +189,20 @@ impl Batch {
         if inner.abandoned {
             let results = outcomes(&inner.results);
             shared.record_unobserved(failures(&self.ids, &results));
+        }
+        if let Some(topic) = self
+            .tally
+            .as_ref()
+            .filter(|_| shared.tallying.load(Relaxed))
+        {
+            // Once per batch, not per record: one lock for a whole send.
+            let mut sent = lock(&shared.sent);
+            let minutes = sent.entry(Arc::clone(topic)).or_default();
+            for (id, result) in self.ids.iter().zip(&inner.results) {
+                if matches!(result, Some(Ok(_))) {
+                    *minutes.entry(minute_of(id)).or_insert(0) += 1;
+                }
+            }
         }
         let waited = inner.waiters > 0;
         drop(inner);

@@ -153,6 +153,8 @@ impl JobProducer {
             in_flight: Mutex::new(InFlight::default()),
             settled: Condvar::new(),
             failed: Condvar::new(),
+            sent: Mutex::new(Default::default()),
+            tallying: Default::default(),
         });
         let health = Arc::new(PartitionHealth::default());
         let activity = Arc::new(Activity::default());
@@ -336,7 +338,15 @@ impl JobProducer {
         chosen: Option<i32>,
         mut deadline: Option<Instant>,
     ) -> Pending {
-        let batch = Arc::new(Batch::new(envelopes.iter().map(|e| e.id).collect()));
+        // Double-written jobs are not tallied as sent: a relay in shadow
+        // mode drops them by design.
+        let double_written = envelopes.iter().any(|e| {
+            e.stages
+                .iter()
+                .any(|s| s.code == Stage::DoubleWritten as u8)
+        });
+        let tally = (!double_written).then(|| Arc::from(topic));
+        let batch = Arc::new(Batch::new(envelopes.iter().map(|e| e.id).collect(), tally));
         if !envelopes.is_empty() {
             lock(&self.shared.in_flight).batches += 1;
         }
@@ -438,6 +448,26 @@ impl JobProducer {
                 .0;
         }
         unobserved.recent.drain(..).collect()
+    }
+
+    /// Jobs Kafka acknowledged since the last call, as `(topic, minute,
+    /// jobs)` (minutes of the job ids' times, `store::tally`), for the
+    /// application to add to its queues' tallies. Double-written jobs are
+    /// left out: a relay in shadow mode drops them by design.
+    /// Counting starts at the first call.
+    pub fn take_sent(&self) -> Vec<(String, u64, u64)> {
+        self.shared
+            .tallying
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let taken = std::mem::take(&mut *lock(&self.shared.sent));
+        taken
+            .into_iter()
+            .flat_map(|(topic, minutes)| {
+                minutes
+                    .into_iter()
+                    .map(move |(m, n)| (topic.to_string(), m, n))
+            })
+            .collect()
     }
 
     /// How many jobs failed delivery with nobody waiting, since this

@@ -7,6 +7,7 @@ use redis::{Cmd, FromRedisValue};
 
 use super::conn::RedisConn;
 use super::keys::{open_field, open_prefix, unique_field, QueueKeys, OPEN_BLOCK};
+use super::tally::{by_minute, minute_of_bytes, TALLY_TTL_S};
 use super::{scripts, RedisStore};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -229,6 +230,18 @@ impl RedisStore {
             .arg("admitted")
             .arg(total)
             .ignore();
+        let jobs = batches.iter().flat_map(|b| b.jobs.iter());
+        for (minute, n) in tally_minutes(jobs) {
+            tx.cmd("HINCRBY")
+                .arg(keys.tally(minute))
+                .arg("relayed")
+                .arg(n)
+                .ignore();
+            tx.cmd("EXPIRE")
+                .arg(keys.tally(minute))
+                .arg(TALLY_TTL_S)
+                .ignore();
+        }
         // EXEC answers nil when the fence hash changed after WATCH: another
         // relay wrote this queue meanwhile, and the script sorts it out.
         let done: Option<()> = tx.query(conn)?;
@@ -242,6 +255,15 @@ impl RedisStore {
                 .collect()
         }))
     }
+}
+
+/// How many of `jobs` fall in each minute of the tallies (`tally.rs`),
+/// read from their envelopes' ids as `admit-7.lua` reads them.
+fn tally_minutes<'a>(jobs: impl IntoIterator<Item = &'a Admission>) -> Vec<(u64, u64)> {
+    by_minute(jobs.into_iter().filter_map(|j| {
+        let id: [u8; 16] = crate::envelope::id_bytes(&j.envelope)?.try_into().ok()?;
+        Some(minute_of_bytes(&id))
+    }))
 }
 
 /// How many of `jobs` (one partition's, in offset order) fall in each block
@@ -264,18 +286,22 @@ fn open_blocks(partition: i32, jobs: &[Admission]) -> Vec<(String, usize)> {
 /// The `admit` script call for a batch (also used in the relay's pipelines);
 /// an empty fence is the direct path.
 pub(crate) fn admit_command(keys: &QueueKeys, batch: &Fenced<'_>) -> Cmd {
+    let minutes = tally_minutes(batch.jobs);
     let mut cmd = Cmd::new();
     cmd.arg("EVALSHA")
         .arg(scripts::ADMIT.get_hash())
-        .arg(7)
+        .arg(7 + minutes.len())
         .arg(keys.ready())
         .arg(keys.relayed())
         .arg(keys.scheduled())
         .arg(keys.unique())
         .arg(keys.counts())
         .arg(keys.wake())
-        .arg(keys.open())
-        .arg(&batch.fence)
+        .arg(keys.open());
+    for (minute, _) in &minutes {
+        cmd.arg(keys.tally(*minute));
+    }
+    cmd.arg(&batch.fence)
         .arg(batch.next_offset)
         .arg(batch.expect)
         .arg(open_prefix(batch.partition));

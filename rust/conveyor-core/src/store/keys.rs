@@ -122,6 +122,13 @@ impl QueueKeys {
         format!("{}:canaries", self.base)
     }
 
+    /// Hash: how many jobs enqueued in `minute` (Unix minutes, from the job
+    /// id's time) each hop counted: `sent`, `relayed`, `direct`, `ended`
+    /// (`tally.rs`); expires by itself.
+    pub fn tally(&self, minute: u64) -> String {
+        format!("{}:tally:{minute}", self.base)
+    }
+
     /// String: the result of job `id` (`store_result` job types), kept for
     /// its time to live (`settlement.rs`).
     pub fn result(&self, id: &[u8; 16]) -> String {

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod queue;
 pub mod scripts;
 mod settlement;
+pub mod tally;
 mod tls;
 
 pub(crate) use tls::install_provider as install_tls_provider;

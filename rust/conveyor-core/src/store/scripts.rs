@@ -49,13 +49,18 @@ script!(
     "Asks for a job to be cancelled, by id."
 );
 script!(
+    TALLY,
+    "tally-1.lua",
+    "Adds jobs a producer had acknowledged to a minute's counts."
+);
+script!(
     PERIODIC,
     "periodic-3.lua",
     "Enqueues one occurrence of a periodic job once."
 );
 
 /// Every script, to load them all when a connection opens.
-pub(crate) static ALL: LazyLock<[&'static Script; 13]> = LazyLock::new(|| {
+pub(crate) static ALL: LazyLock<[&'static Script; 14]> = LazyLock::new(|| {
     [
         &ADMIT,
         &FETCH,
@@ -70,6 +75,7 @@ pub(crate) static ALL: LazyLock<[&'static Script; 13]> = LazyLock::new(|| {
         &CANCEL,
         &CONTROL,
         &PUBLISH_REGISTRY,
+        &TALLY,
     ]
 });
 

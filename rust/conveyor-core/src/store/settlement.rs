@@ -117,18 +117,22 @@ impl FromRedisValue for Settled {
 impl RedisStore {
     /// Records how leased jobs ended, in one atomic step, and (unless
     /// `history` is off) keeps each job's end findable by its id.
+    /// `minutes[i]` is the tally minute of `outcomes[i]`'s job
+    /// (`tally::minute_of`); a job past the end of `minutes` is not tallied.
     pub fn settle(
         &mut self,
         keys: &QueueKeys,
         token: &str,
         outcomes: &[Settlement],
+        minutes: &[u64],
         history: &History,
     ) -> Result<Settled> {
         if outcomes.is_empty() {
             return Ok(Settled::default());
         }
         let mut call = scripts::SETTLE.key(keys.lease(token));
-        // KEYS[12..]: a result key for each record that keeps one.
+        // KEYS[12..]: a result key for each record that keeps one, and a
+        // tally key for each minute record.
         let mut result_keys = 11;
         call.key(keys.leases())
             .key(keys.scheduled())
@@ -143,7 +147,16 @@ impl RedisStore {
             .arg(token)
             .arg(history.ttl_s())
             .arg(history.bucket_max());
-        for outcome in outcomes {
+        let mut minute_now = None;
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let minute = minutes.get(i).copied();
+            if minute.is_some() && minute != minute_now {
+                minute_now = minute;
+                result_keys += 1;
+                call.key(keys.tally(minute.unwrap_or_default()))
+                    .arg("M")
+                    .arg(result_keys);
+            }
             match outcome {
                 Settlement::Done {
                     slot,

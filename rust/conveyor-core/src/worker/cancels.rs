@@ -3,6 +3,7 @@
 //! one is told through its batch (`Batch::cancel_asked`), which the keeper
 //! updates at each beat, and its handler decides how to stop.
 
+use crate::store::tally::minute_of;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -61,9 +62,10 @@ impl WorkQueues {
                 }
             })
             .collect();
+        let minutes: Vec<u64> = gone.iter().map(|j| minute_of(&j.envelope.id)).collect();
         let keys = &self.queues[queue].keys;
         let history = self.history_now();
-        let settled = self.with_store(|s| s.settle(keys, token, &records, &history))?;
+        let settled = self.with_store(|s| s.settle(keys, token, &records, &minutes, &history))?;
         self.stats
             .cancelled
             .fetch_add(settled.cancelled, Ordering::Relaxed);

@@ -31,6 +31,7 @@ use crate::metrics::Histogram;
 use crate::store::history::History;
 use crate::store::keys::QueueKeys;
 use crate::store::queue::{DeadRetention, Forgotten, Settled, Settlement};
+use crate::store::tally::{minute_of, minute_of_bytes};
 use crate::store::RedisStore;
 
 /// One queue a worker takes jobs from, with its weight.
@@ -321,11 +322,15 @@ impl WorkQueues {
             )));
         }
         let mut records = Vec::with_capacity(batch.jobs.len() + batch.malformed.len());
+        let mut minutes = Vec::with_capacity(records.capacity());
         let mut released = Vec::new();
         for (i, job) in batch.jobs.iter().enumerate() {
             let outcome = outcomes.get(i).unwrap_or(&Outcome::Released);
             match self.settlement(job, outcome) {
-                Some(record) => records.push(record),
+                Some(record) => {
+                    records.push(record);
+                    minutes.push(minute_of(&job.envelope.id));
+                }
                 None => released.push(job.slot),
             }
         }
@@ -334,6 +339,7 @@ impl WorkQueues {
             if let Some(bytes) = crate::envelope::id_bytes(raw) {
                 id.copy_from_slice(bytes);
             }
+            minutes.push(minute_of_bytes(&id));
             records.push(Settlement::Dead {
                 slot: *slot,
                 id,
@@ -355,7 +361,7 @@ impl WorkQueues {
             .remove(&batch.token);
         let history = self.history_now();
         let result = self.with_store(|s| {
-            let settled = s.settle(keys, &batch.token, &records, &history)?;
+            let settled = s.settle(keys, &batch.token, &records, &minutes, &history)?;
             let back = s.release(keys, &batch.token, &released)?;
             if settled.dead > 0 {
                 // The retention, so that failures cannot fill Redis. Best

@@ -10,6 +10,8 @@
   KEYS[5]   cv:[<ns>:]{<queue>}:counts      hash: counter name -> count
   KEYS[6]   cv:[<ns>:]{<queue>}:wake        list of at most one token: BLPOPed by idle workers
   KEYS[7]   cv:[<ns>:]{<queue>}:open        hash: "<partition>:<block>" -> jobs of that block not finished
+  KEYS[8..] cv:[<ns>:]{<queue>}:tally:<minute>  hash: hop -> jobs enqueued in that minute,
+            one key for each minute the batch's job ids fall in (tally.rs)
   ARGV[1]   fence: "<topic>:<partition>", or "" for the direct path (no fence)
   ARGV[2]   with a fence: the offset after this batch's last record
   ARGV[3]   with a fence: the least stored offset the relay expects (-1: none
@@ -29,6 +31,11 @@
     duplicates  dropped: another job of its type holding its dedup key is queued,
                 scheduled or running (unique jobs)
     skipped     below the fence: Redis has this record already
+
+  Each job not skipped (duplicates included: dropped by design, not lost) is
+  counted in the tally of its id's minute, as 'relayed' with a fence and
+  'direct' without; a minute with no key given is counted as 'untallied' in
+  KEYS[5].
 
   When jobs were queued, one idle worker is woken (a token on `wake`, which
   never holds more than one); idle workers block on it instead of polling.
@@ -57,6 +64,7 @@
 local ID_FIRST, ID_LAST = 5, 20
 -- Offsets per block of the open-jobs hash (keys::OPEN_BLOCK).
 local OPEN_BLOCK = 1024
+local TALLY_TTL_S = 172800
 local FIRST = 5
 local fence = ARGV[1]
 local stored = -1
@@ -71,6 +79,17 @@ local opened = {}
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
+local tally_keys, tallied = {}, {}
+for k = 8, #KEYS do
+  tally_keys[tonumber(string.match(KEYS[k], ':(%d+)$'))] = k
+end
+-- The minute of a job id's time: its first 6 bytes are milliseconds since
+-- the epoch, big-endian (id.rs); a double holds them exactly.
+local function minute_of(envelope)
+  local a, b, c, d, e, f = string.byte(envelope, ID_FIRST, ID_FIRST + 5)
+  return math.floor((((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f) / 60000)
+end
+
 local ready, later = {}, {}
 local nready = 0
 local duplicates, skipped = 0, 0
@@ -83,6 +102,8 @@ for i = FIRST, #ARGV, 4 do
   if fenced and tonumber(ARGV[i]) < stored then
     skipped = skipped + 1
   else
+    local minute = minute_of(envelope)
+    tallied[minute] = (tallied[minute] or 0) + 1
     local fresh = true
     local key = ARGV[i + 2]
     if key ~= '' then
@@ -132,5 +153,15 @@ for field, n in pairs(opened) do
 end
 if duplicates > 0 then
   redis.call('HINCRBY', KEYS[5], 'duplicates', duplicates)
+end
+local hop = fence ~= '' and 'relayed' or 'direct'
+for minute, n in pairs(tallied) do
+  local k = tally_keys[minute]
+  if k then
+    redis.call('HINCRBY', KEYS[k], hop, n)
+    redis.call('EXPIRE', KEYS[k], TALLY_TTL_S)
+  else
+    redis.call('HINCRBY', KEYS[5], 'untallied', n)
+  end
 end
 return { #ready, #later / 2, duplicates, skipped, 0, stored }

@@ -19,7 +19,9 @@
             one for a done or cancelled job)
   KEYS[11]  cv:[<ns>:]{<queue>}:cancelled       zset: job id -> when its cancel was asked (ms)
   KEYS[12..] cv:[<ns>:]{<queue>}:result:<job id>  string: a job's result, one
-            key for each 'V' record, in order
+            key for each 'V' record, in order; and
+            cv:[<ns>:]{<queue>}:tally:<minute>  hash: hop -> jobs enqueued in
+            that minute, one key for each 'M' record (tally.rs)
   ARGV[1]   the lease token
   ARGV[2]   seconds KEYS[10] lives after its last write; 0 records no history
   ARGV[3]   most bytes KEYS[10] takes (past it, jobs are not recorded)
@@ -31,6 +33,8 @@
               'C', slot, id, unique field, open field                   cancelled
               'V', key index, ttl ms, result      keep the result of the job
                                                   of the record before it
+              'M', key index          the jobs of the records after it were
+                                      enqueued in the minute of KEYS[key index]
             id is the 16-byte job id, or "" for a done job that never failed
             and is not unique (nothing to clean up). The unique field is the
             job's field in KEYS[6], or "". envelope is the job
@@ -46,6 +50,8 @@
             (KEYS[key index]); it is not kept when that record was stale.
 
   A cancelled job leaves like a done one (its mark in KEYS[11] goes too).
+  Each done, cancelled or dead job that was applied (not stale) is counted
+  as 'ended' in the tally of the last 'M' record before it.
 
   Returns: { done, retried, dead, stale, cancelled }
     stale   records whose slot is no longer leased: the lease expired and the
@@ -63,6 +69,7 @@
   never stop jobs from finishing. A kept result adds a key: while Redis is
   nearly full the worker keeps none (worker/records.rs).
 ]]
+local TALLY_TTL_S = 172800
 local done, retried, dead, stale, cancelled = 0, 0, 0, 0, 0
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -99,7 +106,7 @@ end
 
 -- Check every record before changing anything: a script that stops half way
 -- leaves its earlier writes in place.
-local WIDTH = { D = 4, O = 5, R = 7, X = 7, C = 5, V = 4 }
+local WIDTH = { D = 4, O = 5, R = 7, X = 7, C = 5, V = 4, M = 2 }
 local FIRST = 4
 local i = FIRST
 while i <= #ARGV do
@@ -117,6 +124,11 @@ while i <= #ARGV do
     if not key or not KEYS[key] or key <= 11 or not ttl_ms or ttl_ms < 1 then
       return redis.error_reply('CVARGS a result names a key past KEYS[11] and a ttl in ms')
     end
+  elseif ARGV[i] == 'M' then
+    local key = tonumber(ARGV[i + 1])
+    if not key or not KEYS[key] or key <= 11 then
+      return redis.error_reply('CVARGS a minute names a key past KEYS[11]')
+    end
   end
   i = i + width
 end
@@ -124,11 +136,15 @@ end
 i = FIRST
 -- Whether the record before a 'V' was applied (not stale).
 local applied = false
+-- Jobs ended, by tally key index; the key of the last 'M' record.
+local ended, minute_key = {}, nil
 while i <= #ARGV do
   local kind, slot, id, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local width = WIDTH[kind]
   local leased = leased_envelopes[slot]
-  if kind == 'V' then
+  if kind == 'M' then
+    minute_key = tonumber(slot)
+  elseif kind == 'V' then
     if applied then
       redis.call('SET', KEYS[tonumber(slot)], ARGV[i + 3], 'PX', tonumber(id))
     end
@@ -181,7 +197,15 @@ while i <= #ARGV do
     end
     release_unique(id, key)
   end
+  if applied and minute_key and kind ~= 'V' and kind ~= 'M' then
+    ended[minute_key] = (ended[minute_key] or 0) + 1
+  end
   i = i + width
+end
+
+for k, n in pairs(ended) do
+  redis.call('HINCRBY', KEYS[k], 'ended', n)
+  redis.call('EXPIRE', KEYS[k], TALLY_TTL_S)
 end
 
 if #history > 0 then

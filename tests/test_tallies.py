@@ -1,0 +1,91 @@
+"""Counts compared hop by hop (conveyor.tallies): each hop counts the jobs it
+passed on by the minute of their id, through the real servers; the counts
+agree when nothing is lost, and jobs Kafka acknowledged but lost before the
+relay read them (their topic deleted and created again) are reported
+missing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import conveyor
+from conveyor import _core, tallies
+from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.relay import start_relay
+from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.servers
+
+#: A time by which every minute counted in a test has been compared.
+LATER_S = 180.0
+
+
+def _totals(app: conveyor.Conveyor) -> dict[str, int]:
+    return tallies.reconcile(app.settings, "default", None).totals
+
+
+@pytest.mark.timeout(120)
+def test_every_hop_counts_each_job_once(app: conveyor.Conveyor) -> None:
+    @app.job("tl.kafka")
+    def via_kafka(n: int) -> None:
+        pass
+
+    @app.job("tl.direct")
+    def direct(n: int) -> None:
+        pass
+
+    app.set_route("tl.direct", conveyor.Route(kafka_percent=0))
+    relay = start_relay(app)
+    worker = conveyor.Worker(app, threads=2)
+    worker.start()
+    try:
+        via_kafka.enqueue_many([(n,) for n in range(200)])
+        direct.enqueue_many([(n,) for n in range(30)])
+        app.flush()
+        want = {"sent": 200, "relayed": 200, "direct": 30, "ended": 230}
+        wait_until(lambda: _totals(app) == want, 30, f"the tallies at {want}")
+        got = tallies.reconcile(app.settings, "default", 0, time.time() + LATER_S)
+        assert got.missing == []
+        assert got.unchecked == ""
+    finally:
+        worker.stop(grace_s=5)
+        relay.stop()
+    s = app.settings
+    env = {
+        "CONVEYOR_REDIS_URL": s.redis_url,
+        "CONVEYOR_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "CONVEYOR_NAMESPACE": s.namespace,
+    }
+    out = conveyor_cli("status", "default", env=env).stdout
+    assert "default         200         200          30         230" in out, out
+
+
+@pytest.mark.timeout(120)
+def test_jobs_lost_in_kafka_are_reported_missing(app: conveyor.Conveyor) -> None:
+    @app.job("tl.lost")
+    def lost(n: int) -> None:
+        pass
+
+    topic = app.settings.topic_for("default")
+    bootstrap = app.settings.kafka_bootstrap
+    lost.enqueue_many([(n,) for n in range(100)])
+    app.flush()
+    wait_until(lambda: _totals(app)["sent"] == 100, 10, "100 counted sent")
+    # Acknowledged, then gone before any relay read them.
+    _core.kafka_delete_topics(bootstrap, [topic])
+    wait_until(lambda: _core.kafka_create_topic(bootstrap, topic, 3, 1), 30, "the topic again")
+    relay = start_relay(app)
+    try:
+        lost.enqueue_many([(n,) for n in range(10)])
+        app.flush()
+        counted = {"sent": 110, "relayed": 10, "direct": 0, "ended": 0}
+        wait_until(lambda: _totals(app) == counted, 30, "the later 10 sent and relayed")
+        lag = sum(p[4] for p in relay.lag() if p[0] == topic)
+        reading = tallies.reconcile(app.settings, "default", lag, time.time() + LATER_S)
+        assert sum(n for _, n in reading.missing) == 100, reading
+        assert tallies.reconcile(app.settings, "default", 5).unchecked
+        assert tallies.reconcile(app.settings, "default", None).unchecked
+    finally:
+        relay.stop()
