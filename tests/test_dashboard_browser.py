@@ -101,6 +101,10 @@ def test_an_operator_replays_a_dead_job_from_the_page(app: conveyor.Conveyor, pa
         _open(page, dashboard)
         assert page.evaluate("location.hash") == "", "the token leaves the address bar"
         expect(page.locator("#health")).to_contain_text("attention")
+        # Every job came through Kafka and the relay: sent and relayed agree.
+        hops = page.locator("#hops tbody tr").first
+        expect(hops).to_contain_text("default")
+        expect(hops.locator("td").nth(1)).not_to_have_text("0")
         _find_dead(page, dashboard)
         healed.set()  # the cause is fixed
         _replay_and_watch(page, ids[0])

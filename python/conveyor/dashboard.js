@@ -117,6 +117,11 @@ function draw(view) {
     if (!readOnly) cells.push(steering(q.name, steer.paused));
     return row(cells);
   }));
+  fill("hops", view.hops.map(h => row([el("td", h.queue), num(h.totals.sent), num(h.totals.relayed),
+    num(h.totals.direct), num(h.totals.ended),
+    el("td", h.unchecked ? `not compared: ${h.unchecked}`
+      : h.missing.length ? `${h.missing.reduce((n, m) => n + m[1], 0)} missing` : "agree",
+      h.missing.length ? "missing" : "")])));
   const select = document.getElementById("search-queue");
   if (select.options.length !== view.queues.length) {
     select.replaceChildren(...view.queues.map(q => { const o = el("option", q.name); o.value = q.name; return o; }));
