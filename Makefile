@@ -76,6 +76,10 @@ bench-pipeline: build ## End to end: every front door, pure Python, the peers; t
 chaos: build ## Faults (brokers, Redis, relay, worker) under a steady stream on 3 brokers; lost/twice per fault
 	$(BIN)/python bench/chaos.py
 
+.PHONY: bench-cost
+bench-cost: build ## Job history and tallies each on and off, end to end (interleaved rounds, medians)
+	$(BIN)/python bench/cost_bench.py
+
 .PHONY: bench-abuse
 bench-abuse: build ## 100,000 generated bad requests and slow clients against the gate; answers by status
 	$(BIN)/python bench/gate_abuse.py

@@ -6,6 +6,7 @@ missing."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -89,3 +90,55 @@ def test_jobs_lost_in_kafka_are_reported_missing(app: conveyor.Conveyor) -> None
         assert tallies.reconcile(app.settings, "default", None).unchecked
     finally:
         relay.stop()
+
+
+def _job(n: int) -> bytes:
+    return conveyor.Envelope("tl.stale", _core.encode_call([n], {})).encode()
+
+
+def test_a_stale_settle_is_not_counted_ended(app: conveyor.Conveyor) -> None:
+    # A worker that lost its lease (reaped, run again by another) and then
+    # reports the job ended must not count it a second time.
+    s = app.settings
+    _core.RedisStore(s.redis_url).admit(s.namespace, "default", [_job(n) for n in range(3)])
+    slow = _core.WorkQueues(s.redis_url, s.namespace, [("default", 1)], lease_s=0.2)
+    other = _core.WorkQueues(s.redis_url, s.namespace, [("default", 1)], lease_s=30)
+    lost = slow.fetch(3)
+    assert lost is not None
+    time.sleep(0.3)
+    assert other.reap() == 3
+    again = other.fetch(3)
+    assert again is not None
+    assert other.settle(again, [time.time()] * 3, {}) == (3, 0, 0, 0)
+    assert slow.settle(lost, [time.time()] * 3, {}) == (0, 0, 0, 3), "all three stale"
+    assert _totals(app) == {"sent": 0, "relayed": 0, "direct": 3, "ended": 3}
+
+
+@pytest.mark.timeout(120)
+def test_with_tallies_off_no_hop_counts(app: conveyor.Conveyor) -> None:
+    quiet = conveyor.Conveyor(dataclasses.replace(app.settings, tallies=False))
+    ran: list[int] = []
+
+    @quiet.job("tl.quiet")
+    def via_kafka(n: int) -> None:
+        ran.append(n)
+
+    @quiet.job("tl.quiet_direct")
+    def direct(n: int) -> None:
+        ran.append(n)
+
+    quiet.set_route("tl.quiet_direct", conveyor.Route(kafka_percent=0))
+    relay = start_relay(quiet)
+    worker = conveyor.Worker(quiet, threads=2)
+    worker.start()
+    try:
+        via_kafka.enqueue_many([(n,) for n in range(50)])
+        direct.enqueue_many([(n,) for n in range(10)])
+        quiet.flush()
+        wait_until(lambda: len(ran) == 60, 30, "60 jobs run")
+        time.sleep(1.5)  # past the producer's next count (about once a second)
+        assert not any(_totals(app).values()), _totals(app)
+    finally:
+        worker.stop(grace_s=5)
+        relay.stop()
+        quiet.close()

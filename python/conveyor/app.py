@@ -344,7 +344,9 @@ class Conveyor:
                     if delivery_failed is not None:
                         delivery_failed(failures)
 
-                self._watcher = DeliveryWatcher(producer, on_failure, SentTally(s))
+                self._watcher = DeliveryWatcher(
+                    producer, on_failure, SentTally(s) if s.tallies else None
+                )
                 # Dropped without close(), or at exit: deliver what is
                 # pending, as long as a delivery may take, and say what failed.
                 self._let_go = weakref.finalize(

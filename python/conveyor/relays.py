@@ -49,6 +49,7 @@ def start_relays(
                 namespace=settings.namespace,
                 group_id=group_id(settings),
                 properties=list(settings.kafka_properties),
+                tallies=settings.tallies,
                 **options,
             )
             started.append((url, names, relay))

@@ -89,6 +89,11 @@ class Settings:
     #: each queue's history takes (docs/lookup.md).
     job_history_s: float = 300.0
     job_history_max_bytes: int = 32 * 1024 * 1024
+    #: Whether every hop counts the jobs it passed on (`conveyor status`'s
+    #: jobs per hop, docs/telemetry.md#counts-per-hop). Off only to measure
+    #: what counting costs (bench/cost_bench.py): a missing job then goes
+    #: unnoticed.
+    tallies: bool = True
 
     def redis_url_for(self, queue: str) -> str:
         """The Redis deployment that holds `queue`."""
@@ -112,7 +117,7 @@ class Settings:
         `CONVEYOR_KAFKA_SSL_KEY_FILE`, `CONVEYOR_ROUTE_REFRESH_S` (seconds, or "off"),
         `CONVEYOR_DEAD_MAX` and `CONVEYOR_DEAD_MAX_AGE_S` (dead-letter retention),
         `CONVEYOR_JOB_HISTORY_S` and `CONVEYOR_JOB_HISTORY_MAX_BYTES` (ended jobs
-        findable by id).
+        findable by id), `CONVEYOR_TALLIES` ("off" to stop counting jobs per hop).
         """
         env = os.environ
         default = cls()
@@ -152,6 +157,7 @@ class Settings:
             job_history_max_bytes=int(
                 _number(env, "CONVEYOR_JOB_HISTORY_MAX_BYTES", default.job_history_max_bytes)
             ),
+            tallies=_switch(env, "CONVEYOR_TALLIES", default.tallies),
         )
 
     def topic_for(self, queue: str) -> str:
@@ -179,6 +185,19 @@ def _route_refresh(text: str | None) -> float | None:
     if not seconds > 0:
         raise ConfigError(f"CONVEYOR_ROUTE_REFRESH_S must be seconds or 'off', not {text!r}")
     return seconds
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """On or off from the environment, or `default` if unset."""
+    text = env.get(name)
+    if text is None:
+        return default
+    word = text.strip().lower()
+    if word in ("on", "1", "true", "yes"):
+        return True
+    if word in ("off", "0", "false", "no"):
+        return False
+    raise ConfigError(f"{name} must be 'on' or 'off', not {text!r}")
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

@@ -229,7 +229,10 @@ class RoutedTransport:
         if direct:
             # Written before anything goes to Kafka: with double writes, the
             # job is in Redis before its shadow copy exists.
-            self._app.store(target.queue).admit(self._app.settings.namespace, target.queue, direct)
+            settings = self._app.settings
+            self._app.store(target.queue).admit(
+                settings.namespace, target.queue, direct, tally=settings.tallies
+            )
         to_kafka = [e for e, kafka in zip(envelopes, via_kafka, strict=True) if kafka]
         producer = self._app.producer()
         # Double-written records are marked: a relay in shadow mode drops only those.

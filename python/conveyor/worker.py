@@ -115,6 +115,7 @@ class Worker:
             dead_max_age_s=s.dead_max_age_s,
             history_s=s.job_history_s,
             history_max_bytes=s.job_history_max_bytes,
+            tallies=s.tallies,
             result_ttl_s={
                 name: jt.options.result_ttl_s
                 for name, jt in app.registry.items()

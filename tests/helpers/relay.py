@@ -24,4 +24,5 @@ def start_relay(
         namespace=s.namespace,
         group_id=f"{group}-{s.namespace}",
         properties=properties,
+        tallies=s.tallies,
     )

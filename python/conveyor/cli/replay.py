@@ -107,7 +107,7 @@ def _replay(args: argparse.Namespace) -> int:
                     continue
                 jobs.append(record.value)
             if jobs:
-                q, s, d = store.admit(settings.namespace, args.queue, jobs)
+                q, s, d = store.admit(settings.namespace, args.queue, jobs, tally=settings.tallies)
                 queued, scheduled, duplicates = queued + q, scheduled + s, duplicates + d
             print(
                 f"\r{args.queue}: {read} records read, {queued + scheduled} jobs replayed ...",

@@ -6,6 +6,7 @@
 //! `conveyor.errors` defines (`errors.rs`, the one conversion). Rules,
 //! validation and parsing live in the core, where `cargo test` sees them.
 
+mod dead_letters;
 mod envelope;
 mod errors;
 mod gate;

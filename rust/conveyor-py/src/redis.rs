@@ -4,7 +4,6 @@ use conveyor_core::config::duration;
 use conveyor_core::store::admission::{Admission, Fenced};
 use conveyor_core::store::history::History;
 use conveyor_core::store::keys::{fence_field, QueueKeys};
-use conveyor_core::store::queue::{DeadRetention, Forgotten};
 use conveyor_core::store::{Actor, RedisStore as CoreStore};
 use conveyor_core::JobId;
 use pyo3::prelude::*;
@@ -18,9 +17,6 @@ use crate::errors::IntoPyResult;
 /// One minute's tally as Python sees it: `(minute, [(hop, jobs)])`.
 type MinuteCounts = (u64, Vec<(String, u64)>);
 
-/// A dead letter for Python: `(envelope, dead_at_s, last_error_json)`.
-type DeadLetterRow<'py> = (Bound<'py, PyBytes>, f64, Option<String>);
-
 /// One connection to one Redis server. Calls from several threads take turns.
 #[pyclass(frozen, module = "conveyor._core")]
 pub struct RedisStore {
@@ -28,7 +24,8 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    fn with<T: Send>(
+    /// Runs `f` on the connection with the GIL released.
+    pub(crate) fn with<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut CoreStore) -> conveyor_core::Result<T> + Send,
@@ -61,13 +58,15 @@ impl RedisStore {
     /// The direct path: admits encoded envelopes into a queue with the
     /// relay's script (delayed and unique jobs included); returns
     /// `(queued, scheduled, duplicates)`. Malformed envelopes are refused
-    /// before anything is written.
+    /// before anything is written. `tally`: count them in the queue's tallies.
+    #[pyo3(signature = (namespace, queue, envelopes, *, tally=true))]
     fn admit(
         &self,
         py: Python<'_>,
         namespace: &str,
         queue: &str,
         envelopes: Vec<PyBackedBytes>,
+        tally: bool,
     ) -> PyResult<(u64, u64, u64)> {
         let keys = QueueKeys::new(namespace, queue).py()?;
         let jobs = envelopes
@@ -75,7 +74,7 @@ impl RedisStore {
             .map(|b| Admission::of(0, b.to_vec()))
             .collect::<conveyor_core::Result<Vec<_>>>()
             .py()?;
-        let a = self.with(py, |s| s.admit(&keys, &jobs))?;
+        let a = self.with(py, |s| s.admit(&keys, &jobs, tally))?;
         Ok((a.queued, a.scheduled, a.duplicates))
     }
 
@@ -180,6 +179,7 @@ impl RedisStore {
             expect: expect.unwrap_or(-1),
             next_offset,
             jobs: &jobs,
+            tally: true,
         };
         let a = self.with(py, |s| {
             if scripted {
@@ -223,87 +223,6 @@ impl RedisStore {
     ) -> PyResult<HashMap<String, u64>> {
         let keys = QueueKeys::new(namespace, queue).py()?;
         Ok(self.with(py, |s| s.counts(&keys))?.into_iter().collect())
-    }
-
-    /// The oldest `count` dead letters as `(envelope, dead_at_s, last_error_json)`.
-    fn dead_letters<'py>(
-        &self,
-        py: Python<'py>,
-        namespace: &str,
-        queue: &str,
-        count: usize,
-    ) -> PyResult<Vec<DeadLetterRow<'py>>> {
-        let keys = QueueKeys::new(namespace, queue).py()?;
-        let dead = self.with(py, |s| s.dead_letters(&keys, count))?;
-        Ok(dead
-            .into_iter()
-            .map(|d| (PyBytes::new(py, &d.envelope), d.at_ms / 1000.0, d.error))
-            .collect())
-    }
-
-    /// Moves up to `count` dead letters back to ready with fresh attempts (a
-    /// unique one takes its key again, or stays dead if another job of its
-    /// type holds it); returns `(moved, kept)`.
-    fn replay_dead(
-        &self,
-        py: Python<'_>,
-        namespace: &str,
-        queue: &str,
-        count: u64,
-    ) -> PyResult<(u64, u64)> {
-        let keys = QueueKeys::new(namespace, queue).py()?;
-        self.with(py, |s| s.replay_dead(&keys, count))
-    }
-
-    /// Moves the dead letters among `job_ids` back to ready with fresh
-    /// attempts, as `replay_dead` does; returns `(moved, kept)`.
-    fn replay_dead_ids(
-        &self,
-        py: Python<'_>,
-        namespace: &str,
-        queue: &str,
-        job_ids: Vec<String>,
-    ) -> PyResult<(u64, u64)> {
-        let keys = QueueKeys::new(namespace, queue).py()?;
-        let ids = parse_ids(&job_ids)?;
-        self.with(py, |s| s.replay_dead_ids(&keys, &ids))
-    }
-
-    /// Deletes the dead letters among `job_ids` with their error records
-    /// (counted as purged); returns how many.
-    fn forget_dead_ids(
-        &self,
-        py: Python<'_>,
-        namespace: &str,
-        queue: &str,
-        job_ids: Vec<String>,
-    ) -> PyResult<u64> {
-        let keys = QueueKeys::new(namespace, queue).py()?;
-        let ids = parse_ids(&job_ids)?;
-        self.with(py, |s| s.forget_dead_ids(&keys, &ids))
-    }
-
-    /// Forgets up to `count` (1 to 1000) dead letters dead for longer than
-    /// `older_than_s`, or the oldest beyond `keep`, with their error records;
-    /// returns how many (counted as purged).
-    #[pyo3(signature = (namespace, queue, *, older_than_s, keep, count))]
-    fn purge_dead(
-        &self,
-        py: Python<'_>,
-        namespace: &str,
-        queue: &str,
-        older_than_s: f64,
-        keep: u64,
-        count: usize,
-    ) -> PyResult<u64> {
-        let keys = QueueKeys::new(namespace, queue).py()?;
-        let retention = DeadRetention {
-            max_jobs: keep,
-            max_age: duration("older_than_s", older_than_s).py()?,
-        };
-        self.with(py, |s| {
-            s.purge_dead(&keys, retention, count, Forgotten::Purged)
-        })
     }
 
     /// Enqueues occurrence `occurrence_ms` of periodic schedule `name` once,
@@ -483,13 +402,6 @@ impl RedisStore {
         let keys = QueueKeys::new(namespace, queue).py()?;
         self.with(py, |s| s.purge(&keys))
     }
-}
-
-fn parse_ids(job_ids: &[String]) -> PyResult<Vec<[u8; 16]>> {
-    job_ids
-        .iter()
-        .map(|id| JobId::parse(id).map(|id| id.0).py())
-        .collect()
 }
 
 fn actor(who: &str, origin: &str) -> Actor {

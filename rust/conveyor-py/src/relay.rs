@@ -26,7 +26,7 @@ impl Relay {
 #[pymethods]
 impl Relay {
     #[new]
-    #[pyo3(signature = (bootstrap, redis_url, routes, *, namespace="", group_id="conveyor-relay", batch_max=5000, batch_wait_s=0.005, memory_high=0.8, memory_low=0.6, depth_high=None, depth_low=0, properties=None))]
+    #[pyo3(signature = (bootstrap, redis_url, routes, *, namespace="", group_id="conveyor-relay", batch_max=5000, batch_wait_s=0.005, memory_high=0.8, memory_low=0.6, depth_high=None, depth_low=0, properties=None, tallies=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -42,6 +42,7 @@ impl Relay {
         depth_high: Option<u64>,
         depth_low: u64,
         properties: Option<Vec<(String, String)>>,
+        tallies: bool,
     ) -> PyResult<Self> {
         let config = RelayConfig {
             kafka: KafkaConfig {
@@ -58,6 +59,7 @@ impl Relay {
             memory_low,
             depth_high,
             depth_low,
+            tallies,
         };
         let handle = py.detach(|| relay::start(config)).py()?;
         Ok(Self {

@@ -98,7 +98,7 @@ impl WorkQueues {
         redis_url, namespace, queues, *, strict=false, worker_id=None, lease_s=30.0,
         max_age_s=HashMap::new(), max_age_default_s=3600.0,
         dead_max=100_000, dead_max_age_s=2_592_000.0, history_s=300.0, history_max_bytes=33_554_432,
-        result_ttl_s=HashMap::new(),
+        result_ttl_s=HashMap::new(), tallies=true,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -116,6 +116,7 @@ impl WorkQueues {
         history_s: f64,
         history_max_bytes: u64,
         result_ttl_s: HashMap<String, f64>,
+        tallies: bool,
     ) -> PyResult<Self> {
         let history = History {
             retention: duration("history_s", history_s).py()?,
@@ -157,7 +158,8 @@ impl WorkQueues {
             .with_max_ages(max_ages)
             .with_dead_retention(retention)
             .with_history(history)
-            .with_result_ttls(result_ttls);
+            .with_result_ttls(result_ttls)
+            .with_tallies(tallies);
         Ok(Self {
             inner: Arc::new(inner),
             keeper: Mutex::new(None),

@@ -117,7 +117,7 @@ fn free_records(envelopes: &[Envelope], partition: Option<i32>) -> u64 {
 pub struct JobProducer {
     inner: Arc<PolledProducer<Context>>,
     options: ProducerOptions,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     health: Arc<PartitionHealth>,
 }
 
@@ -432,48 +432,6 @@ impl JobProducer {
                 Err(failed) => return Err(failed),
             }
         }
-    }
-
-    /// Failures of sends nobody waited for (their `Pending` was dropped), as
-    /// they happen: waits up to `timeout` for the first, then takes all there
-    /// are. A watcher thread logs them and offers them to the application.
-    pub fn take_failures(&self, timeout: Duration) -> Vec<Failure> {
-        let mut unobserved = lock(&self.shared.unobserved);
-        if unobserved.recent.is_empty() {
-            unobserved = self
-                .shared
-                .failed
-                .wait_timeout(unobserved, timeout)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        unobserved.recent.drain(..).collect()
-    }
-
-    /// Jobs Kafka acknowledged since the last call, as `(topic, minute,
-    /// jobs)` (minutes of the job ids' times, `store::tally`), for the
-    /// application to add to its queues' tallies. Double-written jobs are
-    /// left out: a relay in shadow mode drops them by design.
-    /// Counting starts at the first call.
-    pub fn take_sent(&self) -> Vec<(String, u64, u64)> {
-        self.shared
-            .tallying
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let taken = std::mem::take(&mut *lock(&self.shared.sent));
-        taken
-            .into_iter()
-            .flat_map(|(topic, minutes)| {
-                minutes
-                    .into_iter()
-                    .map(move |(m, n)| (topic.to_string(), m, n))
-            })
-            .collect()
-    }
-
-    /// How many jobs failed delivery with nobody waiting, since this
-    /// producer began.
-    pub fn unobserved_failures(&self) -> u64 {
-        lock(&self.shared.unobserved).total
     }
 
     /// Delivers everything pending, then reports failures nobody waited for.

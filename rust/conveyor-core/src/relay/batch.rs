@@ -31,14 +31,15 @@ pub(super) struct PartitionBatch {
 }
 
 impl PartitionBatch {
-    /// The batch as the store writes it.
-    pub fn fenced(&self) -> Fenced<'_> {
+    /// The batch as the store writes it, counted in the tallies or not.
+    pub fn fenced(&self, tally: bool) -> Fenced<'_> {
         Fenced {
             fence: fence_field(&self.topic, self.partition),
             partition: self.partition,
             expect: self.expect,
             next_offset: self.next_offset,
             jobs: &self.jobs,
+            tally,
         }
     }
 

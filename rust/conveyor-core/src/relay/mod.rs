@@ -93,6 +93,8 @@ pub struct RelayConfig {
     pub depth_high: Option<u64>,
     /// ...and resume below this many.
     pub depth_low: u64,
+    /// Whether relayed jobs are counted in the queues' tallies (`store::tally`).
+    pub tallies: bool,
 }
 
 impl RelayConfig {
@@ -200,6 +202,7 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         stats: Arc::clone(&stats),
         recovery: Arc::clone(&recovery),
         stop: Arc::clone(&stop),
+        tally: config.tallies,
     };
     let writer = spawn("conveyor-relay-writer", move || writer.run(&batches))?;
     let batch_max = config.batch_max.max(1);

@@ -27,6 +27,8 @@ pub(super) struct Writer {
     pub stats: Arc<RelayStats>,
     pub recovery: Arc<Recovery>,
     pub stop: Arc<AtomicBool>,
+    /// Whether relayed jobs are counted in the tallies.
+    pub tally: bool,
 }
 
 impl Writer {
@@ -69,7 +71,7 @@ impl Writer {
             // write is safe, as `admit` skips what its fence has seen.
             let commands = batches
                 .iter()
-                .map(|b| admit_command(&self.queues[&*b.topic], &b.fenced()))
+                .map(|b| admit_command(&self.queues[&*b.topic], &b.fenced(self.tally)))
                 .collect();
             let all: Vec<&PartitionBatch> = batches.iter().collect();
             account(&all, store.scripted()?.pipeline(commands)?);
@@ -85,7 +87,7 @@ impl Writer {
             for topic in topics {
                 let group: Vec<&PartitionBatch> =
                     batches.iter().filter(|b| &*b.topic == topic).collect();
-                let fenced: Vec<_> = group.iter().map(|b| b.fenced()).collect();
+                let fenced: Vec<_> = group.iter().map(|b| b.fenced(self.tally)).collect();
                 account(&group, store.relay_batches(&self.queues[topic], &fenced)?);
             }
         }

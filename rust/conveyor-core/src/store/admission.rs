@@ -27,6 +27,8 @@ pub struct Fenced<'a> {
     pub next_offset: i64,
     /// The records.
     pub jobs: &'a [Admission],
+    /// Whether the jobs are counted in the queue's tallies (`tally.rs`).
+    pub tally: bool,
 }
 
 /// A job on its way into a queue, with the envelope fields `admit` needs.
@@ -104,13 +106,15 @@ impl FromRedisValue for Admitted {
 impl RedisStore {
     /// Admits jobs on the direct path (no Kafka, no fence): the same script
     /// the relay uses, so unique and delayed jobs behave the same way.
-    pub fn admit(&mut self, keys: &QueueKeys, jobs: &[Admission]) -> Result<Admitted> {
+    /// `tally`: whether they are counted in the queue's tallies.
+    pub fn admit(&mut self, keys: &QueueKeys, jobs: &[Admission], tally: bool) -> Result<Admitted> {
         let direct = Fenced {
             fence: String::new(),
             partition: 0,
             expect: -1,
             next_offset: 0,
             jobs,
+            tally,
         };
         Ok(admit_command(keys, &direct).query(self.scripted()?)?)
     }
@@ -230,7 +234,10 @@ impl RedisStore {
             .arg("admitted")
             .arg(total)
             .ignore();
-        let jobs = batches.iter().flat_map(|b| b.jobs.iter());
+        let jobs = batches
+            .iter()
+            .filter(|b| b.tally)
+            .flat_map(|b| b.jobs.iter());
         for (minute, n) in tally_minutes(jobs) {
             tx.cmd("HINCRBY")
                 .arg(keys.tally(minute))
@@ -286,7 +293,11 @@ fn open_blocks(partition: i32, jobs: &[Admission]) -> Vec<(String, usize)> {
 /// The `admit` script call for a batch (also used in the relay's pipelines);
 /// an empty fence is the direct path.
 pub(crate) fn admit_command(keys: &QueueKeys, batch: &Fenced<'_>) -> Cmd {
-    let minutes = tally_minutes(batch.jobs);
+    let minutes = if batch.tally {
+        tally_minutes(batch.jobs)
+    } else {
+        Vec::new()
+    };
     let mut cmd = Cmd::new();
     cmd.arg("EVALSHA")
         .arg(scripts::ADMIT.get_hash())

@@ -62,7 +62,10 @@ impl WorkQueues {
                 }
             })
             .collect();
-        let minutes: Vec<u64> = gone.iter().map(|j| minute_of(&j.envelope.id)).collect();
+        let minutes: Vec<u64> = match self.tallies {
+            true => gone.iter().map(|j| minute_of(&j.envelope.id)).collect(),
+            false => Vec::new(),
+        };
         let keys = &self.queues[queue].keys;
         let history = self.history_now();
         let settled = self.with_store(|s| s.settle(keys, token, &records, &minutes, &history))?;

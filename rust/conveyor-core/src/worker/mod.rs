@@ -120,6 +120,8 @@ pub struct WorkQueues {
     retention: DeadRetention,
     /// How long ended jobs stay findable by id (off while Redis is tight).
     history: History,
+    /// Whether ended jobs are counted in the queues' tallies (`store::tally`).
+    tallies: bool,
     /// Redis is nearly full (see `leases::check_memory`): retries keep no
     /// error record and dead letters a short one, so failures cannot grow it.
     tight: std::sync::atomic::AtomicBool,
@@ -166,6 +168,7 @@ impl WorkQueues {
             max_ages: MaxAges::default(),
             retention: DeadRetention::default(),
             history: History::default(),
+            tallies: true,
             tight: Default::default(),
             kept_since_check: Default::default(),
             result_ttls: HashMap::new(),
@@ -193,6 +196,12 @@ impl WorkQueues {
     /// Sets how long, and how many, ended jobs stay findable by id.
     pub fn with_history(mut self, history: History) -> Self {
         self.history = history;
+        self
+    }
+
+    /// Sets whether ended jobs are counted in the queues' tallies.
+    pub fn with_tallies(mut self, tallies: bool) -> Self {
+        self.tallies = tallies;
         self
     }
 
@@ -361,7 +370,8 @@ impl WorkQueues {
             .remove(&batch.token);
         let history = self.history_now();
         let result = self.with_store(|s| {
-            let settled = s.settle(keys, &batch.token, &records, &minutes, &history)?;
+            let minutes = if self.tallies { &minutes[..] } else { &[] };
+            let settled = s.settle(keys, &batch.token, &records, minutes, &history)?;
             let back = s.release(keys, &batch.token, &released)?;
             if settled.dead > 0 {
                 // The retention, so that failures cannot fill Redis. Best

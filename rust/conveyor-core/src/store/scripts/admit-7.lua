@@ -35,7 +35,7 @@
   Each job not skipped (duplicates included: dropped by design, not lost) is
   counted in the tally of its id's minute, as 'relayed' with a fence and
   'direct' without; a minute with no key given is counted as 'untallied' in
-  KEYS[5].
+  KEYS[5]. With no tally key at all, tallies are off and nothing is counted.
 
   When jobs were queued, one idle worker is woken (a token on `wake`, which
   never holds more than one); idle workers block on it instead of polling.
@@ -80,6 +80,7 @@ local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 local tally_keys, tallied = {}, {}
+local tallying = #KEYS > 7
 for k = 8, #KEYS do
   tally_keys[tonumber(string.match(KEYS[k], ':(%d+)$'))] = k
 end
@@ -102,8 +103,10 @@ for i = FIRST, #ARGV, 4 do
   if fenced and tonumber(ARGV[i]) < stored then
     skipped = skipped + 1
   else
-    local minute = minute_of(envelope)
-    tallied[minute] = (tallied[minute] or 0) + 1
+    if tallying then
+      local minute = minute_of(envelope)
+      tallied[minute] = (tallied[minute] or 0) + 1
+    end
     local fresh = true
     local key = ARGV[i + 2]
     if key ~= '' then
