@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import conveyor
-from conveyor import _core, canaries
+from conveyor import _core, canaries, tallies
 from conveyor.acl import ROLES, SCRIPT_COMMANDS
 from conveyor.canaries import CanarySender
 from conveyor.dashboard import Dashboard
@@ -169,6 +169,15 @@ def test_every_component_runs_under_its_own_role(
         _operator_dashboard_reads(worker_app.settings, accounts["operator"], kafka_ids[0])
         assert f"{namespace}-admin" in history
         assert sorted(gate.registry_ignored()) == []
+        # The gate counts the jobs it sent with its own account.
+        wait_until(
+            lambda: (
+                "conveyor_gate_tally_errors_total 0" in get(gate.address, "/metrics")[1]
+                and tallies.reconcile(worker_app.settings, "default", None).totals["sent"] >= 71
+            ),
+            10,
+            "the gate's 20 jobs counted sent, with the producer's 51",
+        )
     finally:
         worker.stop(grace_s=5)
         relay.stop()

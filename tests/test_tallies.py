@@ -14,8 +14,10 @@ import pytest
 import conveyor
 from conveyor import _core, tallies
 from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.gate import start_gate
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
+from tests.test_gate import get, post
 
 pytestmark = pytest.mark.servers
 
@@ -142,3 +144,28 @@ def test_with_tallies_off_no_hop_counts(app: conveyor.Conveyor) -> None:
         worker.stop(grace_s=5)
         relay.stop()
         quiet.close()
+
+
+@pytest.mark.timeout(120)
+def test_jobs_the_gate_sent_are_counted(app: conveyor.Conveyor) -> None:
+    @app.job("tl.gate")
+    def via_gate(n: int) -> None:
+        pass
+
+    app.publish_registry()
+    gate = start_gate(app)
+    relay = start_relay(app)
+    worker = conveyor.Worker(app, threads=2)
+    worker.start()
+    try:
+        wait_until(lambda: "tl.gate" in gate.routes(), 10, "the gate reads the registry")
+        for n in range(15):
+            body = f'{{"type": "tl.gate", "args": [{n}]}}'.encode()
+            assert post(gate.address, "/v1/jobs", body)[0] == 200
+        want = {"sent": 15, "relayed": 15, "direct": 0, "ended": 15}
+        wait_until(lambda: _totals(app) == want, 30, f"the tallies at {want}")
+        assert "conveyor_gate_tally_errors_total 0" in get(gate.address, "/metrics")[1]
+    finally:
+        worker.stop(grace_s=5)
+        relay.stop()
+        gate.stop()

@@ -25,12 +25,15 @@ SCRIPTS = (
 
 def main() -> None:
     client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-    fetch = client.register_script((SCRIPTS / "fetch-5.lua").read_text())
-    settle = client.register_script((SCRIPTS / "settle-7.lua").read_text())
+    fetch = client.register_script((SCRIPTS / "fetch-6.lua").read_text())
+    settle = client.register_script((SCRIPTS / "settle-11.lua").read_text())
     base = f"cv:{record.RUN}:{{default}}"
     keys = {
         k: f"{base}:{k}"
-        for k in ("ready", "scheduled", "leases", "dead", "errors", "unique", "counts")
+        for k in (
+            *("ready", "scheduled", "leases", "dead", "errors", "unique", "counts"),
+            *("progress", "open", "cancelled"),
+        )
     }
     handlers = {"bench.noop": record.job}
     worker = uuid.uuid4().hex[:8]
@@ -47,13 +50,17 @@ def main() -> None:
         token = f"{worker}:{seq}"
         lease = f"{base}:lease:{token}"
         _, jobs = fetch(
-            keys=[keys["ready"], keys["scheduled"], keys["leases"], lease, f"{base}:wake"],
+            keys=[
+                *(keys["ready"], keys["scheduled"], keys["leases"], lease),
+                *(f"{base}:wake", keys["cancelled"]),
+            ],
             args=[token, 100, 30_000],
-        )
+        )[:2]
         if not jobs:
             client.blpop([f"{base}:wake"], 0.25)
             continue
-        done: list[bytes | str | int] = [token]
+        # No history of ended jobs (its time to live 0), no counts per hop.
+        done: list[bytes | str | int] = [token, 0, 0]
         for slot, raw in enumerate(jobs, 1):
             env = pure_envelope.decode(raw)
             call = json.loads(env.payload)
@@ -68,6 +75,10 @@ def main() -> None:
                 keys["errors"],
                 keys["unique"],
                 keys["counts"],
+                keys["progress"],
+                keys["open"],
+                f"{base}:history:0",
+                keys["cancelled"],
             ],
             args=done,
         )

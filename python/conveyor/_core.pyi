@@ -391,6 +391,7 @@ class Gate:
         max_connections: int = 1024,
         header_timeout_s: float = 30.0,
         body_timeout_s: float = 30.0,
+        tallies: bool = True,
     ) -> Gate: ...
     @property
     def address(self) -> str: ...

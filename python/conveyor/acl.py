@@ -96,6 +96,8 @@ class Role:
 
 #: Queue keys all carry the queue's hash tag: `cv:[<ns>:]{<queue>}:...`.
 _QUEUES = "cv:{*"
+#: Each queue's counts per hop (`cv:[<ns>:]{<queue>}:tally:<minute>`).
+_TALLIES = "cv:{*}:tally:*"
 #: The control hashes' histories: `{cv:[<ns>:]routes}:history`, ...
 _HISTORIES = "{cv:*}:history"
 
@@ -111,8 +113,11 @@ ROLES: dict[str, Role] = {
     ),
     "gate": Role(
         doc="the HTTP gate: reads the job type registry, and queues for job "
-        "lookups (GET /v1/jobs/{id}); writes nothing",
+        "lookups (GET /v1/jobs/{id}); writes only the counts of jobs it sent "
+        "(tallies)",
+        scripts=("tally-1.lua",),
         commands=("hgetall", "get", "hget", "hvals", "zrange", "lrange"),
+        keys=(_TALLIES,),
         read_keys=("cv:registry", _QUEUES),
     ),
     "relay": Role(

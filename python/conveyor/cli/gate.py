@@ -115,6 +115,7 @@ def _gate(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
+        tallies=settings.tallies,
     )
     stop = stop_on_signals()
     hangup = threading.Event()

@@ -20,7 +20,7 @@ pub struct Gate {
 #[pymethods]
 impl Gate {
     #[new]
-    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="all", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, tokens=None, insecure=false, tls_cert=None, tls_key=None, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0))]
+    #[pyo3(signature = (bind, bootstrap, *, namespace="", topic_prefix="conveyor.", routes=None, registry_url=None, registry_refresh_s=5.0, acks="all", request_timeout_s=5.0, delivery_timeout_s=30.0, max_payload_bytes=1048576, max_batch=1000, token=None, tokens=None, insecure=false, tls_cert=None, tls_key=None, properties=None, max_connections=1024, header_timeout_s=30.0, body_timeout_s=30.0, tallies=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -45,6 +45,7 @@ impl Gate {
         max_connections: usize,
         header_timeout_s: f64,
         body_timeout_s: f64,
+        tallies: bool,
     ) -> PyResult<Self> {
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -83,6 +84,7 @@ impl Gate {
                 header_timeout: positive_duration("header_timeout_s", header_timeout_s).py()?,
                 body_timeout: positive_duration("body_timeout_s", body_timeout_s).py()?,
             },
+            tallies,
         };
         let handle = py.detach(|| gate::start(config)).py()?;
         Ok(Self {

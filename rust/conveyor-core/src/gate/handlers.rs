@@ -237,6 +237,12 @@ pub(super) async fn metrics(State(gate): State<Arc<Gate>>, headers: HeaderMap) -
         "Failed reads of the job type registry (the last one read stays in use).",
         &[("", load(&c.registry_refresh_errors))],
     );
+    render_counter(
+        &mut out,
+        "conveyor_gate_tally_errors_total",
+        "Failed additions of acknowledged jobs to the queues' tallies (kept for the next).",
+        &[("", load(&c.tally_errors))],
+    );
     c.produce_latency.render(
         &mut out,
         "conveyor_gate_produce_seconds",

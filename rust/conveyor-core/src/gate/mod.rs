@@ -37,6 +37,7 @@ mod https;
 mod lookups;
 mod requests;
 mod server;
+mod tallies;
 
 pub use access::Grant;
 pub use https::TlsFiles;
@@ -99,6 +100,9 @@ pub struct GateConfig {
     pub tls: Option<TlsFiles>,
     /// Connections at once, and how long each part of a request may take.
     pub connections: ConnectionLimits,
+    /// Whether jobs Kafka acknowledged are counted as `sent` in the queues'
+    /// tallies (in the registry's Redis; `store::tally`).
+    pub tallies: bool,
 }
 
 impl GateConfig {
@@ -114,6 +118,7 @@ struct Counters {
     requests_unavailable: AtomicU64,
     jobs_accepted: AtomicU64,
     registry_refresh_errors: AtomicU64,
+    tally_errors: AtomicU64,
     produce_latency: Histogram,
 }
 
@@ -133,6 +138,8 @@ struct Gate {
     https: Option<Arc<https::Https>>,
     /// Room for job lookups running at once (`lookups::MAX_LOOKUPS`).
     lookups: tokio::sync::Semaphore,
+    /// Acknowledged jobs not yet added to the tallies (`tallies.rs`).
+    sent: std::sync::Mutex<tallies::SentCounts>,
 }
 
 /// The last readiness answer and whether a probe runs now.
@@ -182,7 +189,9 @@ impl GateHandle {
         self.done
             .recv_timeout(timeout)
             .map_err(|_| Error::Timeout("gate did not stop in time".to_owned()))?;
-        self.gate.producer.flush(timeout)
+        let flushed = self.gate.producer.flush(timeout);
+        tallies::add_sent(&self.gate);
+        flushed
     }
 
     /// Puts new tokens in force (a reloaded token file); requests already
@@ -298,6 +307,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         stopping: AtomicBool::new(false),
         limits: body_limits(config.max_payload_bytes, config.max_batch),
         readiness: Readiness::default(),
+        sent: Default::default(),
         access: access::Access::new(config.grants.clone()),
         https,
         config,
@@ -315,6 +325,7 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
             })
             .map_err(|e| Error::Internal(format!("cannot start registry thread: {e}")))?;
     }
+    tallies::start(&gate)?;
     // (The handlers read bodies themselves, against `Gate::limits`.)
     let app = Router::new()
         .route("/v1/jobs", post(enqueue_one))
