@@ -799,13 +799,15 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     table = render(rows, limits, meta)
-    (RESULTS / "pipeline.md").write_text(table)
-    (RESULTS / "pipeline.json").write_text(
+    # Some rows must not replace the full table the README quotes.
+    stem = "pipeline-only" if args.only else "pipeline"
+    (RESULTS / f"{stem}.md").write_text(table)
+    (RESULTS / f"{stem}.json").write_text(
         json.dumps({**meta, "rows": rows, "limits": limits}, indent=2)
     )
-    plot(rows, RESULTS / "pipeline.png")
+    plot(rows, RESULTS / f"{stem}.png")
     print("\n" + table)
-    print(f"written: {RESULTS / 'pipeline.md'}, pipeline.json, pipeline.png")
+    print(f"written: {RESULTS / stem}.md, .json, .png")
 
 
 class socket_port:

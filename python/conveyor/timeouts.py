@@ -62,5 +62,6 @@ async def with_timeout(coro: Coroutine[Any, Any, Any], seconds: float) -> Any:
     """Awaits `coro`, ending it with JobTimeout after `seconds`."""
     try:
         return await asyncio.wait_for(coro, seconds)
-    except TimeoutError:
+    # Before Python 3.11, asyncio's TimeoutError is not the built-in one.
+    except (TimeoutError, asyncio.TimeoutError):
         raise JobTimeout(f"attempt ran longer than its timeout of {seconds}s") from None

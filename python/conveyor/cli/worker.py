@@ -262,7 +262,9 @@ def _dead(args: argparse.Namespace) -> int:
         return 0
     for raw, at, error in store.dead_letters(settings.namespace, args.queue, args.limit):
         env = Envelope.decode(raw)
-        when = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="seconds")
+        when = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        )
         reason = json.loads(error) if error else {}
         print(
             f"{env.id}  {env.job_type:<24} attempts {env.attempt}  died {when}  "
