@@ -86,3 +86,28 @@ def running() -> Iterator[list[conveyor.Worker]]:
     yield workers
     for w in workers:
         w.stop(grace_s=2)
+
+
+@pytest.fixture
+def gate_app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
+    """The gate tests' app: queues default and billing, job types
+    billing.charge (into billing) and notify.push, registry published."""
+    app = conveyor.Conveyor(
+        conveyor.Settings(
+            kafka_bootstrap=servers.kafka.bootstrap,
+            redis_url=servers.redis.url,
+            namespace=namespace,
+            queues=("default", "billing"),
+        )
+    )
+
+    @app.job("billing.charge", queue="billing")
+    def charge(invoice: str, amount_cents: int) -> None: ...
+
+    @app.job("notify.push")
+    def push(user: int) -> None: ...
+
+    app.ensure_topics()
+    assert app.publish_registry() == 2
+    yield app
+    app.close()

@@ -57,26 +57,8 @@ def get(address: str, path: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
-    app = conveyor.Conveyor(
-        conveyor.Settings(
-            kafka_bootstrap=servers.kafka.bootstrap,
-            redis_url=servers.redis.url,
-            namespace=namespace,
-            queues=("default", "billing"),
-        )
-    )
-
-    @app.job("billing.charge", queue="billing")
-    def charge(invoice: str, amount_cents: int) -> None: ...
-
-    @app.job("notify.push")
-    def push(user: int) -> None: ...
-
-    app.ensure_topics()
-    assert app.publish_registry() == 2
-    yield app
-    app.close()
+def app(gate_app: conveyor.Conveyor) -> conveyor.Conveyor:
+    return gate_app
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import pytest
 
 import conveyor
 from conveyor import _core
-from conveyor.devservers import DevServers
 from conveyor.errors import ConfigError
 from tests.helpers.certs import make_certs
 from tests.helpers.waiting import wait_until
@@ -37,20 +36,8 @@ OPS: Token = ("ops", "o" * 24, [], [], True, 3.0)
 
 
 @pytest.fixture
-def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
-    app = conveyor.Conveyor(
-        conveyor.Settings(
-            kafka_bootstrap=servers.kafka.bootstrap,
-            redis_url=servers.redis.url,
-            namespace=namespace,
-            queues=("default", "billing"),
-        )
-    )
-    app.job("billing.charge", queue="billing")(lambda: None)
-    app.job("notify.push")(lambda: None)
-    app.ensure_topics()
-    yield app
-    app.close()
+def app(gate_app: conveyor.Conveyor) -> conveyor.Conveyor:
+    return gate_app
 
 
 @pytest.fixture
