@@ -224,7 +224,19 @@ def test_replayed_dead_letters_get_fresh_attempts(
     batch = wq.fetch(10)
     assert batch is not None
     wq.settle(batch, [time.time()] * 3, {i: ("{}", None) for i in range(3)})
+    before = time.time()
     assert store.replay_dead(namespace, Q, 1000) == (3, 0)
+    for raw in store.peek_ready(namespace, Q, 10):
+        replayed = conveyor.Envelope.decode(raw)
+        assert replayed.attempt == 0
+        # The attempts before stay in the stamps; the replay is the last one.
+        assert [code for code, _ in replayed.stages] == [
+            conveyor.Stage.STARTED,
+            conveyor.Stage.FAILED,
+            conveyor.Stage.DEAD_LETTERED,
+            conveyor.Stage.REPLAYED,
+        ]
+        assert replayed.stages[-1][1] / 1e6 >= before - 1
     back = wq.fetch(10)
     assert back is not None
     assert sorted(args_of(back)) == [0, 1, 2]

@@ -24,3 +24,5 @@ class Stage(IntEnum):
     #: Where the relay read the job (Kafka partition and offset, not a time):
     #: a finishing worker counts it out of its partition's open jobs.
     SOURCE = 8
+    #: Moved back from the dead letters for a fresh set of attempts.
+    REPLAYED = 9

@@ -33,11 +33,13 @@ pub enum Stage {
     /// count it out of its partition's open jobs (the watermark a relay
     /// re-reads from after Redis is lost; docs/recovery.md).
     Source = 8,
+    /// Moved back from the dead letters for a fresh set of attempts.
+    Replayed = 9,
 }
 
 impl Stage {
     /// Every stage this build knows, in code order.
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 9] = [
         Stage::Kafka,
         Stage::Relayed,
         Stage::Started,
@@ -46,6 +48,7 @@ impl Stage {
         Stage::DeadLettered,
         Stage::DoubleWritten,
         Stage::Source,
+        Stage::Replayed,
     ];
 
     /// The stage for a wire code, if it is one this build knows.
@@ -64,6 +67,7 @@ impl Stage {
             Stage::DeadLettered => "dead_lettered",
             Stage::DoubleWritten => "double_written",
             Stage::Source => "source",
+            Stage::Replayed => "replayed",
         }
     }
 }

@@ -2,13 +2,14 @@
 //! replayed or deleted. `queue.rs` replays the oldest and purges by age.
 
 use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::Cmd;
 
 use super::keys::QueueKeys;
 use super::queue::MAX_FETCH;
 use super::{scripts, RedisStore};
-use crate::envelope::{id_bytes, Envelope};
+use crate::envelope::{append_stage, id_bytes, set_attempt, Envelope, Stage};
 use crate::error::Result;
 
 /// Most dead letters read to find a selection; dead letters are bounded by
@@ -50,11 +51,23 @@ impl RedisStore {
     ) -> Result<(u64, u64)> {
         let mut call = scripts::REPLAY_DEAD.key(keys.dead());
         call.key(keys.ready()).key(keys.unique()).key(keys.wake());
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         for raw in dead {
             let decoded = Envelope::decode(raw).ok();
             let id = id_bytes(raw).unwrap_or_default();
-            let field = decoded.and_then(|e| e.unique_field()).unwrap_or_default();
-            call.arg(raw.as_slice()).arg(id).arg(field);
+            let field = decoded
+                .as_ref()
+                .and_then(|e| e.unique_field())
+                .unwrap_or_default();
+            // A malformed one goes back as it is, to be dead-lettered again
+            // with its reason; it has no attempt count to trust.
+            let fresh = match decoded {
+                Some(_) => replayed(raw, now_us),
+                None => raw.clone(),
+            };
+            call.arg(raw.as_slice()).arg(id).arg(field).arg(fresh);
         }
         Ok(call.invoke(self.scripted()?)?)
     }
@@ -83,5 +96,20 @@ impl RedisStore {
             }
         }
         Ok(found)
+    }
+}
+
+/// A dead envelope as it goes back to ready: no attempts made yet, and a
+/// [`Stage::Replayed`] stamp when it has room for one (its earlier stamps
+/// keep the attempts before).
+fn replayed(raw: &[u8], now_us: u64) -> Vec<u8> {
+    let mut fresh = raw.to_vec();
+    set_attempt(&mut fresh, 0);
+    let mut stamped = fresh.clone();
+    append_stage(&mut stamped, Stage::Replayed as u8, now_us);
+    if Envelope::decode(&stamped).is_ok() {
+        stamped
+    } else {
+        fresh
     }
 }

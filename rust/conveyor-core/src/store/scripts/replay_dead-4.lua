@@ -1,17 +1,19 @@
 #!lua flags=allow-oom
 --[[
   replay_dead: move dead-lettered jobs back to the tail of ready, for an
-  operator who fixed the cause. Each gets a fresh set of attempts (the attempt
-  count, bytes 29..32 of the envelope, is set to 0); its stage stamps keep the
-  history of the attempts before. A unique job takes its dedup key again.
+  operator who fixed the cause. Each goes back as the caller made it: a fresh
+  set of attempts (attempt count 0) and a 'replayed' stamp after the stamps
+  of the attempts before (store/dead.rs). A unique job takes its dedup key
+  again.
 
   KEYS[1]   cv:[<ns>:]{<queue>}:dead     zset: envelope -> when it died (ms)
   KEYS[2]   cv:[<ns>:]{<queue>}:ready    list of envelopes
   KEYS[3]   cv:[<ns>:]{<queue>}:unique   hash: "<job type> <dedup key>" -> job id
   KEYS[4]   cv:[<ns>:]{<queue>}:wake     list of at most one token for idle workers
-  ARGV[1..] per job, three values: its envelope as stored in dead, its
-            16-byte id, its unique field ("" if it is not unique). The caller
-            reads them from dead (ZRANGE) and decodes them.
+  ARGV[1..] per job, four values: its envelope as stored in dead, its
+            16-byte id, its unique field ("" if it is not unique), and the
+            envelope to put in ready. The caller reads them from dead
+            (ZRANGE) and decodes them.
 
   Returns: { moved, kept }
     moved   back in ready
@@ -21,15 +23,12 @@
 
   `allow-oom`: moves jobs; a unique job's key is a few bytes.
 ]]
--- The envelope's attempt count, a big-endian u32 from ATTEMPT_FIRST (1-based;
--- envelope::ATTEMPT_OFFSET).
-local ATTEMPT_FIRST = 29
-if #ARGV % 3 ~= 0 then
-  return redis.error_reply('CVARGS replay takes envelope, id, unique field triples')
+if #ARGV % 4 ~= 0 then
+  return redis.error_reply('CVARGS replay takes envelope, id, unique field, replayed envelope')
 end
 local fresh = {}
 local kept = 0
-for i = 1, #ARGV, 3 do
+for i = 1, #ARGV, 4 do
   local envelope, id, field = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('ZSCORE', KEYS[1], envelope) then
     local holder = field ~= '' and redis.call('HGET', KEYS[3], field)
@@ -40,8 +39,7 @@ for i = 1, #ARGV, 3 do
       if field ~= '' then
         redis.call('HSET', KEYS[3], field, id)
       end
-      fresh[#fresh + 1] = string.sub(envelope, 1, ATTEMPT_FIRST - 1) .. struct.pack('>I4', 0)
-        .. string.sub(envelope, ATTEMPT_FIRST + 4)
+      fresh[#fresh + 1] = ARGV[i + 3]
     end
   end
 end
