@@ -26,7 +26,23 @@ venv: $(BIN)/.installed ## Create the virtualenv with the pinned dev tools
 
 .PHONY: build
 build: deps venv ## Build the Rust extension into the virtualenv (release)
+	@# A per-version build left from before the stable ABI would shadow it.
+	rm -f python/conveyor/_core.cpython-*.so
 	$(BIN)/maturin develop --release -q
+
+# One abi3 wheel (CPython 3.10 and newer) for this machine's architecture,
+# repaired and checked by auditwheel. Built on glibc 2.36 with symbols up to
+# 2.34: manylinux_2_34 (Debian 12, Ubuntu 22.04, RHEL 9 and newer).
+WHEEL_DIR ?= dist
+WHEEL_PLAT ?= manylinux_2_34_$(shell uname -m)
+
+.PHONY: wheel
+wheel: deps venv ## The wheel users install: abi3, manylinux (auditwheel), into dist/
+	rm -rf $(WHEEL_DIR)/raw
+	$(BIN)/maturin build --release --strip -q -o $(WHEEL_DIR)/raw
+	$(BIN)/auditwheel repair --plat $(WHEEL_PLAT) -w $(WHEEL_DIR) $(WHEEL_DIR)/raw/*.whl
+	rm -rf $(WHEEL_DIR)/raw
+	$(BIN)/auditwheel show $(WHEEL_DIR)/conveyor-*.whl
 
 .PHONY: check
 check: venv ## Fast: formatting, clippy, ruff and mypy, no extension build (pre-commit runs this)
