@@ -10,6 +10,7 @@ its commands to the parser (`add_commands`) with their handlers.
 | `worker` | `worker`, `queues`, `job`, `dead` |
 | `replay` | `replay` |
 | `config` | `config`, `acl` |
+| `doctor` | `doctor` |
 | `status` | `status` |
 | `dashboard` | `dashboard` |
 """
@@ -24,6 +25,7 @@ from conveyor.cli import (
     config,
     controls,
     dashboard,
+    doctor,
     gate,
     relay,
     replay,
@@ -43,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (servers, gate, relay, controls, worker, status, dashboard, replay, config):
+    for group in (
+        *(servers, gate, relay, controls, worker, status, dashboard, replay, config),
+        doctor,
+    ):
         group.add_commands(commands)
     return parser
 

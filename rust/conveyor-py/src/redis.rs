@@ -50,9 +50,10 @@ impl RedisStore {
         })
     }
 
-    /// The server's `INFO server` section as a dict.
-    fn server_info(&self, py: Python<'_>) -> PyResult<Vec<(String, String)>> {
-        self.with(py, |s| s.server_info())
+    /// The server's `INFO <section>` fields (default `server`) as pairs.
+    #[pyo3(signature = (section="server"))]
+    fn server_info(&self, py: Python<'_>, section: &str) -> PyResult<Vec<(String, String)>> {
+        self.with(py, |s| s.server_info(section))
     }
 
     /// The direct path: admits encoded envelopes into a queue with the

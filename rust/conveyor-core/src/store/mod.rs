@@ -56,10 +56,10 @@ impl RedisStore {
         self.conn.is_cluster()
     }
 
-    /// The server's `INFO server` fields as `(name, value)`: proof it answered
+    /// The server's `INFO <section>` fields as `(name, value)`: proof it answered
     /// (on a cluster, one primary's).
-    pub fn server_info(&mut self) -> Result<Vec<(String, String)>> {
-        let texts = self.conn.info("server")?;
+    pub fn server_info(&mut self, section: &str) -> Result<Vec<(String, String)>> {
+        let texts = self.conn.info(section)?;
         Ok(texts
             .first()
             .map(String::as_str)
