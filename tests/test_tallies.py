@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 
 import conveyor
 from conveyor import _core, tallies
+from conveyor.devservers.redis import RedisServer
 from tests.helpers.cli import conveyor as conveyor_cli
 from tests.helpers.gate import start_gate
 from tests.helpers.relay import start_relay
@@ -169,3 +171,38 @@ def test_jobs_the_gate_sent_are_counted(app: conveyor.Conveyor) -> None:
         worker.stop(grace_s=5)
         relay.stop()
         gate.stop()
+
+
+@pytest.mark.timeout(120)
+def test_the_gate_keeps_its_counts_while_redis_is_away(
+    app: conveyor.Conveyor, tmp_path: Path
+) -> None:
+    own = RedisServer(port=26687, home=tmp_path / "redis")
+    own.up()
+    away = conveyor.Conveyor(dataclasses.replace(app.settings, redis_url=own.url))
+    away.job("tl.away")(lambda n: None)
+    away.publish_registry()
+    gate = start_gate(away)
+    stopped = False
+    try:
+        wait_until(lambda: "tl.away" in gate.routes(), 10, "the gate reads the registry")
+        own.down()
+        for n in range(5):
+            body = f'{{"type": "tl.away", "args": [{n}]}}'.encode()
+            assert post(gate.address, "/v1/jobs", body)[0] == 200
+        wait_until(
+            lambda: "conveyor_gate_tally_errors_total 0" not in get(gate.address, "/metrics")[1],
+            10,
+            "the gate failing to add its counts",
+        )
+        own.up()  # with its append-only file: the registry is back
+        wait_until(lambda: _totals(away)["sent"] == 5, 15, "the 5 counted once Redis is back")
+        time.sleep(2.5)  # two more rounds of the gate's counting
+        gate.stop()
+        stopped = True
+        assert _totals(away)["sent"] == 5, "counted once, not again"
+    finally:
+        if not stopped:
+            gate.stop()
+        away.close()
+        own.down()

@@ -4,7 +4,7 @@
 //! (Redis down) are kept and added with the next ones; a gate killed
 //! before adding undercounts, which can hide a loss, never invent one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,10 +17,12 @@ use crate::store::RedisStore;
 /// How often acknowledged jobs are added.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// `(topic, minute, jobs)` not added yet, and the connection that adds them.
+/// Jobs not added yet by `(topic, minute)`, and the connection that adds
+/// them. Merged by minute, so a long Redis outage costs one entry per topic
+/// and minute, not one per second.
 #[derive(Default)]
 pub(super) struct SentCounts {
-    carried: Vec<(String, u64, u64)>,
+    pending: BTreeMap<(String, u64), u64>,
     store: Option<RedisStore>,
 }
 
@@ -31,7 +33,8 @@ pub(super) fn start(gate: &Arc<Gate>) -> Result<()> {
         return Ok(());
     }
     // Counting starts at the first take.
-    lock(&gate.sent).carried = gate.producer.take_sent();
+    let first = gate.producer.take_sent();
+    merge(&mut lock(&gate.sent).pending, first);
     let background = Arc::clone(gate);
     std::thread::Builder::new()
         .name("conveyor-gate-tallies".to_owned())
@@ -45,7 +48,9 @@ pub(super) fn start(gate: &Arc<Gate>) -> Result<()> {
     Ok(())
 }
 
-/// Adds what Kafka acknowledged since the last call; keeps it on failure.
+/// Adds what Kafka acknowledged since the last call, queue by queue; what a
+/// queue's Redis did not take is kept for the next call (and never added
+/// twice: a queue's counts leave `pending` only once added).
 pub(super) fn add_sent(gate: &Gate) {
     let Some(url) = &gate.config.registry_url else {
         return;
@@ -54,48 +59,54 @@ pub(super) fn add_sent(gate: &Gate) {
         return;
     }
     let mut sent = lock(&gate.sent);
-    sent.carried.extend(gate.producer.take_sent());
-    if sent.carried.is_empty() {
+    let SentCounts { pending, store } = &mut *sent;
+    merge(pending, gate.producer.take_sent());
+    if pending.is_empty() {
         return;
     }
-    let by_queue = by_queue(gate, &sent.carried);
-    let SentCounts { carried, store } = &mut *sent;
-    let added = (|| -> Result<()> {
-        if store.is_none() {
-            *store = Some(RedisStore::connect(url, Duration::from_secs(2))?);
+    let queues: HashMap<String, String> = read(&gate.registry)
+        .values()
+        .map(|queue| (gate.config.topic_for(queue), queue.clone()))
+        .collect();
+    // A topic of no queue the gate knows any more cannot be counted anywhere.
+    pending.retain(|(topic, _), _| queues.contains_key(topic));
+    for (topic, queue) in &queues {
+        let counts: Vec<(u64, u64)> = pending
+            .range((topic.clone(), 0)..=(topic.clone(), u64::MAX))
+            .map(|((_, minute), n)| (*minute, *n))
+            .collect();
+        if counts.is_empty() {
+            continue;
         }
-        let store = store.as_mut().expect("connected just above");
-        for (queue, counts) in &by_queue {
-            store.add_tally(
-                &QueueKeys::new(&gate.config.namespace, queue)?,
-                "sent",
-                counts,
-            )?;
-        }
-        Ok(())
-    })();
-    match added {
-        Ok(()) => carried.clear(),
-        Err(_) => {
-            *store = None;
-            gate.counters.tally_errors.fetch_add(1, Ordering::Relaxed);
+        match add(store, url, &gate.config.namespace, queue, &counts) {
+            Ok(()) => pending.retain(|(t, _), _| t != topic),
+            Err(_) => {
+                *store = None;
+                gate.counters.tally_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
     }
 }
 
-/// `(minute, jobs)` per queue, for the topics of queues the gate knows.
-fn by_queue(gate: &Gate, carried: &[(String, u64, u64)]) -> HashMap<String, Vec<(u64, u64)>> {
-    let topics: HashMap<String, String> = read(&gate.registry)
-        .values()
-        .map(|queue| (gate.config.topic_for(queue), queue.clone()))
-        .collect();
-    let mut out: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-    for (topic, minute, n) in carried {
-        if let Some(queue) = topics.get(topic) {
-            out.entry(queue.clone()).or_default().push((*minute, *n));
-        }
+fn add(
+    store: &mut Option<RedisStore>,
+    url: &str,
+    namespace: &str,
+    queue: &str,
+    counts: &[(u64, u64)],
+) -> Result<()> {
+    if store.is_none() {
+        *store = Some(RedisStore::connect(url, Duration::from_secs(2))?);
     }
-    out
+    let store = store.as_mut().expect("connected just above");
+    store.add_tally(&QueueKeys::new(namespace, queue)?, "sent", counts)
+}
+
+fn merge(pending: &mut BTreeMap<(String, u64), u64>, taken: Vec<(String, u64, u64)>) {
+    for (topic, minute, n) in taken {
+        *pending.entry((topic, minute)).or_default() += n;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
