@@ -138,10 +138,16 @@ def test_async_handlers_run_on_the_event_loop(
     import asyncio
 
     seen: list[int] = []
+    jobs: set[tuple[str, int]] = set()
 
     @app.job("w.async", max_attempts=1, timeout_s=0.3)
     async def fetch_url(i: int) -> None:
         await asyncio.sleep(5 if i < 0 else 0.001)
+        # Each task sees its own job, though many share the loop's thread.
+        info = conveyor.current_job()
+        assert info is not None
+        assert info.job_type == "w.async"
+        jobs.add((info.id, i))
         seen.append(i)
 
     admit(app, "w.async", [[i] for i in range(50)] + [[-1]])
@@ -154,6 +160,7 @@ def test_async_handlers_run_on_the_event_loop(
     )
     (_, _, error), *_ = store.dead_letters(app.settings.namespace, "default", 1)
     assert json.loads(error or "{}")["type"] == "JobTimeout"
+    assert len({job_id for job_id, _ in jobs}) == 50, "a job id per job"
 
 
 def test_middleware_sees_every_hook(app: conveyor.Conveyor, running: list[conveyor.Worker]) -> None:

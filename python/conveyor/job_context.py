@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar
 
 from conveyor import _core
 
@@ -56,7 +57,13 @@ class JobInfo:
 #: attempt (an attribute of a thread-local, the cheapest thing to set per job).
 current = threading.local()
 
+#: The job an async handler runs: each runs in a task of its own on the
+#: worker's event loop, whose thread many tasks share, so the job travels in
+#: the task's context instead (`runner.until_cancelled` sets it).
+task_job: ContextVar[JobInfo | None] = ContextVar("conveyor_task_job", default=None)
+
 
 def current_job() -> JobInfo | None:
     """The job running in this thread (or task), if any."""
-    return getattr(current, "job", None)
+    job = task_job.get()
+    return job if job is not None else getattr(current, "job", None)

@@ -23,7 +23,7 @@ from typing import Any
 
 from conveyor import _core
 from conveyor.errors import InvalidJobError, JobCancelled, JobTimeout, PermanentError
-from conveyor.job_context import JobInfo, current
+from conveyor.job_context import JobInfo, current, task_job
 from conveyor.jobs import JobOptions, JobType
 from conveyor.middleware import Middleware, call_hooks
 from conveyor.payload import decode_call
@@ -63,7 +63,9 @@ _CANCEL_POLL_S = 0.2
 
 async def until_cancelled(coro: Coroutine[Any, Any, Any], info: JobInfo) -> Any:
     """Runs an async handler's coroutine, cancelling it once its job's cancel
-    is asked (`JobInfo.cancelled`); raises `JobCancelled` if it then stops."""
+    is asked (`JobInfo.cancelled`); raises `JobCancelled` if it then stops.
+    The handler's task carries its job for `current_job()`."""
+    task_job.set(info)  # in this task's own context, copied into the handler's
     task = asyncio.ensure_future(coro)
     while True:
         done, _ = await asyncio.wait({task}, timeout=_CANCEL_POLL_S)
