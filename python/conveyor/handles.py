@@ -4,6 +4,8 @@ result (for job types that keep one) and, by id, where they are."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import ConfigError
@@ -13,6 +15,9 @@ if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.enqueue import Enqueued
     from conveyor.jobs import JobType
+
+#: Longest pause between two looks at an async waiter's acknowledgements.
+_ACK_POLL_MAX_S = 0.02
 
 
 class JobHandle:
@@ -42,6 +47,18 @@ class JobHandle:
     def wait(self, timeout_s: float | None = None) -> list[tuple[int, int]]:
         """Blocks until every job is acknowledged (see `Enqueued.wait`)."""
         return self._sent.wait(timeout_s)
+
+    async def wait_async(self, timeout_s: float | None = None) -> list[tuple[int, int]]:
+        """`wait` for async code: awaits the acknowledgements without
+        blocking the event loop or holding a thread."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pause = 0.0005
+        while not self._sent.done():
+            if deadline is not None and time.monotonic() >= deadline:
+                break  # `wait` below raises the timeout as the sync call does
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _ACK_POLL_MAX_S)
+        return self._sent.wait(0.0 if deadline is not None else None)
 
     def __len__(self) -> int:
         return len(self._sent)

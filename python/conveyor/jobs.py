@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,6 +83,17 @@ class JobType(Generic[P, R]):
         return JobHandle(
             self.app.send_one(self.name, self.options.queue, args, kwargs, PLAIN), self
         )
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        """`enqueue` for async code: returns once the job is acknowledged
+        (by Kafka, or by Redis on the direct path; `DeliveryError` if it was
+        not), without blocking the event loop. The send runs on the loop's
+        default executor: it may wait, for Kafka's metadata the first time a
+        topic is used, or for room while Kafka is away."""
+        loop = asyncio.get_running_loop()
+        handle = await loop.run_in_executor(None, functools.partial(self.enqueue, *args, **kwargs))
+        await handle.wait_async()
+        return handle
 
     def enqueue_with(
         self,

@@ -17,7 +17,8 @@ import json
 import threading
 import time
 import traceback
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,10 @@ Failure = tuple[str, float | None]
 
 #: A result to keep for a job's waiters (`conveyor.results`) and for how long (s).
 Kept = tuple[bytes, float]
+
+#: An async job handed to the loop: its index in the batch, type, job and
+#: the future of its run.
+Started = tuple[int, "JobType[Any, Any]", JobInfo, "Future[Any]"]
 
 
 @dataclass
@@ -126,10 +131,20 @@ class Runner:
             name for name, jt in self.handlers.items() if inspect.iscoroutinefunction(jt.fn)
         )
 
-    def run_batch(self, batch: _core.LeasedBatch, stopping: threading.Event, ran: BatchRun) -> None:
+    def run_batch(
+        self,
+        batch: _core.LeasedBatch,
+        stopping: threading.Event,
+        ran: BatchRun,
+        defer: Callable[[Started], None] | None = None,
+    ) -> None:
         """Runs a batch's jobs in order until `stopping` is set, recording in
         `ran` how each one that ran ended, for settle. Filled as jobs end, so
-        that what ran is known even if this is interrupted."""
+        that what ran is known even if this is interrupted.
+
+        With `defer`, async jobs are only started on the loop and handed to
+        it (their `ends` entry is 0.0 until `finish_async` fills it): the
+        worker's async lane awaits them while this thread moves on."""
         handlers = self.handlers
         now = time.time
         ends, failures = ran.ends, ran.failures
@@ -165,6 +180,12 @@ class Runner:
                             failures[i] = self.failure(jt.options, info, err)
                 ends.append(now())
                 continue
+            if defer is not None and jt is not None and jt.name in self.async_types:
+                started = self.start_async(jt, info, payload)
+                if started is not None:
+                    defer((i, jt, info, started))
+                    ends.append(0.0)
+                    continue
             kept: list[Any] = []
             error = self.attempt(jt, info, payload, kept)
             options = jt.options if jt is not None else UNKNOWN_TYPE
@@ -234,6 +255,61 @@ class Runner:
         call_hooks(self.middleware, "after", info, error)
         return error
 
+    def start_async(
+        self, jt: JobType[Any, Any], info: JobInfo, payload: bytes
+    ) -> Future[Any] | None:
+        """Starts an async job on the loop after the checks and `before`
+        hooks of `attempt`; None (nothing done) when the attempt cannot start
+        (no attempts left, a payload that is not a call): `attempt` then
+        records why."""
+        if self.loop is None or info.attempt > jt.options.max_attempts:
+            return None
+        try:
+            args, kwargs = decode_call(payload)
+        except InvalidJobError:
+            return None
+        call_hooks(self.middleware, "before", info)
+        try:
+            coro = self._coroutine(jt, jt.options, args, kwargs, info)
+        except BaseException as err:  # calling an async def raises only for bad arguments
+            failed: Future[Any] = Future()
+            failed.set_exception(err)
+            return failed
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def finish_async(
+        self, ran: BatchRun, i: int, jt: JobType[Any, Any], info: JobInfo, done: Future[Any]
+    ) -> None:
+        """Records how a job started by `start_async` ended, after its
+        `after` hooks (on the calling thread)."""
+        error: BaseException | None = None
+        kept: list[Any] = []
+        current.job = info
+        try:
+            value = done.result()
+            if jt.options.store_result:
+                kept.append(value)
+        except BaseException as err:  # a handler may raise anything at all
+            error = err
+        call_hooks(self.middleware, "after", info, error)
+        self._record(ran, i, jt.options, info, error=error, kept=kept)
+        current.job = None
+        ran.ends[i] = time.time()
+
+    def _coroutine(
+        self,
+        jt: JobType[Any, Any],
+        options: JobOptions,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        info: JobInfo,
+    ) -> Coroutine[Any, Any, Any]:
+        """An async handler's call under its timeout and cancel watch."""
+        coro: Coroutine[Any, Any, Any] = jt.fn(*args, **kwargs)
+        if options.timeout_s is not None:
+            coro = with_timeout(coro, options.timeout_s)
+        return until_cancelled(coro, info)
+
     def _call(
         self,
         jt: JobType[Any, Any],
@@ -245,10 +321,7 @@ class Runner:
         """Calls the handler; returns what it returned."""
         timeout = options.timeout_s
         if jt.name in self.async_types:
-            coro: Coroutine[Any, Any, Any] = jt.fn(*args, **kwargs)
-            if timeout is not None:
-                coro = with_timeout(coro, timeout)
-            coro = until_cancelled(coro, info)
+            coro = self._coroutine(jt, options, args, kwargs, info)
             if self.loop is None:
                 return asyncio.run(coro)
             return asyncio.run_coroutine_threadsafe(coro, self.loop).result()

@@ -19,15 +19,18 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from conveyor import _core
 from conveyor.app import Conveyor
+from conveyor.async_lane import AsyncLane
 from conveyor.canaries import CANARY_TYPE, canary_job
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.job_context import JobInfo, current_job
+from conveyor.jobs import JobType
 from conveyor.keeper import Keeper
 from conveyor.middleware import Middleware
-from conveyor.runner import UNKNOWN_TYPE, BatchRun, Failure, Runner, error_record
+from conveyor.runner import UNKNOWN_TYPE, BatchRun, Failure, Runner, Started, error_record
 
 log = logging.getLogger("conveyor.worker")
 
@@ -53,6 +56,9 @@ class Worker:
     A job's lease is extended for at most its timeout plus `lease_s`, or
     `max_job_s` for job types without a timeout: a handler blocked past that
     (in a call that ignores the timeout) loses its job to another worker.
+
+    Async handlers run on one event loop, up to `async_limit` at once in the
+    process however many `threads` there are (`conveyor.async_lane`).
     """
 
     def __init__(
@@ -68,9 +74,12 @@ class Worker:
         middleware: Iterable[Middleware] = (),
         worker_id: str | None = None,
         max_job_s: float = 3600.0,
+        async_limit: int = 100,
     ) -> None:
         if threads < 1:
             raise ConfigError(f"threads must be at least 1, not {threads}")
+        if not 1 <= async_limit <= 100_000:
+            raise ConfigError(f"async_limit must be 1 to 100000, not {async_limit}")
         if not 1 <= max_batch <= 1000:
             raise ConfigError(f"max_batch must be 1 to 1000, not {max_batch}")
         self.app = app
@@ -82,6 +91,8 @@ class Worker:
         self.lease_s = lease_s
         self.max_batch = max_batch
         self.grace_s = grace_s
+        self.max_job_s = max_job_s
+        self.async_limit = async_limit
         self.middleware = tuple(middleware)
         # Canaries run in every worker (conveyor.canaries), unless the app
         # registers a handler of its own under that name.
@@ -128,6 +139,7 @@ class Worker:
         self._keeper = Keeper(app, self._queues)
         self._keeper_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lane: AsyncLane | None = None
         #: Faults that escaped a batch or a worker loop (bugs, never a
         #: handler's error): each was logged and its batch settled.
         self._thread_faults = 0
@@ -144,6 +156,7 @@ class Worker:
                 target=self._loop.run_forever, name="conveyor-async", daemon=True
             )
             loop_thread.start()
+            self._lane = AsyncLane(self._runner, self.async_limit, self._settle)
         # The native keeper first: a worker thread's first job may hold the
         # GIL for long, and nothing would renew its lease meanwhile.
         self._queues.start_keeper()
@@ -167,6 +180,9 @@ class Worker:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
             clean &= not t.is_alive()
+        if self._lane is not None:
+            clean &= self._lane.wait_idle(max(0.0, deadline - time.monotonic()))
+            self._lane.stop()
         self._stopped.set()
         if self._keeper_thread is not None:
             # It may be mid-call (a heartbeat, a periodic occurrence): let it end.
@@ -200,6 +216,7 @@ class Worker:
         out = dict(self._queues.stats())
         out["periodic_enqueued"] = self._keeper.periodic_enqueued
         out["thread_faults"] = self._thread_faults
+        out["async_running"] = self._lane.running if self._lane is not None else 0
         return out
 
     def health(self) -> str | None:
@@ -232,14 +249,26 @@ class Worker:
 
     def _work_loop(self) -> None:
         batch_size = 1
+        lane = self._lane
         while not self._stopping.is_set():
+            # With async handlers, a fetch brings no more jobs than the lane
+            # has room for: at its limit, threads wait for an async job to end.
+            room = batch_size if lane is None else lane.reserve(batch_size, self._stopping)
+            if room == 0:
+                break
             try:
-                batch = self._queues.fetch(batch_size)
-            except ConveyorError as err:
+                batch = self._queues.fetch(room)
+            except BaseException as err:
+                if lane is not None:
+                    lane.release(room)
+                if not isinstance(err, ConveyorError):
+                    raise
                 log.warning("fetch failed, retrying: %s", err)
                 self._stopping.wait(0.5)
                 continue
             if batch is None:
+                if lane is not None:
+                    lane.release(room)
                 try:
                     self._queues.wait_for_work(_IDLE_WAIT_S)
                 except ConveyorError as err:
@@ -247,19 +276,24 @@ class Worker:
                     self._stopping.wait(0.5)
                 continue
             began = time.monotonic()
-            ran = self._run_batch(batch)
+            ran = self._run_batch(batch, room)
             if ran:
                 per_job = (time.monotonic() - began) / ran
                 want = int(_BATCH_TARGET_S / per_job) if per_job > 0 else self.max_batch
                 batch_size = max(1, min(self.max_batch, want, batch_size * 2))
 
-    def _run_batch(self, batch: _core.LeasedBatch) -> int:
-        """Runs a batch's jobs in order and settles it; returns how many ran.
-        Whatever happens, the batch is settled or its lease let go."""
+    def _run_batch(self, batch: _core.LeasedBatch, reserved: int = 0) -> int:
+        """Runs a batch's jobs in order and settles it, or hands it to the
+        async lane if async jobs of it still run; returns how many ran (or
+        started). Whatever happens, the batch is settled or its lease let go."""
         ran = BatchRun()
         ends = ran.ends
+        lane = self._lane
+        started: list[Started] = []
         try:
-            self._runner.run_batch(batch, self._stopping, ran)
+            self._runner.run_batch(
+                batch, self._stopping, ran, started.append if lane is not None else None
+            )
         except BaseException as err:
             # The job running when it happened counts as a failed attempt
             # (it may be what caused it); the rest go back unstarted.
@@ -268,8 +302,21 @@ class Worker:
             if len(ends) < len(batch):
                 ran.failures[len(ends)] = self._fault_failure(batch, len(ends), err)
                 ends.append(time.time())
-        self._settle(batch, ran)
+        if lane is None:
+            self._settle(batch, ran)
+        elif started:
+            # The lease is renewed for as long as the longest of them may run.
+            batch.begin(max(started, key=lambda s: self._max_age(s[1]))[0])
+            lane.hand_over(batch, ran, started, reserved)
+        else:
+            lane.release(reserved)
+            self._settle(batch, ran)
         return len(ends)
+
+    def _max_age(self, jt: JobType[Any, Any]) -> float:
+        """How long a job of `jt` may hold its lease (as `max_age_s` above)."""
+        timeout = jt.options.timeout_s
+        return self.max_job_s if timeout is None else timeout + self.lease_s
 
     def _fault_failure(self, batch: _core.LeasedBatch, index: int, error: BaseException) -> Failure:
         job_type, _, attempt, job_id = batch.jobs[index]

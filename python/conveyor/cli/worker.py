@@ -29,7 +29,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     worker.add_argument(
         "--strict", action="store_true", help="always take from queues in the order given"
     )
-    worker.add_argument("--threads", type=int, default=8, help="jobs run at once per process")
+    worker.add_argument(
+        "--threads", type=int, default=8, help="sync jobs run at once per process (default 8)"
+    )
+    worker.add_argument(
+        "--async-limit",
+        type=int,
+        default=100,
+        help="async jobs in flight at once per process, on one event loop (default 100)",
+    )
     worker.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
     worker.add_argument("--lease", type=float, default=30.0, help="lease in seconds (default 30)")
     worker.add_argument(
@@ -127,6 +135,7 @@ def _worker(args: argparse.Namespace) -> int:
             max_batch=args.batch,
             grace_s=args.grace,
             max_job_s=args.max_job,
+            async_limit=args.async_limit,
         )
         names = ", ".join(f"{q}:{w}" for q, w in worker.queues)
         print(f"worker: {args.threads} threads on {names} (lease {args.lease}s)", flush=True)

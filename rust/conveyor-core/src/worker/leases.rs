@@ -24,7 +24,7 @@ const MAX_EVENTS: usize = 1000;
 /// by the keeper.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Slot of the job running now (1-based; 0 before the first starts).
+    /// Highest slot begun (1-based; 0 before the first starts).
     started: AtomicU32,
     /// When the running job's lease stops being renewed (ms since the epoch).
     deadline_ms: AtomicU64,
@@ -74,11 +74,13 @@ impl Batch {
     /// Marks job `index` as started now: the keeper reports its slot with the
     /// next heartbeat (so a reaper charges attempts only to jobs that
     /// started) and renews the lease until the job's maximum age has passed.
+    /// The slot kept is the highest begun: async jobs of a batch run at once
+    /// and may be begun out of order, and every slot up to it has started.
     pub fn begin(&self, index: usize) {
         if let Some(job) = self.jobs.get(index) {
             let deadline = now_ms().saturating_add(job.max_age_ms);
             self.progress.deadline_ms.store(deadline, Ordering::Relaxed);
-            self.progress.started.store(job.slot, Ordering::Relaxed);
+            self.progress.started.fetch_max(job.slot, Ordering::Relaxed);
         }
     }
 }
