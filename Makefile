@@ -71,6 +71,10 @@ test: build ## cargo test, then the Python suite against real Kafka and Redis
 demo: build ## The main job: Kafka, Redis, gate, relay, workers, a workload and its report
 	$(BIN)/python -m examples.demo
 
+.PHONY: demo-redis-only
+demo-redis-only: build ## The demo with Redis alone (no Kafka, no Java): docs/redis-only.md
+	$(BIN)/python -m examples.demo --redis-only
+
 .PHONY: bench
 bench: build ## Benchmarks (not part of the tests): envelope codec, enqueue
 	$(BIN)/python bench/envelope_bench.py

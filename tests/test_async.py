@@ -103,4 +103,4 @@ def test_enqueue_async_returns_once_acknowledged(app: conveyor.Conveyor) -> None
     assert len({h.id for h in handles}) == 200
 
     with pytest.raises(conveyor.InvalidJobError):
-        asyncio.run(sent.enqueue_async("too", "many"))  # type: ignore[call-arg]
+        asyncio.run(sent.enqueue_async("too", "many"))  # type: ignore[call-arg, arg-type]

@@ -100,9 +100,10 @@ def test_settings_default_to_the_dev_servers() -> None:
     assert defaults.redis_url == f"redis://127.0.0.1:{settings.DEV_REDIS_PORT}/0"
 
 
-def test_the_demo_accounts_for_every_job(servers: DevServers) -> None:
+@pytest.mark.parametrize("mode", [[], ["--redis-only"]], ids=["kafka", "redis-only"])
+def test_the_demo_accounts_for_every_job(servers: DevServers, mode: list[str]) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "examples.demo", "--jobs", "300"],
+        [sys.executable, "-m", "examples.demo", "--jobs", "300", *mode],
         cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, **dev_env(servers)},
         capture_output=True,
@@ -113,6 +114,9 @@ def test_the_demo_accounts_for_every_job(servers: DevServers) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "= 300 of 300; missing 0, ran twice 0" in out.stdout, out.stdout
     assert "through the HTTP gate" in out.stdout
+    if mode:
+        assert "no gate and no relay (Redis only)" in out.stdout
+        assert " 0 through the HTTP gate" in out.stdout
     assert "every job accounted for" in out.stdout
     assert servers.redis.pid() is not None, "the demo stops only servers it started"
 

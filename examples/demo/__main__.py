@@ -1,4 +1,4 @@
-"""`python -m examples.demo [--jobs N] [--keep-servers]` from the checkout."""
+"""`python -m examples.demo [--jobs N] [--keep-servers] [--redis-only]` from the checkout."""
 
 from __future__ import annotations
 
@@ -18,9 +18,14 @@ def main() -> int:
     parser.add_argument(
         "--keep-servers", action="store_true", help="leave Kafka and Redis running afterwards"
     )
+    parser.add_argument(
+        "--redis-only",
+        action="store_true",
+        help="Redis alone (CONVEYOR_REDIS_ONLY=on): no Kafka, gate or relay",
+    )
     args = parser.parse_args()
     try:
-        return run(jobs=args.jobs, keep_servers=args.keep_servers)
+        return run(jobs=args.jobs, keep_servers=args.keep_servers, redis_only=args.redis_only)
     except ConveyorError as err:
         print(f"demo: {err}", file=sys.stderr)
         return 2

@@ -11,11 +11,16 @@ and the backlog waits in Kafka. A live line shows every stage while it runs;
 the report at the end is computed from the timestamps each job carries in its
 envelope, and proves every job accounted for: finished once, or dead with its
 reason. It stops everything it started.
+
+With `--redis-only` it starts Redis alone and runs the same workload with
+`CONVEYOR_REDIS_ONLY=on`: every job straight into Redis, no Kafka, no gate,
+no relay (and so nothing holds a burst back: it all waits in Redis).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -73,6 +78,7 @@ class _Pipeline:
     store: _core.RedisStore
     client: Any
     trace_key: str
+    #: "" in Redis-only mode: no gate runs.
     gate_url: str
     sent: Sent = field(default_factory=Sent)
 
@@ -95,18 +101,23 @@ def _step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def run(jobs: int = 20_000, keep_servers: bool = False) -> int:
+def run(jobs: int = 20_000, keep_servers: bool = False, redis_only: bool = False) -> int:
     """Run the demo; returns the exit code (0 when every job is accounted for)."""
     servers = DevServers.default()
-    _step("bringing up local Kafka and Redis (the first run fetches Kafka's jars) ...")
     began = time.monotonic()
-    kafka_started, redis_started = servers.up()
-    print(
-        f"    kafka {servers.kafka.bootstrap}, redis {servers.redis.url}, "
-        f"ready in {time.monotonic() - began:.1f}s"
-    )
+    if redis_only:
+        _step("bringing up local Redis (Redis-only mode: no Kafka) ...")
+        kafka_started, redis_started = False, servers.redis.up()
+        print(f"    redis {servers.redis.url}, ready in {time.monotonic() - began:.1f}s")
+    else:
+        _step("bringing up local Kafka and Redis (the first run fetches Kafka's jars) ...")
+        kafka_started, redis_started = servers.up()
+        print(
+            f"    kafka {servers.kafka.bootstrap}, redis {servers.redis.url}, "
+            f"ready in {time.monotonic() - began:.1f}s"
+        )
     try:
-        return _run(servers, max(100, jobs))
+        return _run(servers, max(100, jobs), redis_only)
     finally:
         if not keep_servers:
             if kafka_started:
@@ -124,20 +135,23 @@ def _free_port() -> int:
         return port
 
 
-def _run(servers: DevServers, jobs: int) -> int:
+def _run(servers: DevServers, jobs: int, redis_only: bool) -> int:
     env = {
         "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
         "CONVEYOR_REDIS_URL": servers.redis.url,
         "CONVEYOR_NAMESPACE": NAMESPACE,
+        "CONVEYOR_REDIS_ONLY": "on" if redis_only else "off",
     }
     os.environ.update(env)
     from examples.demo import app as demo_app  # its app reads the settings from the environment
 
     app = demo_app.app
     store = _core.RedisStore(servers.redis.url)
-    created = app.ensure_topics()
+    created = [] if redis_only else app.ensure_topics()
     for queue in QUEUES:
         store.purge(NAMESPACE, queue)
+        if redis_only:
+            continue
         # Relay from here on: earlier runs' jobs stay in Kafka, not in this report.
         topic = app.settings.topic_for(queue)
         for partition, end in _core.kafka_end_offsets(servers.kafka.bootstrap, topic):
@@ -147,14 +161,19 @@ def _run(servers: DevServers, jobs: int) -> int:
     client = redis_py.Redis.from_url(servers.redis.url)
     client.delete(demo_app.TRACE_KEY)
     app.publish_registry()
+    topics = (
+        "no topics (Redis only)"
+        if redis_only
+        else (f"topics {'created' if created else 'already there'}")
+    )
     _step(
-        f"{len(app.registry)} job types on queues {', '.join(QUEUES)}; topics "
-        f"{'created' if created else 'already there'}; registry published for the gate"
+        f"{len(app.registry)} job types on queues {', '.join(QUEUES)}; {topics}; "
+        "registry published for the gate"
     )
 
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        gate_url = _start_processes(procs, env)
+        gate_url = _start_processes(procs, env, redis_only)
         pipe = _Pipeline(app, store, client, demo_app.TRACE_KEY, gate_url)
         return _drive(pipe, jobs)
     finally:
@@ -166,10 +185,14 @@ def _run(servers: DevServers, jobs: int) -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        print("stopped the gate, the relay and the workers")
+        print(
+            "stopped the workers" if redis_only else "stopped the gate, the relay and the workers"
+        )
 
 
-def _start_processes(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) -> str:
+def _start_processes(
+    procs: list[subprocess.Popen[bytes]], env: dict[str, str], redis_only: bool
+) -> str:
     cli = [sys.executable, "-m", "conveyor"]
     # The workers import the demo's app from this checkout.
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
@@ -200,6 +223,8 @@ def _start_processes(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) 
             "10",
         ],
     }
+    if redis_only:
+        del commands["gate"], commands["relay"]
     # Logs go to files: an unread pipe would stall a process once it filled.
     logs = dev_home() / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -209,6 +234,9 @@ def _start_processes(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) 
                 subprocess.Popen(argv, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
             )
         print(f"    started {name}: {' '.join(argv[2:])}  (log: {logs / name}.log)")
+    if redis_only:
+        _step("2 worker processes running; no gate and no relay (Redis only)")
+        return ""
     gate_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -268,7 +296,8 @@ def _drive(pipe: _Pipeline, jobs: int) -> int:
         steady = jobs * 2 // 5
         burst = jobs - steady - jobs // 20
         reminders = jobs - steady - burst
-        _step(f"steady mix: {steady:,} jobs over about 3 s, 70% client, 30% gate")
+        doors = "70% client, 30% gate" if pipe.gate_url else "all through the client"
+        _step(f"steady mix: {steady:,} jobs over about 3 s, {doors}")
         mix = [("notify.push", 5), ("unfurl.url", 3), ("billing.charge", 2)]
         rng = random.Random(7)
         done = 0
@@ -276,12 +305,14 @@ def _drive(pipe: _Pipeline, jobs: int) -> int:
         for tick in range(ticks):
             share = steady // ticks + (1 if tick < steady % ticks else 0)
             job_type = rng.choices([m for m, _ in mix], [w for _, w in mix])[0]
-            pipe.send(job_type, done, share, gate=rng.random() < 0.3)
+            pipe.send(job_type, done, share, gate=rng.random() < 0.3 and bool(pipe.gate_url))
             done += share
             time.sleep(0.1)
         _step(
             f"burst: {burst:,} pushes at once, more than the relay lets the queue hold "
             f"({DEPTH_HIGH:,}); the rest waits in Kafka"
+            if pipe.gate_url
+            else f"burst: {burst:,} pushes at once, straight into Redis (no Kafka to hold them)"
         )
         for start in range(0, burst, 5000):
             pipe.send(
@@ -394,11 +425,14 @@ def _report(pipe: _Pipeline, took: float, live: _Live) -> int:
         f"\nreport: {len(expected):,} jobs in {took:.1f}s ({sent.via_client:,} through the "
         f"Python client, {sent.via_gate:,} through the HTTP gate)"
     )
-    print(
-        f"  the relay held a queue back {live.guard_seen} time(s) (at {DEPTH_HIGH:,} queued; "
-        f"most queued seen: {live.peak_queued:,}); most jobs waiting in Kafka at once: "
-        f"{live.peak_lag:,}"
-    )
+    if pipe.gate_url:
+        print(
+            f"  the relay held a queue back {live.guard_seen} time(s) (at {DEPTH_HIGH:,} "
+            f"queued; most queued seen: {live.peak_queued:,}); most jobs waiting in Kafka at "
+            f"once: {live.peak_lag:,}"
+        )
+    else:
+        print(f"  most queued in Redis at once: {live.peak_queued:,} (no Kafka to hold them)")
     print(
         f"  retried attempts: {counts['retried']:,}; dead-lettered: {len(dead)} "
         f"({'; '.join(sorted(set(dead.values()))[:3])})"
@@ -420,15 +454,18 @@ def _report(pipe: _Pipeline, took: float, live: _Live) -> int:
         stage = [
             statistics.median([(t[5] - t[3]) / ms for t in rows]) if rows else float("nan"),
             statistics.median([(t[6] - t[5]) / ms for t in rows]) if rows else float("nan"),
-            statistics.median([(t[7] - max(t[6], t[4])) / ms for t in rows])
+            # Straight into Redis (Redis only), a job's clock runs from enqueue.
+            statistics.median([(t[7] - max(t[6] or t[3], t[4])) / ms for t in rows])
             if rows
             else float("nan"),
             statistics.median([(t[8] - t[7]) / ms for t in rows]) if rows else float("nan"),
         ]
         total = [(t[8] - s) / ms for t, s in zip(rows, start, strict=True)]
+        if not pipe.gate_url:
+            stage[:2] = [float("nan")] * 2  # no Kafka hop
         print(
             f"  {name:<15} {len(rows):>6} {retried:>7} {dead_n:>4} "
-            + " ".join(f"{v:>8.1f}ms" for v in stage)
+            + " ".join(f"{v:>8.1f}ms" if not math.isnan(v) else f"{'-':>10}" for v in stage)
             + f" {_pct(total, 0.5):>13.1f}ms {_pct(total, 0.99):>6.0f}ms"
         )
     print(

@@ -21,7 +21,7 @@ from conveyor.handles import app_result_reader
 from conveyor.jobs import JobOptions, JobType, P, R
 from conveyor.lookup import JobInfo, find
 from conveyor.payload import Call, encode_call
-from conveyor.routing import Route, RouteTable
+from conveyor.routing import DIRECT, Route, RouteTable
 from conveyor.schedules import Cron, Schedule
 from conveyor.settings import Settings
 from conveyor.tallies import SentTally
@@ -75,6 +75,10 @@ class Conveyor:
         self._targets: dict[tuple[str, str | None], Target] = {}
         self._schedules: dict[str, Schedule] = {}
         self._kafka = KafkaTransport(self)
+        #: Where types without a route go: Kafka, or Redis in Redis-only mode.
+        self._unrouted: Transport = (
+            RoutedTransport(self, DIRECT) if self.settings.redis_only else self._kafka
+        )
         #: Set by `conveyor.testing.capture`: enqueues go here instead of Kafka.
         self._capture: Transport | None = None
         _LIVE_APPS.add(self)
@@ -278,7 +282,8 @@ class Conveyor:
 
     def _transport(self, type_name: str) -> Transport:
         """The one choice of where jobs go: captured by `conveyor.testing`,
-        routed by a run-time route, or (by default) to Kafka."""
+        routed by a run-time route, or (by default) to Kafka (to Redis in
+        Redis-only mode)."""
         if self._capture is not None:
             return self._capture
         if not self._routes.watching and self.settings.route_refresh_s:
@@ -286,7 +291,7 @@ class Conveyor:
         route = self._routes.current.get(type_name)
         if route is not None:
             return RoutedTransport(self, route)
-        return self._kafka
+        return self._unrouted
 
     def set_route(self, type_name: str, route: Route | None) -> None:
         """Send `type_name`'s jobs by `route` from now on (None: Kafka only);

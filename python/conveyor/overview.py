@@ -91,6 +91,18 @@ def gather(settings: Settings, names: Sequence[str]) -> Overview:
                 for p in canary.missing
             ]
     _relays(settings, view)
+    _hops(settings, names, view, now)
+    # In Redis-only mode a relay is needed only once a type is routed to Kafka.
+    sent = sum(h.totals.get("sent", 0) for h in view.hops)
+    if not view.relays and (sent or not settings.redis_only):
+        view.attention.append(
+            f"no relay has reported in the last {RELAY_STALE_S:g} s: jobs sent through "
+            "Kafka wait there (start conveyor relay)"
+        )
+    return view
+
+
+def _hops(settings: Settings, names: Sequence[str], view: Overview, now: float) -> None:
     for name in names:
         topic = settings.topic_for(name)
         # Only a topic some live relay reads can be said to be read to the end.
@@ -102,7 +114,6 @@ def gather(settings: Settings, names: Sequence[str]) -> Overview:
             "were acknowledged by Kafka but never relayed (lost in Kafka? conveyor topics)"
             for at, n in hops.missing
         ]
-    return view
 
 
 def _relays(settings: Settings, view: Overview) -> None:
@@ -125,11 +136,6 @@ def _relays(settings: Settings, view: Overview) -> None:
         view.attention += [
             f"relay {s['id']}: {why}" for _, _, why in s["controls"].get("ignored", [])
         ]
-    if not view.relays:
-        view.attention.append(
-            f"no relay has reported in the last {RELAY_STALE_S:g} s: jobs sent through "
-            "Kafka wait there (start conveyor relay)"
-        )
 
 
 def _canaries(settings: Settings, name: str, now: float) -> CanaryView | None:

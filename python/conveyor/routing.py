@@ -64,6 +64,10 @@ class Route:
         return [draw() < share for _ in range(count)]
 
 
+#: Every job straight into Redis: types without a route in Redis-only mode.
+DIRECT = Route(kafka_percent=0.0)
+
+
 class RoutedHandle:
     """What an enqueue returns when some or all jobs went direct to Redis:
     those are written before it returns; the Kafka part is awaited as usual."""

@@ -94,6 +94,11 @@ class Settings:
     #: what counting costs (bench/cost_bench.py): a missing job then goes
     #: unnoticed.
     tallies: bool = True
+    #: Start with Redis only: job types without a route go straight into
+    #: Redis (the direct path) and nothing needs Kafka. Moving a type to
+    #: Kafka later is the per-type migration of `conveyor.routing` (double
+    #: write, shadow, percentages); docs/redis-only.md.
+    redis_only: bool = False
 
     def redis_url_for(self, queue: str) -> str:
         """The Redis deployment that holds `queue`."""
@@ -117,7 +122,9 @@ class Settings:
         `CONVEYOR_KAFKA_SSL_KEY_FILE`, `CONVEYOR_ROUTE_REFRESH_S` (seconds, or "off"),
         `CONVEYOR_DEAD_MAX` and `CONVEYOR_DEAD_MAX_AGE_S` (dead-letter retention),
         `CONVEYOR_JOB_HISTORY_S` and `CONVEYOR_JOB_HISTORY_MAX_BYTES` (ended jobs
-        findable by id), `CONVEYOR_TALLIES` ("off" to stop counting jobs per hop).
+        findable by id), `CONVEYOR_TALLIES` ("off" to stop counting jobs per hop),
+        `CONVEYOR_REDIS_ONLY` ("on" for no Kafka: every type without a route
+        goes straight into Redis).
         """
         env = os.environ
         default = cls()
@@ -158,6 +165,7 @@ class Settings:
                 _number(env, "CONVEYOR_JOB_HISTORY_MAX_BYTES", default.job_history_max_bytes)
             ),
             tallies=_switch(env, "CONVEYOR_TALLIES", default.tallies),
+            redis_only=_switch(env, "CONVEYOR_REDIS_ONLY", default.redis_only),
         )
 
     def topic_for(self, queue: str) -> str:

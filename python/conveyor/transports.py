@@ -234,10 +234,12 @@ class RoutedTransport:
                 settings.namespace, target.queue, direct, tally=settings.tallies
             )
         to_kafka = [e for e, kafka in zip(envelopes, via_kafka, strict=True) if kafka]
-        producer = self._app.producer()
+        # No producer unless a job goes to Kafka: in Redis-only mode none runs.
         # Double-written records are marked: a relay in shadow mode drops only those.
         handle = (
-            producer.send_envelopes(target.topic, to_kafka, double_written=route.double_write)
+            self._app.producer().send_envelopes(
+                target.topic, to_kafka, double_written=route.double_write
+            )
             if to_kafka
             else None
         )

@@ -50,13 +50,15 @@ def diagnose() -> list[Finding]:
     except ConveyorError as err:
         findings.append(Finding("configuration", "fail", str(err), "fix the variable named above"))
         return findings
+    kafka = "no Kafka (Redis only)" if settings.redis_only else f"Kafka {settings.kafka_bootstrap}"
     shown = (
         f"namespace {settings.namespace or '(none)'}, queues {', '.join(settings.queues)}, "
-        f"Kafka {settings.kafka_bootstrap}, Redis {masked_url(settings.redis_url)}"
+        f"{kafka}, Redis {masked_url(settings.redis_url)}"
     )
     findings.append(Finding("configuration", "ok", shown))
-    findings.append(_java())
-    findings += list(_kafka(settings))
+    if not settings.redis_only:
+        findings.append(_java())
+        findings += list(_kafka(settings))
     findings += list(_redis(settings))
     return findings
 

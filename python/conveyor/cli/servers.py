@@ -9,6 +9,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Adds `dev` and `topics`."""
     dev = commands.add_parser("dev", help="local development servers (Kafka and Redis on loopback)")
     dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument(
+        "--redis-only",
+        action="store_true",
+        help="up: start Redis alone, for CONVEYOR_REDIS_ONLY=on (no Kafka, no Java)",
+    )
     dev.set_defaults(run=_dev)
 
     topics = commands.add_parser("topics", help="Kafka topics of queues (created on purpose)")
@@ -27,7 +32,14 @@ def _dev(args: argparse.Namespace) -> int:
     from conveyor.devservers import DevServers
 
     servers = DevServers.default()
-    if args.action == "up":
+    if args.action == "up" and args.redis_only:
+        redis_started = servers.redis.up()
+        _print_status(servers, {"redis": redis_started}, kafka=False)
+        print(
+            "\nOther conveyor commands use this Redis when nothing else is configured;"
+            "\nset CONVEYOR_REDIS_ONLY=on so that jobs go straight into it (no Kafka)."
+        )
+    elif args.action == "up":
         kafka_started, redis_started = servers.up()
         _print_status(servers, {"kafka": kafka_started, "redis": redis_started})
         print("\nOther conveyor commands use these servers when nothing else is configured.")
@@ -41,7 +53,7 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_status(servers: object, started: dict[str, bool]) -> None:
+def _print_status(servers: object, started: dict[str, bool], *, kafka: bool = True) -> None:
     from conveyor.devservers import DevServers
 
     assert isinstance(servers, DevServers)
@@ -54,7 +66,7 @@ def _print_status(servers: object, started: dict[str, bool]) -> None:
 
     rows = [
         (f"kafka node {node.node_id}", node.bootstrap, state(pid, "kafka"))
-        for node, pid in servers.kafka.status()
+        for node, pid in (servers.kafka.status() if kafka else [])
     ]
     rows.append(("redis", servers.redis.url, state(servers.redis.pid(), "redis")))
     for name, address, status in rows:

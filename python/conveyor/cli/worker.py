@@ -168,6 +168,8 @@ def _worker_setup(app: object, queues: list[tuple[str, int]] | None) -> None:
         app.publish_registry()
     except ConveyorError as err:
         print(f"worker: could not publish the job registry: {err}", file=sys.stderr)
+    if app.settings.redis_only:
+        return
     try:
         created = app.ensure_topics([q for q, _ in queues] if queues else None)
         if created:
