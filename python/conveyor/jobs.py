@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from conveyor.errors import InvalidJobError
+from conveyor.arguments import Reader
+from conveyor.errors import InvalidJobError, PermanentError
 from conveyor.handles import JobHandle
 from conveyor.payload import Call, split_call
 from conveyor.transports import PLAIN, SendOptions
@@ -57,6 +58,9 @@ class JobType(Generic[P, R]):
         self.options = options
         self._signature = inspect.signature(fn)
         self._shape = _Shape.of(self._signature)
+        #: Reads JSON arguments into the handler's annotated types (None:
+        #: nothing to convert).
+        self.reader = Reader.of(name, fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -74,6 +78,16 @@ class JobType(Generic[P, R]):
             raise InvalidJobError(
                 f"arguments do not fit {self.name}{self._signature}: {err}"
             ) from err
+
+    def misfit(self, args: Sequence[Any], kwargs: Mapping[str, Any], error: TypeError) -> Exception:
+        """What a handler's TypeError means: `PermanentError` when the job's
+        arguments do not fit its signature (a job written by hand or over
+        HTTP: no attempt can succeed), else the handler's own `error`."""
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as err:
+            return PermanentError(f"arguments do not fit {self.name}{self._signature}: {err}")
+        return error
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Send one job with these handler arguments; returns at once."""

@@ -168,6 +168,8 @@ class Runner:
                 current.job = info
                 try:
                     args, kwargs = decode_call(payload)
+                    if jt.reader is not None:
+                        jt.reader(args, kwargs)
                 except InvalidJobError as err:
                     failures[i] = self.failure(jt.options, info, PermanentError(str(err)))
                 else:
@@ -177,6 +179,8 @@ class Runner:
                         if isinstance(err, JobCancelled):
                             ran.cancelled.append(i)
                         else:
+                            if type(err) is TypeError:
+                                err = jt.misfit(args, kwargs, err)
                             failures[i] = self.failure(jt.options, info, err)
                 ends.append(now())
                 continue
@@ -243,6 +247,8 @@ class Runner:
         call_hooks(self.middleware, "before", info)
         try:
             args, kwargs = decode_call(payload)
+            if jt.reader is not None:
+                jt.reader(args, kwargs)
         except InvalidJobError as err:
             error = PermanentError(str(err))
         else:
@@ -251,7 +257,7 @@ class Runner:
                 if kept is not None and options.store_result:
                     kept.append(value)
             except BaseException as err:  # a handler may raise anything at all
-                error = err
+                error = jt.misfit(args, kwargs, err) if type(err) is TypeError else err
         call_hooks(self.middleware, "after", info, error)
         return error
 
@@ -266,6 +272,8 @@ class Runner:
             return None
         try:
             args, kwargs = decode_call(payload)
+            if jt.reader is not None:
+                jt.reader(args, kwargs)
         except InvalidJobError:
             return None
         call_hooks(self.middleware, "before", info)
@@ -273,7 +281,7 @@ class Runner:
             coro = self._coroutine(jt, jt.options, args, kwargs, info)
         except BaseException as err:  # calling an async def raises only for bad arguments
             failed: Future[Any] = Future()
-            failed.set_exception(err)
+            failed.set_exception(jt.misfit(args, kwargs, err) if type(err) is TypeError else err)
             return failed
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 

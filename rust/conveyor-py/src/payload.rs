@@ -3,9 +3,11 @@
 //! One encoder for every enqueue path, so a job's bytes do not depend on how
 //! it was sent: compact JSON, UTF-8 (no `\u` escapes for non-ASCII), floats
 //! always with a fraction or exponent so they read back as floats, and only
-//! what JSON can say exactly. Anything else is an `InvalidJobError` naming
-//! the culprit, never a silent conversion: no NaN, no non-string dict keys,
-//! no arbitrary objects, no cycles.
+//! what JSON can say exactly. Dataclasses, pydantic models, datetimes, UUIDs,
+//! decimals and enums go as the JSON `conveyor.arguments` gives them
+//! (read back into the handler's annotated types). Anything else is an
+//! `InvalidJobError` naming the culprit, never a silent conversion: no NaN,
+//! no non-string dict keys, no arbitrary objects, no cycles.
 
 use std::fmt::Write as _;
 
@@ -13,6 +15,7 @@ use std::fmt::Write as _;
 use conveyor_core::payload::{write_call, MAX_DEPTH, NO_KWARGS};
 use conveyor_core::Error;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 fn invalid(reason: String) -> Error {
@@ -128,9 +131,31 @@ fn value(obj: &Bound<'_, PyAny>, depth: usize, out: &mut Vec<u8>) -> Result<(), 
         }
         out.push(b'}');
     } else {
-        return Err(invalid(format!("{} is not a JSON type", type_name(obj))));
+        // Dataclasses, datetimes, UUIDs, decimals...: Python says what JSON
+        // they stand for (`conveyor.arguments.to_wire`), one level at a time.
+        let wire = to_wire(obj)?;
+        if wire.is(obj) {
+            return Err(invalid(format!("{} is not a JSON type", type_name(obj))));
+        }
+        value(&wire, depth + 1, out)?;
     }
     Ok(())
+}
+
+static TO_WIRE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `conveyor.arguments.to_wire(obj)`: a JSON-able stand-in, or `obj` itself.
+fn to_wire<'py>(obj: &Bound<'py, PyAny>) -> Result<Bound<'py, PyAny>, Error> {
+    let py = obj.py();
+    let call = || -> PyResult<Bound<'py, PyAny>> {
+        let f = TO_WIRE.get_or_try_init(py, || {
+            py.import("conveyor.arguments")?
+                .getattr("to_wire")
+                .map(Bound::unbind)
+        })?;
+        f.bind(py).call1((obj,))
+    };
+    call().map_err(|e| invalid(format!("{}: {e}", type_name(obj))))
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
