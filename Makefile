@@ -16,8 +16,11 @@ help: ## List the targets
 deps: ## Install missing system packages (Java 17, Maven, redis-server, C build tools)
 	@scripts/install-deps.sh
 
+# The Python the virtualenv is made with (CI picks the newest supported).
+PYTHON ?= python3
+
 $(BIN)/.installed: requirements-dev.txt requirements-bench.txt
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	@touch $@
 
@@ -66,6 +69,16 @@ fmt: venv ## Format Rust and Python in place
 test: build ## cargo test, then the Python suite against real Kafka and Redis
 	cargo test --release --workspace
 	$(BIN)/python -m pytest
+
+# CI runs `make test` on the newest supported Python and this on the oldest:
+# every test but those marked `faults` (server faults and the servers' setup:
+# brokers killed, TLS, clusters, the wheel, which tests every Python itself).
+OLDEST_VENV ?= .venv-oldest
+
+.PHONY: test-oldest
+test-oldest: ## The suite but its `faults` tests, in .venv-oldest made with PYTHON=...
+	$(MAKE) VENV=$(OLDEST_VENV) build
+	$(OLDEST_VENV)/bin/python -m pytest -m "not faults"
 
 .PHONY: demo
 demo: build ## The main job: Kafka, Redis, gate, relay, workers, a workload and its report

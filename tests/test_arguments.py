@@ -119,7 +119,8 @@ def test_the_wire_form_is_plain_json_any_language_can_write() -> None:
         .encode()
     )
     Reader.of("t", handle)(args, kwargs)  # type: ignore[misc]
-    assert args[0].placed == ORDER.placed and args[0].total == Decimal("12.5")
+    assert args[0].placed == ORDER.placed
+    assert args[0].total == Decimal("12.5")
 
 
 def test_objects_that_are_not_arguments_are_still_refused() -> None:
@@ -181,7 +182,8 @@ def test_through_kafka_the_gate_and_a_worker(
 
     @app.job("a.ship")
     def ship(order: Order, customer: Customer, *, day: dt.date) -> None:
-        assert isinstance(order.ship_to, Address) and isinstance(order.id, uuid.UUID)
+        assert isinstance(order.ship_to, Address)
+        assert isinstance(order.id, uuid.UUID)
         got.append((order, customer, day))
 
     app.ensure_topics()

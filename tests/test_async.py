@@ -31,7 +31,8 @@ def test_async_handlers_run_concurrently_up_to_their_own_limit(
         peak = max(peak, active)
         await asyncio.sleep(0.3)
         info = conveyor.current_job()
-        assert info is not None and info.job_type == "a.wait"
+        assert info is not None
+        assert info.job_type == "a.wait"
         active -= 1
         ended.append(i)
 

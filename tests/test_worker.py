@@ -422,10 +422,10 @@ def test_periodic_jobs_follow_redis_clock_not_the_workers(
 
 
 def test_cron_expressions_match_like_cron() -> None:
-    from datetime import UTC, datetime
+    from datetime import datetime, timezone
 
     def minute(text: str) -> int:
-        return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()) // 60
+        return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()) // 60
 
     every_quarter = Cron.parse("*/15 9-17 * * 1-5")
     assert every_quarter.matches(minute("2026-11-27T09:45"))  # a Friday

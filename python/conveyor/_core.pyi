@@ -204,6 +204,7 @@ class KafkaProducer:
         run_at_us: int | None = None,
         trace_context: str | None = None,
         partition: int | None = None,
+        job_id: str | None = None,
     ) -> DeliveryHandle: ...
     def send_calls(
         self,

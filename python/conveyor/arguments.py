@@ -7,10 +7,11 @@ ISO 8601 string for times, the canonical string of a UUID, the exact digits
 of a decimal (a string, never a float), an enum's value, a dataclass's fields
 as an object, `model_dump(mode="json")` of a pydantic model. Sets stay
 refused: their order is not theirs to give, so the bytes would differ run to
-run (send a sorted list; a `set[T]` parameter reads one back). On the way in (`Reader`), the handler's annotations say what to build
-from that JSON; a value that cannot be read as its annotated type is a
-`InvalidJobError`: the job is dead at once, with the reason (no attempt can
-succeed), as is a job whose arguments do not fit the handler's signature.
+run (send a sorted list; a `set[T]` parameter reads one back). On the way in
+(`Reader`), the handler's annotations say what to build from that JSON; a
+value that cannot be read as its annotated type is an `InvalidJobError`: the
+job is dead at once, with the reason (no attempt can succeed), as is a job
+whose arguments do not fit the handler's signature.
 
 Parameters annotated with plain JSON types (or not at all) are passed as
 decoded, at no cost: a handler with nothing to convert has no reader.

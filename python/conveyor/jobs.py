@@ -118,12 +118,16 @@ class JobType(Generic[P, R]):
         delay: float | timedelta | None = None,
         run_at: datetime | float | None = None,
         trace_context: str | None = None,
+        job_id: str | None = None,
     ) -> JobHandle:
         """Send one job with options: a dedup key, a delay or a run-at time
-        (a datetime, or seconds since the epoch), a W3C trace context."""
+        (a datetime, or seconds since the epoch), a W3C trace context, the
+        id to give it (from `conveyor.new_job_id()`: for a caller that names
+        the job before it is sent, such as an enqueue on a transaction's
+        commit)."""
         kwargs = kwargs or {}
         self.check_args(args, kwargs)
-        options = SendOptions.of([dedup_key], delay, run_at, trace_context, 1)
+        options = SendOptions.of([dedup_key], delay, run_at, trace_context, 1, job_id=job_id)
         return JobHandle(
             self.app.send_one(self.name, self.options.queue, args, kwargs, options), self
         )

@@ -146,7 +146,7 @@ class CaptureTransport:
 
     def _keep(self, type_name: str, calls: list[Args], options: SendOptions) -> InlineHandle:
         payloads = [encode_call(args, kwargs, self._limit) for args, kwargs in calls]
-        ids = [_core.new_job_id() for _ in payloads]
+        ids = [options.job_id or _core.new_job_id() for _ in payloads]
         keys = options.keys(len(payloads))
         captured = self._captured
         # A dedup key is held per job type, as in Redis (`keys::unique_field`).

@@ -43,6 +43,8 @@ class SendOptions:
     dedup_keys: list[str | None] | None = None
     run_at_us: int | None = None
     trace_context: str | None = None
+    #: The id a single job is sent with (made by `conveyor.new_job_id()`).
+    job_id: str | None = None
 
     @staticmethod
     def of(
@@ -51,15 +53,19 @@ class SendOptions:
         run_at: datetime | float | None,
         trace_context: str | None,
         jobs: int,
+        *,
+        job_id: str | None = None,
     ) -> SendOptions:
         """Checks and converts the options of an enqueue of `jobs` jobs."""
         if dedup_keys is not None and len(dedup_keys) != jobs:
             raise InvalidJobError(f"{len(dedup_keys)} dedup keys for {jobs} jobs")
+        if job_id is not None and jobs != 1:
+            raise InvalidJobError("a job id is given to one job at a time")
         at = None if delay is None and run_at is None else run_at_us(delay, run_at)
         if trace_context is not None:
             _core.check_trace_context(trace_context)
         keys = None if dedup_keys is None else list(dedup_keys)
-        return SendOptions(keys, at, trace_context)
+        return SendOptions(keys, at, trace_context, job_id)
 
     def keys(self, jobs: int) -> list[str | None]:
         """A dedup key (or None) per job."""
@@ -163,6 +169,7 @@ class KafkaTransport:
             dedup_key=options.dedup_keys[0] if options.dedup_keys else None,
             run_at_us=options.run_at_us,
             trace_context=options.trace_context,
+            job_id=options.job_id,
         )
 
     def send_many(
@@ -216,6 +223,7 @@ class RoutedTransport:
                 dedup_key=key,
                 run_at_us=options.run_at_us,
                 trace_context=options.trace_context,
+                id=options.job_id,
             )
             for (args, kwargs), key in zip(calls, options.keys(len(calls)), strict=True)
         ]

@@ -3,7 +3,7 @@
 use conveyor_core::config::duration;
 use conveyor_core::kafka::producer::{JobProducer, Pending, ProducerOptions};
 use conveyor_core::kafka::{self as core_kafka, KafkaConfig};
-use conveyor_core::{Envelope, Error};
+use conveyor_core::{Envelope, Error, JobId};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict};
@@ -219,8 +219,10 @@ impl KafkaProducer {
     }
 
     /// One job from handler arguments: encodes `{"args", "kwargs"}` as JSON
-    /// here (one encoder for every path), then sends like `send`.
-    #[pyo3(signature = (topic, job_type, args, kwargs=None, *, max_payload_bytes, dedup_key=None, run_at_us=None, trace_context=None, partition=None))]
+    /// here (one encoder for every path), then sends like `send`. `job_id`:
+    /// the id to give it, for a caller that had to name the job before
+    /// sending it (an enqueue deferred to a transaction's commit).
+    #[pyo3(signature = (topic, job_type, args, kwargs=None, *, max_payload_bytes, dedup_key=None, run_at_us=None, trace_context=None, partition=None, job_id=None))]
     #[allow(clippy::too_many_arguments)]
     fn send_call(
         &self,
@@ -234,12 +236,17 @@ impl KafkaProducer {
         run_at_us: Option<u64>,
         trace_context: Option<String>,
         partition: Option<i32>,
+        job_id: Option<&str>,
     ) -> PyResult<DeliveryHandle> {
         let mut payload = Vec::with_capacity(128);
         payload::encode_call(args, kwargs, max_payload_bytes, &mut payload).py()?;
+        let id = job_id.map(JobId::parse).transpose().py()?;
         py.detach(|| {
-            let envelope =
+            let mut envelope =
                 Envelope::new_job(job_type, payload, dedup_key, run_at_us, trace_context);
+            if let Some(id) = id {
+                envelope.id = id;
+            }
             envelope.validate()?;
             self.inner
                 .send(topic, std::slice::from_ref(&envelope), partition)
