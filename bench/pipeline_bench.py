@@ -98,7 +98,9 @@ class Env:
             "CONVEYOR_NAMESPACE": self.run,
             "BENCH_REDIS_URL": self.redis_url,
             "BENCH_RUN": self.run,
-            "PYTHONPATH": str(HERE),
+            # bench/ first; a PYTHONPATH given (another checkout's
+            # python/, to compare two trees) after it.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
             **self.extra,
         }
 

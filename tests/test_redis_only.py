@@ -184,3 +184,19 @@ def test_dev_up_redis_only_starts_no_kafka(tmp_path: Path) -> None:
     finally:
         conveyor_cli("dev", "down")
     assert not _listening(DEV_REDIS_PORT)
+
+
+def test_a_job_can_be_named_before_it_is_sent(redis_only: conveyor.Conveyor) -> None:
+    """`enqueue_with(job_id=...)`: what an enqueue on a transaction's commit
+    needs (conveyor.contrib.django), on the direct path here."""
+
+    @redis_only.job("r.named")
+    def named(i: int) -> None: ...
+
+    job_id = conveyor.new_job_id()
+    assert named.enqueue_with((1,), job_id=job_id).id == job_id
+    found = redis_only.lookup(job_id)
+    assert found is not None
+    assert (found.state, found.job_type) == ("queued", "r.named")
+    with pytest.raises(conveyor.InvalidJobError):
+        named.enqueue_with((1,), job_id="not an id")
