@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.devservers import DevServers
 from tests.helpers.doc_runner import TITLE
 
 pytestmark = [pytest.mark.servers, pytest.mark.faults]
@@ -54,15 +55,19 @@ def test_the_quickstart_word_for_word(tmp_path: Path) -> None:
         # Only a cache: the first build of a checkout compiles librdkafka.
         "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
     }
-    ran = subprocess.run(
-        ["bash", "-c", steps],
-        cwd=clone,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    try:
+        ran = subprocess.run(
+            ["bash", "-c", steps],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    finally:
+        # Whatever step failed, the quickstart's servers do not outlive it.
+        DevServers.at(tmp_path / "dev", kafka_port=KAFKA_PORT, redis_port=REDIS_PORT).down()
     out = ran.stdout + ran.stderr
     assert ran.returncode == 0, out[-5000:]
     assert "\nhello, world\n" in ran.stdout, out[-5000:]
