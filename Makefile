@@ -85,14 +85,14 @@ test: build ## cargo test, then the Python suite against real Kafka and Redis
 	$(BIN)/python -m pytest
 
 # CI runs `make test` on the newest supported Python and this on the oldest:
-# every test but those marked `faults` (server faults and the servers' setup:
-# brokers killed, TLS, clusters, the wheel, which tests every Python itself).
+# every test but those marked `once` (the servers, their faults and the Rust
+# components, whose Python is incidental: tests/conftest.py ONCE).
 OLDEST_VENV ?= .venv-oldest
 
 .PHONY: test-oldest
-test-oldest: ## The suite but its `faults` tests, in .venv-oldest made with PYTHON=...
+test-oldest: ## The suite but its `once` tests, in .venv-oldest made with PYTHON=...
 	$(MAKE) VENV=$(OLDEST_VENV) build
-	$(OLDEST_VENV)/bin/python -m pytest -m "not faults"
+	$(OLDEST_VENV)/bin/python -m pytest -m "not once"
 
 .PHONY: demo
 demo: build ## The main job: Kafka, Redis, gate, relay, workers, a workload and its report

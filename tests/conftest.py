@@ -25,6 +25,43 @@ TEST_HOME = Path(os.environ.get("CONVEYOR_TEST_HOME", ROOT / ".dev" / "test"))
 TEST_KAFKA_PORT = int(os.environ.get("CONVEYOR_TEST_KAFKA_PORT", "29092"))
 TEST_REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "26379"))
 
+#: Modules whose subject is the servers, their faults or the Rust components
+#: (brokers killed, clusters, TLS, the relay, the gate, the wheel and the
+#: quickstart's build, the browser): their Python is incidental, so CI runs
+#: them on the newest supported Python only (`make test-oldest` leaves out
+#: what is marked `once`). Every other test runs on the oldest too.
+ONCE = frozenset(
+    {
+        "test_acl",
+        "test_canaries",
+        "test_chaos",
+        "test_cluster",
+        "test_dashboard_browser",
+        "test_failure_memory",
+        "test_gate",
+        "test_gate_access",
+        "test_gate_limits",
+        "test_gate_lookups",
+        "test_gate_refusals",
+        "test_kafka_security",
+        "test_quickstart",
+        "test_recovery",
+        "test_redis_cluster",
+        "test_redis_tls",
+        "test_relay",
+        "test_relay_follow",
+        "test_wheel",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the tests of the `ONCE` modules."""
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in ONCE:
+            item.add_marker(pytest.mark.once)
+
+
 settings.register_profile("fast", max_examples=100, deadline=None)
 settings.register_profile("slow", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))

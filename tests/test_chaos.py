@@ -9,7 +9,7 @@ import pytest
 
 import chaos
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 
 @pytest.mark.timeout(600)

@@ -14,7 +14,7 @@ from conveyor.devservers import DevServers
 from conveyor.errors import DeliveryError
 from tests.helpers.kafka_reader import read_all
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 
 def test_three_brokers_keep_every_acknowledged_job_when_one_stops(tmp_path: Path) -> None:

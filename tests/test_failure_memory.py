@@ -20,7 +20,7 @@ from tests.helpers.full_redis import fill
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import admit
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 Q = "default"
 

@@ -236,7 +236,6 @@ def test_generated_bad_requests_get_4xx_and_the_gate_keeps_serving(
     assert post(gate.address, "/v1/jobs", b'{"type": "notify.push", "args": [1]}')[0] == 200
 
 
-@pytest.mark.faults
 def test_no_2xx_without_a_durable_write_while_the_broker_stops(tmp_path: Path) -> None:
     # A broker of this test's own, so stopping it disturbs nobody else.
     own = DevServers.at(tmp_path, kafka_port=29192, redis_port=26479)

@@ -29,7 +29,7 @@ from tests.helpers.waiting import wait_until
 from tests.test_gate import post
 from tests.test_gate_access import Token, https_post
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 PORT = 29350
 USER, PASSWORD = "alice", "alice-secret-1"

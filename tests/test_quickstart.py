@@ -15,7 +15,7 @@ import pytest
 from conveyor.devservers import DevServers
 from tests.helpers.doc_runner import TITLE
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parents[1]
 #: `conveyor dev up` of the quickstart, apart from the suite's servers.

@@ -17,7 +17,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from tests.helpers.relay import start_relay, wait_until
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 REDIS_PORT = 26691
 

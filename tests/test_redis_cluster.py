@@ -19,7 +19,7 @@ from conveyor.relays import start_relays
 from tests.helpers.cli import conveyor as conveyor_cli
 from tests.helpers.relay import wait_until
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 QUEUES = ["default", "billing", "emails"]
 

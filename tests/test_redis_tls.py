@@ -18,7 +18,7 @@ from conveyor.errors import ConfigError, ConveyorError
 from tests.helpers.certs import make_certs
 from tests.helpers.waiting import wait_until
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 PORT = 26731
 #: Cluster bus ports are these + 1000: all below the ephemeral range.

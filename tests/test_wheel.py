@@ -21,7 +21,7 @@ from conveyor.devservers import DevServers
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 
-pytestmark = [pytest.mark.servers, pytest.mark.faults]
+pytestmark = pytest.mark.servers
 
 
 def interpreter(version: str) -> str:
