@@ -5,6 +5,8 @@ servers (`tests/helpers/doc_runner.py` says how)."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +64,43 @@ def test_every_example_runs(page: str, servers: DevServers, namespace: str, tmp_
         check=False,
     )
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-4000:]
+
+
+def command_lines() -> list[tuple[str, str]]:
+    """`(page, command)` for each `conveyor ...` line of a shell example."""
+    block = re.compile(r"^```sh\n(?P<code>.*?)^```", re.MULTILINE | re.DOTALL)
+    out = []
+    for page in [*ROOT.glob("docs/*.md"), ROOT / "README.md"]:
+        for m in block.finditer(page.read_text()):
+            for line in m.group("code").replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                while words and "=" in words[0]:  # VAR=value before the command
+                    words.pop(0)
+                for end in ("|", "&&", ";", "&"):  # the first command of a pipeline
+                    if end in words:
+                        words = words[: words.index(end)]
+                if words and Path(words[0]).name == "conveyor":
+                    out.append((page.relative_to(ROOT).as_posix(), shlex.join(words[1:])))
+    return out
+
+
+def test_every_command_line_in_the_docs_is_one_the_cli_takes() -> None:
+    """Shell examples are checked, not run (they start servers and long-lived
+    processes; the quickstart's are run, by tests/test_quickstart.py): each
+    `conveyor ...` line must parse with the real command-line parser, so a
+    renamed command or flag cannot stay in the docs."""
+    from conveyor.cli import build_parser
+
+    lines = command_lines()
+    assert len(lines) > 40
+    bad = []
+    for page, line in lines:
+        # An elided example (`conveyor gate ...`) is checked up to the dots.
+        words = [w for w in shlex.split(line) if w != "..."]
+        if words == ["gate"]:
+            continue  # `conveyor gate` alone needs its options: the dots stand for them
+        try:
+            build_parser().parse_args(words)
+        except SystemExit:
+            bad.append(f"{page}: conveyor {line}")
+    assert not bad, "\n".join(bad)
