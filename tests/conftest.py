@@ -58,7 +58,7 @@ ONCE = frozenset(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Marks the tests of the `ONCE` modules."""
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in ONCE:
+        if item.path.stem in ONCE:
             item.add_marker(pytest.mark.once)
 
 
