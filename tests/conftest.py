@@ -50,6 +50,7 @@ ONCE = frozenset(
         "test_redis_tls",
         "test_relay",
         "test_relay_follow",
+        "test_site",
         "test_wheel",
     }
 )
