@@ -102,6 +102,20 @@ def namespace(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def conveyor_env(servers: DevServers, namespace: str) -> dict[str, str]:
+    """The environment of a process (a worker, a web service, a page's
+    examples) pointed at the test servers and this test's namespace, with
+    the checkout importable."""
+    return {
+        **os.environ,
+        "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
+        "CONVEYOR_REDIS_URL": servers.redis.url,
+        "CONVEYOR_NAMESPACE": namespace,
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+@pytest.fixture
 def app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
     """An app on the test servers with this test's namespace and its queues' topics
     created (test modules that need something else define their own `app`)."""

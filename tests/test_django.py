@@ -38,21 +38,15 @@ def site(servers: DevServers, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "CONVEYOR_REDIS_URL": servers.redis.url,
         "CONVEYOR_NAMESPACE": f"django{os.getpid()}",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import django
-    from django.core.management import call_command
+    with pytest.MonkeyPatch.context() as patch:
+        for k, v in env.items():
+            patch.setenv(k, v)
+        import django
+        from django.core.management import call_command
 
-    django.setup()
-    call_command("migrate", verbosity=0, run_syncdb=True)
-    try:
+        django.setup()
+        call_command("migrate", verbosity=0, run_syncdb=True)
         yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_tasks_run_on_conveyor_after_the_commit(site: dict[str, str]) -> None:

@@ -5,7 +5,6 @@ tests/test_site.py."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.devservers import DevServers
 from tests.helpers.doc_runner import examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,18 +29,11 @@ def test_the_pages_have_examples() -> None:
 
 @pytest.mark.servers
 @pytest.mark.parametrize("page", PAGES)
-def test_every_example_runs(page: str, servers: DevServers, namespace: str, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
-        "CONVEYOR_REDIS_URL": servers.redis.url,
-        "CONVEYOR_NAMESPACE": namespace,
-        "PYTHONPATH": str(ROOT),
-    }
+def test_every_example_runs(page: str, conveyor_env: dict[str, str], tmp_path: Path) -> None:
     ran = subprocess.run(
         [sys.executable, "-m", "tests.helpers.doc_runner", str(ROOT / page)],
         cwd=tmp_path,
-        env=env,
+        env=conveyor_env,
         capture_output=True,
         text=True,
         timeout=240,

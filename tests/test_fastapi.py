@@ -7,7 +7,6 @@ service shuts down cleanly."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,7 +19,6 @@ from typing import Any
 import pytest
 
 import conveyor
-from conveyor.devservers import DevServers
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
 
@@ -50,22 +48,10 @@ def _call(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, 
         return err.code, json.loads(err.read() or b"{}")
 
 
-def test_the_example_service_enqueues_and_reads_back(servers: DevServers, namespace: str) -> None:
-    env = {
-        **os.environ,
-        "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
-        "CONVEYOR_REDIS_URL": servers.redis.url,
-        "CONVEYOR_NAMESPACE": namespace,
-        "PYTHONPATH": str(ROOT),
-    }
-    app = conveyor.Conveyor(
-        conveyor.Settings(
-            kafka_bootstrap=servers.kafka.bootstrap,
-            redis_url=servers.redis.url,
-            namespace=namespace,
-        )
-    )
-    app.ensure_topics()
+def test_the_example_service_enqueues_and_reads_back(
+    app: conveyor.Conveyor, conveyor_env: dict[str, str]
+) -> None:
+    env = conveyor_env
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     web = subprocess.Popen(
@@ -115,7 +101,6 @@ def test_the_example_service_enqueues_and_reads_back(servers: DevServers, namesp
         web.send_signal(signal.SIGTERM)
         _, err = web.communicate(timeout=60)
         worker.wait(60)
-        app.close()
     # uvicorn ends by raising the signal again once it shut down cleanly.
     assert web.returncode in (0, -signal.SIGTERM), err.decode()[-2000:]
     assert b"Application shutdown complete" in err, err.decode()[-2000:]

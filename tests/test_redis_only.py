@@ -129,21 +129,12 @@ def test_a_type_moves_to_kafka_by_its_route(
     assert sorted(seen) == sorted(expected)
 
 
-def test_the_setting_comes_from_the_environment() -> None:
-    env = {"CONVEYOR_REDIS_ONLY": "on"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        assert conveyor.Settings.from_env().redis_only
-        os.environ["CONVEYOR_REDIS_ONLY"] = "maybe"
-        with pytest.raises(conveyor.ConfigError, match="CONVEYOR_REDIS_ONLY"):
-            conveyor.Settings.from_env()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_REDIS_ONLY", "on")
+    assert conveyor.Settings.from_env().redis_only
+    monkeypatch.setenv("CONVEYOR_REDIS_ONLY", "maybe")
+    with pytest.raises(conveyor.ConfigError, match="CONVEYOR_REDIS_ONLY"):
+        conveyor.Settings.from_env()
 
 
 def _listening(port: int) -> bool:
