@@ -169,6 +169,8 @@ def test_dev_up_redis_only_starts_no_kafka(tmp_path: Path) -> None:
         assert "CONVEYOR_REDIS_ONLY=on" in up.stdout
         assert _listening(DEV_REDIS_PORT)
         assert not _listening(DEV_KAFKA_PORT), "no Kafka was started"
+        assert conveyor_cli("dev", "status", "--redis-only").returncode == 0
+        assert conveyor_cli("dev", "status").returncode == 1, "Kafka is not running"
         doctor = conveyor_cli("doctor")
         assert "no Kafka (Redis only)" in doctor.stdout
         assert "kafka" not in doctor.stdout.replace("no Kafka", "").lower()

@@ -12,7 +12,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     dev.add_argument(
         "--redis-only",
         action="store_true",
-        help="up: start Redis alone, for CONVEYOR_REDIS_ONLY=on (no Kafka, no Java)",
+        help="up: start Redis alone, for CONVEYOR_REDIS_ONLY=on (no Kafka, no Java); "
+        "status: look at Redis alone",
     )
     dev.set_defaults(run=_dev)
 
@@ -47,8 +48,9 @@ def _dev(args: argparse.Namespace) -> int:
         servers.down()
         print("stopped local Kafka and Redis")
     else:
-        _print_status(servers, {})
-        if servers.redis.pid() is None or any(pid is None for _, pid in servers.kafka.status()):
+        _print_status(servers, {}, kafka=not args.redis_only)
+        kafka_down = any(pid is None for _, pid in servers.kafka.status())
+        if servers.redis.pid() is None or (kafka_down and not args.redis_only):
             return 1
     return 0
 
