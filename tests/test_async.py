@@ -6,6 +6,8 @@ their batches settle once they end, a stop waits for them, and
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -105,3 +107,36 @@ def test_enqueue_async_returns_once_acknowledged(app: conveyor.Conveyor) -> None
 
     with pytest.raises(conveyor.InvalidJobError):
         asyncio.run(sent.enqueue_async("too", "many"))  # type: ignore[call-arg, arg-type]
+
+
+def test_sync_jobs_do_not_wait_on_the_async_limit(
+    app: conveyor.Conveyor, running: list[conveyor.Worker]
+) -> None:
+    """An app with both kinds: while its one async slot is held, its sync
+    jobs still run on every thread."""
+    lock = threading.Lock()
+    active = peak = 0
+    done: list[int] = []
+
+    @app.job("a.hold", max_attempts=1)
+    async def hold() -> None:
+        await asyncio.sleep(3)
+
+    @app.job("a.work")
+    def work(i: int) -> None:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.02)
+        with lock:
+            active -= 1
+            done.append(i)
+
+    admit(app, "a.hold", [[] for _ in range(2)])
+    admit(app, "a.work", [[i] for i in range(100)])
+    worker = conveyor.Worker(app, threads=4, async_limit=1, max_batch=5)
+    running.append(worker)
+    worker.start()
+    wait_until(lambda: len(done) == 100, timeout_s=20, what="the sync jobs")
+    assert peak >= 3, f"at most {peak} sync jobs ran at once on 4 threads"

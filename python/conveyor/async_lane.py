@@ -2,13 +2,13 @@
 up to a per-process limit of their own, instead of each holding a worker
 thread while it awaits.
 
-A worker thread runs a batch's sync jobs itself and only starts its async
-ones on the loop (`Runner.start_async`), then fetches again. Each fetch first
-reserves room for the jobs it may bring (`reserve`), so that no more than
-`limit` async jobs are ever in flight: at the limit, threads wait for one to
-end. A batch with async jobs is settled by the lane's settle thread once the
-last of them ends, in one call like any other batch; its lease is renewed
-meanwhile like any other (`LeasedBatch.begin` for each job started).
+A worker thread runs a batch's jobs in order: a sync job itself, an async job
+only started on the loop (`Runner.start_async`), after taking one of the
+lane's `limit` slots (`acquire`; with none free, the thread waits for one).
+Then it fetches again. Sync jobs never wait on the limit. A batch with async
+jobs is settled by the lane's settle thread once the last of them ends, in
+one call like any other batch; its lease is renewed meanwhile like any other
+(`LeasedBatch.begin` for each job started).
 """
 
 from __future__ import annotations
@@ -55,44 +55,35 @@ class AsyncLane:
         self.limit = limit
         self._settle = settle
         self._room = threading.Condition()
-        #: Async jobs running plus room reserved by fetches under way.
-        self._taken = 0
-        #: Async jobs running (for `stats` and for the grace at stop).
+        #: Async jobs holding a slot: started, or about to be.
         self.running = 0
         self._ended: queue.Queue[_Ended | None] = queue.Queue()
         self._thread = threading.Thread(target=self._settle_loop, name="conveyor-async-settle")
         self._thread.daemon = True
         self._thread.start()
 
-    def reserve(self, want: int, stopping: threading.Event) -> int:
-        """Room for up to `want` jobs (at least 1), waiting while the lane is
-        full; 0 once `stopping` is set."""
+    def acquire(self, stopping: threading.Event) -> bool:
+        """Takes a slot for an async job, waiting while all are taken;
+        False (nothing taken) once `stopping` is set."""
         with self._room:
-            while self._taken >= self.limit:
+            while self.running >= self.limit:
                 if stopping.is_set():
-                    return 0
+                    return False
                 self._room.wait(0.25)
-            n = min(want, self.limit - self._taken)
-            self._taken += n
-            return n
+            self.running += 1
+            return True
 
-    def release(self, n: int) -> None:
-        """Gives back room reserved but not used by an async job."""
-        if n:
-            with self._room:
-                self._taken -= n
-                self._room.notify_all()
-
-    def hand_over(
-        self, batch: _core.LeasedBatch, ran: BatchRun, started: list[Started], reserved: int
-    ) -> None:
-        """Takes a batch whose `started` async jobs run on the loop: settled
-        once they all end. Room reserved beyond them is given back now."""
+    def release(self) -> None:
+        """Gives back a slot (its job ended, or did not start)."""
         with self._room:
-            self.running += len(started)
-        self.release(reserved - len(started))
-        waiting = _Waiting(batch, ran, len(started))
-        for item in started:
+            self.running -= 1
+            self._room.notify_all()
+
+    def hand_over(self, batch: _core.LeasedBatch, ran: BatchRun) -> None:
+        """Takes a batch whose `ran.started` async jobs run on the loop: it
+        is settled once they all end."""
+        waiting = _Waiting(batch, ran, len(ran.started))
+        for item in ran.started:
             item[3].add_done_callback(functools.partial(self._on_done, waiting, item))
 
     def _on_done(self, waiting: _Waiting, item: Started, _done: object) -> None:
@@ -127,7 +118,4 @@ class AsyncLane:
                     self._settle(waiting.batch, waiting.ran)
                 except BaseException:
                     log.exception("fault while settling an async batch")
-            with self._room:
-                self.running -= 1
-                self._taken -= 1
-                self._room.notify_all()
+            self.release()

@@ -17,10 +17,10 @@ import json
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor import _core
 from conveyor.errors import InvalidJobError, JobCancelled, JobTimeout, PermanentError
@@ -48,6 +48,18 @@ Kept = tuple[bytes, float]
 Started = tuple[int, "JobType[Any, Any]", JobInfo, "Future[Any]"]
 
 
+class Slots(Protocol):
+    """Room for async jobs in flight (the worker's `AsyncLane`)."""
+
+    def acquire(self, stopping: threading.Event) -> bool:
+        """Takes a slot, waiting while none is free; False once `stopping` is set."""
+        ...
+
+    def release(self) -> None:
+        """Gives back a slot taken for a job that did not start."""
+        ...
+
+
 @dataclass
 class BatchRun:
     """How the jobs of a batch that ran ended, by index, for settle."""
@@ -60,6 +72,8 @@ class BatchRun:
     results: dict[int, Kept] = field(default_factory=dict)
     #: The ones that stopped for a cancel (`JobCancelled`).
     cancelled: list[int] = field(default_factory=list)
+    #: Async jobs started on the loop and not awaited (`run_batch` with slots).
+    started: list[Started] = field(default_factory=list)
 
 
 #: How often a running async handler looks whether its job was cancelled.
@@ -136,15 +150,16 @@ class Runner:
         batch: _core.LeasedBatch,
         stopping: threading.Event,
         ran: BatchRun,
-        defer: Callable[[Started], None] | None = None,
+        slots: Slots | None = None,
     ) -> None:
         """Runs a batch's jobs in order until `stopping` is set, recording in
         `ran` how each one that ran ended, for settle. Filled as jobs end, so
         that what ran is known even if this is interrupted.
 
-        With `defer`, async jobs are only started on the loop and handed to
-        it (their `ends` entry is 0.0 until `finish_async` fills it): the
-        worker's async lane awaits them while this thread moves on."""
+        With `slots`, an async job takes a slot and is only started on the
+        loop (`ran.started`; its `ends` entry is 0.0 until `finish_async`
+        fills it): the worker's async lane awaits it while this thread moves
+        on. With no slot free, the thread waits for one."""
         handlers = self.handlers
         now = time.time
         ends, failures = ran.ends, ran.failures
@@ -154,6 +169,9 @@ class Runner:
             if stopping.is_set():
                 break
             jt = handlers.get(job_type)
+            lane = slots if jt is not None and jt.name in self.async_types else None
+            if lane is not None and not lane.acquire(stopping):
+                break  # stopping: this job and the rest go back unstarted
             info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
             batch.begin(i)
             if (
@@ -184,12 +202,13 @@ class Runner:
                             failures[i] = self.failure(jt.options, info, err)
                 ends.append(now())
                 continue
-            if defer is not None and jt is not None and jt.name in self.async_types:
-                started = self.start_async(jt, info, payload)
-                if started is not None:
-                    defer((i, jt, info, started))
-                    ends.append(0.0)
-                    continue
+            if (
+                lane is not None
+                and jt is not None
+                and self._lane_start(lane, i, jt, info, payload, ran=ran)
+            ):
+                ends.append(0.0)
+                continue
             kept: list[Any] = []
             error = self.attempt(jt, info, payload, kept)
             options = jt.options if jt is not None else UNKNOWN_TYPE
@@ -284,6 +303,25 @@ class Runner:
             failed.set_exception(jt.misfit(args, kwargs, err) if type(err) is TypeError else err)
             return failed
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def _lane_start(
+        self,
+        slots: Slots,
+        i: int,
+        jt: JobType[Any, Any],
+        info: JobInfo,
+        payload: bytes,
+        *,
+        ran: BatchRun,
+    ) -> bool:
+        """Starts an async job with the slot taken for it; False when it
+        cannot start (the slot given back; `attempt` then records why)."""
+        started = self.start_async(jt, info, payload)
+        if started is None:
+            slots.release()
+            return False
+        ran.started.append((i, jt, info, started))
+        return True
 
     def finish_async(
         self, ran: BatchRun, i: int, jt: JobType[Any, Any], info: JobInfo, done: Future[Any]

@@ -30,7 +30,7 @@ from conveyor.job_context import JobInfo, current_job
 from conveyor.jobs import JobType
 from conveyor.keeper import Keeper
 from conveyor.middleware import Middleware
-from conveyor.runner import UNKNOWN_TYPE, BatchRun, Failure, Runner, Started, error_record
+from conveyor.runner import UNKNOWN_TYPE, BatchRun, Failure, Runner, error_record
 
 log = logging.getLogger("conveyor.worker")
 
@@ -249,26 +249,14 @@ class Worker:
 
     def _work_loop(self) -> None:
         batch_size = 1
-        lane = self._lane
         while not self._stopping.is_set():
-            # With async handlers, a fetch brings no more jobs than the lane
-            # has room for: at its limit, threads wait for an async job to end.
-            room = batch_size if lane is None else lane.reserve(batch_size, self._stopping)
-            if room == 0:
-                break
             try:
-                batch = self._queues.fetch(room)
-            except BaseException as err:
-                if lane is not None:
-                    lane.release(room)
-                if not isinstance(err, ConveyorError):
-                    raise
+                batch = self._queues.fetch(batch_size)
+            except ConveyorError as err:
                 log.warning("fetch failed, retrying: %s", err)
                 self._stopping.wait(0.5)
                 continue
             if batch is None:
-                if lane is not None:
-                    lane.release(room)
                 try:
                     self._queues.wait_for_work(_IDLE_WAIT_S)
                 except ConveyorError as err:
@@ -276,24 +264,21 @@ class Worker:
                     self._stopping.wait(0.5)
                 continue
             began = time.monotonic()
-            ran = self._run_batch(batch, room)
+            ran = self._run_batch(batch)
             if ran:
                 per_job = (time.monotonic() - began) / ran
                 want = int(_BATCH_TARGET_S / per_job) if per_job > 0 else self.max_batch
                 batch_size = max(1, min(self.max_batch, want, batch_size * 2))
 
-    def _run_batch(self, batch: _core.LeasedBatch, reserved: int = 0) -> int:
+    def _run_batch(self, batch: _core.LeasedBatch) -> int:
         """Runs a batch's jobs in order and settles it, or hands it to the
         async lane if async jobs of it still run; returns how many ran (or
         started). Whatever happens, the batch is settled or its lease let go."""
         ran = BatchRun()
         ends = ran.ends
         lane = self._lane
-        started: list[Started] = []
         try:
-            self._runner.run_batch(
-                batch, self._stopping, ran, started.append if lane is not None else None
-            )
+            self._runner.run_batch(batch, self._stopping, ran, lane)
         except BaseException as err:
             # The job running when it happened counts as a failed attempt
             # (it may be what caused it); the rest go back unstarted.
@@ -302,14 +287,11 @@ class Worker:
             if len(ends) < len(batch):
                 ran.failures[len(ends)] = self._fault_failure(batch, len(ends), err)
                 ends.append(time.time())
-        if lane is None:
-            self._settle(batch, ran)
-        elif started:
+        if lane is not None and ran.started:
             # The lease is renewed for as long as the longest of them may run.
-            batch.begin(max(started, key=lambda s: self._max_age(s[1]))[0])
-            lane.hand_over(batch, ran, started, reserved)
+            batch.begin(max(ran.started, key=lambda s: self._max_age(s[1]))[0])
+            lane.hand_over(batch, ran)
         else:
-            lane.release(reserved)
             self._settle(batch, ran)
         return len(ends)
 
