@@ -193,3 +193,17 @@ def test_a_job_can_be_named_before_it_is_sent(redis_only: conveyor.Conveyor) -> 
     assert (found.state, found.job_type) == ("queued", "r.named")
     with pytest.raises(conveyor.InvalidJobError):
         named.enqueue_with((1,), job_id="not an id")
+
+
+def test_an_enqueue_redis_does_not_take_raises() -> None:
+    app = conveyor.Conveyor(
+        conveyor.Settings(
+            kafka_bootstrap=NO_KAFKA, redis_url="redis://127.0.0.1:9/0", redis_only=True
+        )
+    )
+
+    @app.job("r.lost")
+    def lost(i: int) -> None: ...
+
+    with pytest.raises(conveyor.ConveyorError):
+        lost.enqueue(1)

@@ -21,7 +21,7 @@ from conveyor.handles import app_result_reader
 from conveyor.jobs import JobOptions, JobType, P, R
 from conveyor.lookup import JobInfo, find
 from conveyor.payload import Call, encode_call
-from conveyor.routing import DIRECT, Route, RouteTable
+from conveyor.routing import DIRECT, Route, RouteTable, routes_reader
 from conveyor.schedules import Cron, Schedule
 from conveyor.settings import Settings
 from conveyor.tallies import SentTally
@@ -301,20 +301,8 @@ class Conveyor:
 
     def _watch_routes(self) -> None:
         """Start re-reading the routes set at run time (`conveyor route`)."""
-        url, namespace = self.settings.redis_url, self.settings.namespace
-        # The reader must not hold the app: the thread ends with the app.
-        stores: list[_core.RedisStore] = []
-
-        def read() -> list[tuple[str, str]]:
-            if not stores:
-                stores.append(_core.RedisStore(url))
-            try:
-                return stores[0].routes(namespace)
-            except ConveyorError:
-                stores.clear()
-                raise
-
-        self._routes.watch(read, float(self.settings.route_refresh_s or 1.0))
+        s = self.settings
+        self._routes.watch(routes_reader(s.redis_url, s.namespace), float(s.route_refresh_s or 1.0))
 
     def store(self, queue: str) -> _core.RedisStore:
         """The direct path's Redis connection for `queue`'s deployment."""

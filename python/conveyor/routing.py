@@ -165,6 +165,24 @@ class RouteTable:
         ).start()
 
 
+def routes_reader(url: str, namespace: str) -> Callable[[], list[tuple[str, str]]]:
+    """Reads the run-time routes from the Redis at `url`, connecting on
+    first use and again after a failure. It holds no app, so the watcher
+    thread using it ends with the app."""
+    stores: list[_core.RedisStore] = []
+
+    def read() -> list[tuple[str, str]]:
+        if not stores:
+            stores.append(_core.RedisStore(url))
+        try:
+            return stores[0].routes(namespace)
+        except ConveyorError:
+            stores.clear()
+            raise
+
+    return read
+
+
 def _watch(
     table: weakref.ref[RouteTable], read: Callable[[], list[tuple[str, str]]], every_s: float
 ) -> None:
