@@ -82,7 +82,9 @@ pub struct RelayConfig {
     pub routes: Vec<(String, String)>,
     /// Most records in one batch.
     pub batch_max: usize,
-    /// How long a batch may wait to fill after its first record.
+    /// How long a batch may wait to fill after its first record, and only
+    /// while the writer is busy with an earlier one (an idle writer takes
+    /// what has come at once).
     pub batch_wait: Duration,
     /// Redis memory guard: stop writing at this fraction of `maxmemory`...
     pub memory_high: f64,
@@ -195,6 +197,7 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         }
     }
     let (to_writer, batches) = sync_channel(1);
+    let unwritten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = writer::Writer {
         queues: queues.clone(),
         store: None,
@@ -203,6 +206,7 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         recovery: Arc::clone(&recovery),
         stop: Arc::clone(&stop),
         tally: config.tallies,
+        unwritten: Arc::clone(&unwritten),
     };
     let writer = spawn("conveyor-relay-writer", move || writer.run(&batches))?;
     let batch_max = config.batch_max.max(1);
@@ -232,6 +236,7 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         batch_max,
         batch_wait: config.batch_wait,
         to_writer: Some(to_writer),
+        unwritten,
         writer: Some(writer),
         recovery: Arc::clone(&recovery),
         committed_at: std::time::Instant::now(),

@@ -3,7 +3,7 @@
 //! writer; read partitions again that Redis lost; commit the watermarks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,10 +47,17 @@ pub(super) struct Reader {
     /// Batches to the writer thread (one slot: one being written while the
     /// next waits, never more).
     pub to_writer: Option<SyncSender<Vec<PartitionBatch>>>,
+    /// Batches handed to the writer and not yet written: while there are
+    /// none, a batch waits for nothing more (see `collect`).
+    pub unwritten: Arc<AtomicUsize>,
     pub writer: Option<JoinHandle<()>>,
     pub recovery: Arc<Recovery>,
     pub committed_at: Instant,
 }
+
+/// How often a reader waiting for more records looks whether the writer is
+/// free yet.
+const WRITER_CHECK: Duration = Duration::from_micros(500);
 
 /// How often the watermarks are committed to Kafka.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -184,7 +191,12 @@ impl Reader {
         }
     }
 
-    /// Waits up to 100 ms for a first record, then up to `batch_wait` more.
+    /// Waits up to 100 ms for a first record, takes whatever else librdkafka
+    /// holds already, and waits for more (up to `batch_wait`) only while the
+    /// writer is busy. Batching then follows load: an idle writer gets a lone
+    /// job at once (a fixed wait was most of a job's latency at low rates),
+    /// while under load the records that come during a write join the batch
+    /// that would have waited for the writer anyway.
     fn collect(&self) -> Vec<Record> {
         let mut messages = Vec::new();
         match self.consumer.poll(Duration::from_millis(100)) {
@@ -192,22 +204,25 @@ impl Reader {
             // Consumer errors are transient (a broker away); librdkafka retries.
             Some(Err(_)) | None => return messages,
         }
-        let deadline = Instant::now() + self.batch_wait;
+        let mut deadline = None;
         while messages.len() < self.batch_max {
             // What librdkafka holds already is taken without a timeout: a
             // poll with one reads the clock, and the clock reads per record
             // were a tenth of the relay's CPU. Only an empty queue waits.
-            let polled = match self.consumer.poll(Duration::ZERO) {
-                Some(Ok(message)) => Some(Ok(message)),
-                Some(Err(_)) | None => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    self.consumer.poll(left)
-                }
-            };
-            if let Some(Ok(message)) = polled {
+            if let Some(Ok(message)) = self.consumer.poll(Duration::ZERO) {
+                messages.push(self.record(&message));
+                continue;
+            }
+            if self.unwritten.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.batch_wait);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // In short slices, so that a writer becoming free ends the wait.
+            if let Some(Ok(message)) = self.consumer.poll(left.min(WRITER_CHECK)) {
                 messages.push(self.record(&message));
             }
         }
@@ -345,12 +360,22 @@ impl Reader {
         let began = Instant::now();
         let mut stalled = false;
         loop {
+            // Counted before the send: the writer may finish it before
+            // this thread runs again.
+            self.unwritten.fetch_add(1, Ordering::Release);
             match writer.try_send(batches) {
+                Ok(()) => break,
                 // Disconnected only when the writer is gone (stopping):
                 // nothing of this batch was acknowledged, so its records are
                 // read again later.
-                Ok(()) | Err(TrySendError::Disconnected(_)) => break,
-                Err(TrySendError::Full(back)) => batches = back,
+                Err(TrySendError::Disconnected(_)) => {
+                    self.unwritten.fetch_sub(1, Ordering::Release);
+                    break;
+                }
+                Err(TrySendError::Full(back)) => {
+                    self.unwritten.fetch_sub(1, Ordering::Release);
+                    batches = back;
+                }
             }
             if self.stop.load(Ordering::Relaxed) {
                 return;

@@ -5,7 +5,7 @@
 //! in the order they come, so each partition stays in offset order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,8 @@ pub(super) struct Writer {
     pub stop: Arc<AtomicBool>,
     /// Whether relayed jobs are counted in the tallies.
     pub tally: bool,
+    /// Batches handed over and not yet written (shared with the reader).
+    pub unwritten: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -36,6 +38,7 @@ impl Writer {
     pub fn run(mut self, batches: &Receiver<Vec<PartitionBatch>>) {
         for batch in batches {
             self.write(&batch);
+            self.unwritten.fetch_sub(1, Ordering::Release);
         }
     }
 
