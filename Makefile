@@ -84,9 +84,10 @@ test: build ## cargo test, then the Python suite against real Kafka and Redis
 	cargo test --release --workspace
 	$(BIN)/python -m pytest
 
-# CI runs `make test` on the newest supported Python and this on the oldest:
-# every test but those marked `once` (the servers, their faults and the Rust
-# components, whose Python is incidental: tests/conftest.py ONCE).
+# CI runs `make test` on the newest supported Python and, beside it on
+# servers of its own (.ci/run), what this runs on the oldest: every test but
+# those marked `once` (the servers, their faults and the Rust components,
+# whose Python is incidental: tests/conftest.py ONCE).
 OLDEST_VENV ?= .venv-oldest
 
 .PHONY: test-oldest

@@ -14,6 +14,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from conveyor.relays import merged_metrics, start_relays
 from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.ports import fixed_port
 from tests.helpers.relay import wait_until
 
 pytestmark = pytest.mark.servers
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.servers
 
 @pytest.fixture
 def second_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(port=26779, home=tmp_path / "redis-b")
+    server = RedisServer(port=fixed_port(26779), home=tmp_path / "redis-b")
     server.up()
     yield server
     server.down()

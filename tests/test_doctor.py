@@ -15,6 +15,7 @@ import conveyor
 from conveyor.devservers import DevServers
 from conveyor.devservers.redis import RedisServer
 from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.ports import fixed_port
 
 pytestmark = pytest.mark.servers
 
@@ -70,7 +71,7 @@ def test_a_setting_that_means_nothing_is_named(servers: DevServers, namespace: s
 def test_a_redis_that_may_evict_jobs_and_a_missing_topic_fail(
     servers: DevServers, namespace: str, tmp_path: Path
 ) -> None:
-    evicting = RedisServer(port=26686, home=tmp_path / "redis")
+    evicting = RedisServer(port=fixed_port(26686), home=tmp_path / "redis")
     evicting.up()
     try:
         redis.Redis.from_url(evicting.url).config_set("maxmemory-policy", "allkeys-lru")

@@ -17,6 +17,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from tests.helpers.cli import conveyor as run_cli
 from tests.helpers.full_redis import fill
+from tests.helpers.ports import fixed_port
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import admit
 
@@ -110,7 +111,7 @@ def test_an_error_record_is_capped_whatever_the_handler_raised(
 
 def test_a_failure_storm_on_a_full_redis_stays_near_its_limit(tmp_path: Path) -> None:
     limit = 16 * 1024 * 1024
-    full = RedisServer(port=26681, home=tmp_path / "redis", maxmemory=limit)
+    full = RedisServer(port=fixed_port(26681), home=tmp_path / "redis", maxmemory=limit)
     full.up()
     try:
         store = _core.RedisStore(full.url)

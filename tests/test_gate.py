@@ -21,6 +21,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers
 from tests.helpers.gate import start_gate
 from tests.helpers.kafka_reader import read_all
+from tests.helpers.ports import fixed_port
 
 pytestmark = pytest.mark.servers
 
@@ -238,7 +239,7 @@ def test_generated_bad_requests_get_4xx_and_the_gate_keeps_serving(
 
 def test_no_2xx_without_a_durable_write_while_the_broker_stops(tmp_path: Path) -> None:
     # A broker of this test's own, so stopping it disturbs nobody else.
-    own = DevServers.at(tmp_path, kafka_port=29192, redis_port=26479)
+    own = DevServers.at(tmp_path, kafka_port=fixed_port(29192), redis_port=fixed_port(26479))
     own.kafka.up()
     try:
         bootstrap = own.kafka.bootstrap

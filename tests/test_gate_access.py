@@ -23,6 +23,7 @@ import conveyor
 from conveyor import _core
 from conveyor.errors import ConfigError
 from tests.helpers.certs import make_certs
+from tests.helpers.ports import fixed_port
 from tests.helpers.waiting import wait_until
 from tests.test_gate import post
 
@@ -136,7 +137,7 @@ def test_tokens_are_replaced_without_a_restart_and_bad_ones_refused(gate: _core.
 def test_no_open_gate_on_the_network_unless_chosen(app: conveyor.Conveyor) -> None:
     """Refused before anything is bound: no traffic leaves loopback."""
     with pytest.raises(ConfigError, match="without tokens"):
-        _core.Gate("0.0.0.0:29481", app.settings.kafka_bootstrap)
+        _core.Gate(f"0.0.0.0:{fixed_port(29481)}", app.settings.kafka_bootstrap)
 
 
 def write_tokens(path: Path, *tokens: Token) -> None:
@@ -154,7 +155,7 @@ def test_the_gate_command_reloads_its_token_file_on_sighup_and_keeps_good_tokens
         CONVEYOR_KAFKA_BOOTSTRAP=app.settings.kafka_bootstrap,
         CONVEYOR_NAMESPACE=app.settings.namespace,
     )
-    address = "127.0.0.1:29482"
+    address = f"127.0.0.1:{fixed_port(29482)}"
     cmd = [sys.executable, "-m", "conveyor", "gate", "--bind", address, "--no-registry"]
     cmd += ["--route", "billing.charge=billing", "--tokens", str(tokens)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -237,6 +238,6 @@ def test_the_gate_serves_https_reloads_its_certificate_and_refuses_plain_http_of
         gate.stop()
     # Off loopback, tokens alone are not enough: they would cross the network in clear.
     with pytest.raises(ConfigError, match="plain HTTP"):
-        _core.Gate("0.0.0.0:29483", s.kafka_bootstrap, tokens=[PUSH_QUEUE])
+        _core.Gate(f"0.0.0.0:{fixed_port(29483)}", s.kafka_bootstrap, tokens=[PUSH_QUEUE])
     with pytest.raises(ConfigError, match="both tls_cert and tls_key"):
         _core.Gate("127.0.0.1:0", s.kafka_bootstrap, tls_cert=cert)

@@ -18,6 +18,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from tests.helpers.cli import conveyor as conveyor_cli
 from tests.helpers.gate import start_gate
+from tests.helpers.ports import fixed_port
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.servers
@@ -35,7 +36,7 @@ def _ask(address: str, job_id: str) -> int:
 def test_the_gate_runs_two_lookups_at_once(
     servers: DevServers, namespace: str, tmp_path: Path
 ) -> None:
-    own = RedisServer(port=26685, home=tmp_path / "redis")
+    own = RedisServer(port=fixed_port(26685), home=tmp_path / "redis")
     own.up()
     app = conveyor.Conveyor(
         conveyor.Settings(

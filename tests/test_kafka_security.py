@@ -24,6 +24,7 @@ from conveyor.errors import ConveyorError
 from tests.helpers.acl import apply_roles, drop_roles
 from tests.helpers.certs import Certs, make_certs
 from tests.helpers.cli import conveyor as run_cli
+from tests.helpers.ports import fixed_port
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
 from tests.test_gate import post
@@ -31,7 +32,7 @@ from tests.test_gate_access import Token, https_post
 
 pytestmark = pytest.mark.servers
 
-PORT = 29350
+PORT = fixed_port(29350)
 USER, PASSWORD = "alice", "alice-secret-1"
 
 
@@ -183,7 +184,7 @@ def test_settings_from_the_environment_reach_every_component(
     assert os.environ["CONVEYOR_KAFKA_SASL_PASSWORD"] == "s3cret-pw"
 
 
-REDIS_TLS_PORT = 26736
+REDIS_TLS_PORT = fixed_port(26736)
 
 
 @pytest.mark.timeout(300)

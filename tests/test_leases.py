@@ -18,6 +18,7 @@ import redis
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
+from tests.helpers.ports import fixed_port
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import admit, spawn_worker
 
@@ -98,7 +99,7 @@ def test_a_batch_that_cannot_be_settled_is_let_go_and_runs_again(tmp_path: Path)
     """Redis away longer than the lease while a job runs: the worker cannot
     settle it, stops renewing its lease, and once Redis is back the reaper
     gives the job back: it runs again (at least once), never held for ever."""
-    server = RedisServer(port=26683, home=tmp_path / "redis")
+    server = RedisServer(port=fixed_port(26683), home=tmp_path / "redis")
     server.up()
     try:
         app = conveyor.Conveyor(conveyor.Settings(redis_url=server.url))

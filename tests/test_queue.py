@@ -15,6 +15,7 @@ import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from tests.helpers.full_redis import fill
+from tests.helpers.ports import fixed_port
 
 pytestmark = pytest.mark.servers
 
@@ -246,7 +247,7 @@ def test_replayed_dead_letters_get_fresh_attempts(
 def test_a_full_redis_still_serves_fetch_retry_and_ack_until_empty(tmp_path: Path) -> None:
     """The failure that wedged the original system: Redis at maxmemory with
     noeviction refused even dequeues. Here admitting stops, draining does not."""
-    full = RedisServer(port=26679, home=tmp_path / "redis", maxmemory=8 * 1024 * 1024)
+    full = RedisServer(port=fixed_port(26679), home=tmp_path / "redis", maxmemory=8 * 1024 * 1024)
     full.up()
     try:
         store = _core.RedisStore(full.url)

@@ -14,13 +14,14 @@ import pytest
 
 from conveyor.devservers import DevServers
 from tests.helpers.doc_runner import TITLE
+from tests.helpers.ports import fixed_port
 
 pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parents[1]
 #: `conveyor dev up` of the quickstart, apart from the suite's servers.
-KAFKA_PORT = 29340
-REDIS_PORT = 26694
+KAFKA_PORT = fixed_port(29340)
+REDIS_PORT = fixed_port(26694)
 
 BLOCK = re.compile(r"^```(?P<lang>sh|python)(?P<info>[^\n]*)\n(?P<code>.*?)^```", re.M | re.S)
 

@@ -15,11 +15,12 @@ import pytest
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
+from tests.helpers.ports import fixed_port
 from tests.helpers.relay import start_relay, wait_until
 
 pytestmark = pytest.mark.servers
 
-REDIS_PORT = 26691
+REDIS_PORT = fixed_port(26691)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers, RedisCluster
 from conveyor.relays import start_relays
 from tests.helpers.cli import conveyor as conveyor_cli
+from tests.helpers.ports import fixed_port
 from tests.helpers.relay import wait_until
 
 pytestmark = pytest.mark.servers
@@ -27,7 +28,7 @@ QUEUES = ["default", "billing", "emails"]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     home: Path = tmp_path_factory.mktemp("redis-cluster")
-    cluster = RedisCluster(ports=(27101, 27102, 27103), home=home)
+    cluster = RedisCluster(ports=tuple(fixed_port(p) for p in (27101, 27102, 27103)), home=home)
     cluster.up()
     yield cluster
     cluster.down()

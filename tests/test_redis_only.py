@@ -18,6 +18,7 @@ import pytest
 import conveyor
 from conveyor import _core, overview
 from conveyor.devservers import DevServers
+from tests.helpers.ports import fixed_port
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
 
@@ -27,8 +28,8 @@ pytestmark = pytest.mark.servers
 NO_KAFKA = "127.0.0.1:9"
 #: `conveyor dev up --redis-only`'s Redis in the CLI test; its Kafka port
 #: must stay closed.
-DEV_REDIS_PORT = 26693
-DEV_KAFKA_PORT = 29330
+DEV_REDIS_PORT = fixed_port(26693)
+DEV_KAFKA_PORT = fixed_port(29330)
 
 
 @pytest.fixture

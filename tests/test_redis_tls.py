@@ -16,13 +16,14 @@ from conveyor import _core
 from conveyor.devservers import DevServers, RedisCluster, RedisServer, RedisTls
 from conveyor.errors import ConfigError, ConveyorError
 from tests.helpers.certs import make_certs
+from tests.helpers.ports import fixed_port
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.servers
 
-PORT = 26731
+PORT = fixed_port(26731)
 #: Cluster bus ports are these + 1000: all below the ephemeral range.
-CLUSTER_PORTS = (26741, 26742, 26743)
+CLUSTER_PORTS = tuple(fixed_port(p) for p in (26741, 26742, 26743))
 
 
 def test_jobs_run_end_to_end_over_tls_and_unproven_connections_are_refused(

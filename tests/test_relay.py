@@ -19,6 +19,7 @@ from conveyor import _core
 from conveyor.devservers import DevServers, RedisServer
 from tests.helpers.cli import conveyor as conveyor_cli
 from tests.helpers.kafka_reader import read_all
+from tests.helpers.ports import fixed_port
 from tests.helpers.relay import start_relay, wait_until
 
 pytestmark = pytest.mark.servers
@@ -380,7 +381,7 @@ def test_a_full_redis_is_protected_and_every_job_arrives_once_drained(
     import redis
 
     # A Redis of this test's own, small and with noeviction, as in production.
-    small = RedisServer(port=26579, home=tmp_path / "redis", maxmemory=24 * 1024 * 1024)
+    small = RedisServer(port=fixed_port(26579), home=tmp_path / "redis", maxmemory=24 * 1024 * 1024)
     small.up()
     try:
         s = app.settings
@@ -393,7 +394,7 @@ def test_a_full_redis_is_protected_and_every_job_arrives_once_drained(
             memory_high=0.8,
             memory_low=0.6,
         )
-        client = redis.Redis(port=26579)
+        client = redis.Redis(port=fixed_port(26579))
         key = f"cv:{s.namespace}:{{default}}:ready"
         sent: dict[str, tuple[int, int]] = {}
         try:

@@ -20,6 +20,7 @@ import conveyor
 from conveyor import _core
 from conveyor.devservers import RedisServer
 from tests.helpers.full_redis import fill
+from tests.helpers.ports import fixed_port
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
 
@@ -157,7 +158,7 @@ def test_waiting_for_a_result_that_never_comes_times_out(app: conveyor.Conveyor)
 @pytest.mark.timeout(120)
 def test_results_give_way_while_redis_is_nearly_full(tmp_path: Path) -> None:
     limit = 8 * 1024 * 1024
-    full = RedisServer(port=26682, home=tmp_path / "redis", maxmemory=limit)
+    full = RedisServer(port=fixed_port(26682), home=tmp_path / "redis", maxmemory=limit)
     full.up()
     try:
         store = _core.RedisStore(full.url)

@@ -17,6 +17,7 @@ from conveyor import _core, tallies
 from conveyor.devservers.redis import RedisServer
 from tests.helpers.cli import conveyor as conveyor_cli
 from tests.helpers.gate import start_gate
+from tests.helpers.ports import fixed_port
 from tests.helpers.relay import start_relay
 from tests.helpers.waiting import wait_until
 from tests.test_gate import get, post
@@ -177,7 +178,7 @@ def test_jobs_the_gate_sent_are_counted(app: conveyor.Conveyor) -> None:
 def test_the_gate_keeps_its_counts_while_redis_is_away(
     app: conveyor.Conveyor, tmp_path: Path
 ) -> None:
-    own = RedisServer(port=26687, home=tmp_path / "redis")
+    own = RedisServer(port=fixed_port(26687), home=tmp_path / "redis")
     own.up()
     away = conveyor.Conveyor(dataclasses.replace(app.settings, redis_url=own.url))
     away.job("tl.away")(lambda n: None)

@@ -16,6 +16,7 @@ import redis
 import conveyor
 from conveyor import _core
 from conveyor.devservers import RedisServer
+from tests.helpers.ports import fixed_port
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import spawn_worker
 
@@ -73,7 +74,7 @@ def test_worker_metrics_by_queue_and_job_type(app: conveyor.Conveyor) -> None:
 
 
 def test_metrics_are_served_while_redis_is_away(tmp_path: Path) -> None:
-    own = RedisServer(port=26684, home=tmp_path / "redis")
+    own = RedisServer(port=fixed_port(26684), home=tmp_path / "redis")
     own.up()
     try:
         queues = _core.WorkQueues(own.url, "", [("default", 1)])
