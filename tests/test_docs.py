@@ -1,7 +1,7 @@
 """The documentation's examples: every Python example on its pages and in the
 README runs, in order, against the real servers (`tests/helpers/doc_runner.py`
-says how), and every `conveyor` command line parses. The site's build:
-tests/test_site.py."""
+says how); every `conveyor` command line parses, and those that do their work
+and end run against the servers too. The site's build: tests/test_site.py."""
 
 from __future__ import annotations
 
@@ -61,10 +61,11 @@ def command_lines() -> list[tuple[str, str]]:
 
 
 def test_every_command_line_in_the_docs_is_one_the_cli_takes() -> None:
-    """Shell examples are checked, not run (they start servers and long-lived
-    processes; the quickstart's are run, by tests/test_quickstart.py): each
-    `conveyor ...` line must parse with the real command-line parser, so a
-    renamed command or flag cannot stay in the docs."""
+    """Each `conveyor ...` line of a shell example parses with the real
+    command-line parser, so a renamed command or flag cannot stay in the docs.
+    The one-shot commands are also run (next test); the long-running ones
+    (worker, relay, gate, dashboard, dev servers) are run where the
+    quickstart uses them, by tests/test_quickstart.py."""
     from conveyor.cli import build_parser
 
     lines = command_lines()
@@ -79,4 +80,35 @@ def test_every_command_line_in_the_docs_is_one_the_cli_takes() -> None:
             build_parser().parse_args(words)
         except SystemExit:
             bad.append(f"{page}: conveyor {line}")
+    assert not bad, "\n".join(bad)
+
+
+#: Commands that start something that runs until stopped (or the servers
+#: themselves): parsed above, not run here; the quickstart runs its own.
+LONG_RUNNING = frozenset({"worker", "relay", "gate", "dashboard", "dev"})
+
+
+@pytest.mark.servers
+def test_every_one_shot_command_in_the_docs_runs(conveyor_env: dict[str, str]) -> None:
+    """Each documented command that does its work and ends runs against the
+    real servers, in page order, in this test's namespace: it works, or it
+    refuses with a message of its own (an id the docs made up is not found,
+    a topic the page assumes is not there): never a traceback, never a hang."""
+    lines = [(p, line) for p, line in command_lines() if line.split()[0] not in LONG_RUNNING]
+    assert len(lines) > 25
+    bad = []
+    for page, line in lines:
+        ran = subprocess.run(
+            [sys.executable, "-m", "conveyor", *shlex.split(line)],
+            env=conveyor_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        said = (ran.stdout + ran.stderr).strip()
+        # 1: done, with something to attend to; 2: refused, with its reason.
+        refused = ran.returncode == 2 and ran.stderr.startswith("conveyor: ")
+        if (ran.returncode not in (0, 1) and not refused) or "Traceback" in said or not said:
+            bad.append(f"{page}: conveyor {line} -> exit {ran.returncode}: {said[-600:]}")
     assert not bad, "\n".join(bad)

@@ -271,7 +271,11 @@ def _dead(args: argparse.Namespace) -> int:
                 "holds their dedup key now (replaying them would run duplicates)"
             )
         return 0
-    for raw, at, error in store.dead_letters(settings.namespace, args.queue, args.limit):
+    dead = store.dead_letters(settings.namespace, args.queue, args.limit)
+    if not dead:
+        # Said, not left blank: an empty answer looks like a broken command.
+        print(f"{args.queue}: no dead jobs")
+    for raw, at, error in dead:
         env = Envelope.decode(raw)
         when = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(
             timespec="seconds"
