@@ -119,6 +119,17 @@ def test_tasks_run_on_conveyor_after_the_commit(site: dict[str, str]) -> None:
     assert app.lookup(rolled_back.id) is None
 
 
+def test_a_priority_is_refused_when_the_task_is_made(site: dict[str, str]) -> None:
+    """Conveyor orders by queue, not priority: the backend says so, and
+    Django refuses such a task when it is made, before anything is sent."""
+    from django.tasks.exceptions import InvalidTask
+
+    from tests.helpers.django_site import tasks
+
+    with pytest.raises(InvalidTask, match="priority"):
+        tasks.add.using(priority=10)
+
+
 def _sent(app: Any, wanted: int) -> list[Any]:
     """The records in the queue's topic, waiting at most 5 s for `wanted`."""
     return read_all(app.settings.kafka_bootstrap, app.settings.topic_for("default"), wanted, 5.0)
