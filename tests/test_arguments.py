@@ -160,6 +160,21 @@ def test_plain_handlers_have_no_reader() -> None:
     assert Reader.of("t", plain) is None
 
 
+def test_annotations_that_cannot_be_resolved_are_told_at_registration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @dataclass
+    class Local:  # defined in a function: this module's string annotations cannot name it
+        n: int
+
+    def handler(item: Local, at: uuid.UUID) -> None: ...
+
+    with caplog.at_level("WARNING", logger="conveyor.jobs"):
+        assert Reader.of("t.local", handler) is None
+    assert "t.local" in caplog.text
+    assert "cannot be resolved" in caplog.text
+
+
 @pytest.fixture
 def typed_app(servers: DevServers, namespace: str) -> Iterator[conveyor.Conveyor]:
     app = conveyor.Conveyor(

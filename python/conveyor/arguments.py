@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import enum
 import inspect
+import logging
 import types
 import typing
 import uuid
@@ -31,6 +32,8 @@ from decimal import Decimal
 from typing import Any
 
 from conveyor.errors import InvalidJobError
+
+log = logging.getLogger("conveyor.jobs")
 
 #: Reads one decoded JSON value as an annotated type.
 Read = Callable[[Any], Any]
@@ -81,8 +84,17 @@ class Reader:
         try:
             hints = typing.get_type_hints(fn, include_extras=True)
             params = inspect.signature(fn).parameters.values()
-        except Exception:
-            return None  # annotations it cannot resolve: passed as decoded
+        except Exception as err:
+            # Said at registration: otherwise a `UUID` parameter would get
+            # a string with no sign of why (a class defined inside a
+            # function, under `from __future__ import annotations`).
+            log.warning(
+                "job type %s: its handler's annotations cannot be resolved (%s): "
+                "its arguments arrive as decoded JSON, not as the annotated types",
+                name,
+                err,
+            )
+            return None
         by_position: list[tuple[int, str, Read]] = []
         rest = None
         for i, p in enumerate(params):
