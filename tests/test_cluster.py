@@ -4,7 +4,9 @@ losing a broker with acks=all: the multi-broker shape later failure tests use.""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -31,6 +33,22 @@ def test_three_brokers_keep_every_acknowledged_job_when_one_stops(tmp_path: Path
         assert _core.kafka_create_topic(cluster.bootstrap, "replicated", 3, 3)
         # One replica per partition: a stopped broker takes its partitions down.
         assert _core.kafka_create_topic(cluster.bootstrap, "single", 6, 1)
+        # A dead letter is a job too: each dead-letter topic, made in one
+        # request when a relay starts, keeps as many copies as its job topic
+        # (the default where that topic does not exist yet).
+        routes = [("replicated", "a"), ("single", "b"), ("absent", "c")]
+        # (what the relay asks must know the job topics: created just now)
+        _wait_until_metadata_agrees(
+            cluster.bootstrap,
+            "both topics known",
+            lambda m: {"replicated", "single"} <= m.topics.keys(),
+        )
+        _core.Relay(cluster.bootstrap, "redis://127.0.0.1:9", routes).stop()
+        topics = (
+            AdminClient({"bootstrap.servers": cluster.bootstrap}).list_topics(timeout=10).topics
+        )
+        copies = {t: len(topics[f"{t}.dead"].partitions[0].replicas) for t, _ in routes}
+        assert copies == {"replicated": 3, "single": 1, "absent": 3}
         producer = _core.KafkaProducer(cluster.bootstrap, acks="all", delivery_timeout_s=20)
         first = producer.send("replicated", "cluster.test", [b"{}"] * 1000)
         assert len(first.wait(30)) == 1000
@@ -45,7 +63,9 @@ def test_three_brokers_keep_every_acknowledged_job_when_one_stops(tmp_path: Path
         # partition that metadata shows up (a partition sent to before the
         # brokers' metadata caught up with the stop is beyond that promise:
         # its jobs fail, as the caller is told, after the delivery timeout).
-        _wait_until_metadata_shows_no_leader(cluster.bootstrap, "single", node=2)
+        _wait_until_metadata_agrees(
+            cluster.bootstrap, "node 2 leads nothing", _no_leader("single", 2)
+        )
         # Single sends spread over partitions as they would arrive from a
         # service; none may be lost to the dead broker's partitions.
         quick = _core.KafkaProducer(cluster.bootstrap, delivery_timeout_s=8)
@@ -67,19 +87,22 @@ def test_three_brokers_keep_every_acknowledged_job_when_one_stops(tmp_path: Path
     assert time.monotonic() - started < 120
 
 
-def _wait_until_metadata_shows_no_leader(bootstrap: str, topic: str, node: int) -> None:
+def _wait_until_metadata_agrees(bootstrap: str, what: str, check: Callable[[Any], bool]) -> None:
     """Waits until five fresh clients in a row (each asking whichever broker
-    it reaches first) see no partition of `topic` led by `node`: KRaft brokers
-    apply the controller's changes each at its own pace, so one answer is not
-    enough (under load a lagging broker still named the stopped one)."""
+    it reaches first) get metadata that passes `check`: KRaft brokers apply
+    the controller's changes each at its own pace, so one answer is not
+    enough (under load a lagging broker still named a stopped one leader)."""
     deadline = time.monotonic() + 30
     agreeing = 0
     while agreeing < 5:
-        assert time.monotonic() < deadline, f"metadata still names node {node} a leader"
-        partitions = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=5)
-        leaders = [p.leader for p in partitions.topics[topic].partitions.values()]
-        agreeing = agreeing + 1 if node not in leaders else 0
+        assert time.monotonic() < deadline, f"the brokers' metadata never agreed: {what}"
+        metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5)
+        agreeing = agreeing + 1 if check(metadata) else 0
         time.sleep(0.1)
+
+
+def _no_leader(topic: str, node: int) -> Callable[[Any], bool]:
+    return lambda m: node not in [p.leader for p in m.topics[topic].partitions.values()]
 
 
 def test_default_settings_keep_every_acknowledged_job_when_a_broker_is_killed(

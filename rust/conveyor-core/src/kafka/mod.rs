@@ -11,7 +11,7 @@ pub mod producer;
 pub mod report_polling;
 
 pub use client::{
-    cluster_info, create_topic, create_topic_with, delete_topics, end_offsets, offsets_for_time,
-    read_partition, topic_replication, ClusterInfo, KafkaConfig, Record, HEADER_ID,
+    cluster_info, create_missing_like, create_topic, create_topic_with, delete_topics, end_offsets,
+    offsets_for_time, read_partition, ClusterInfo, KafkaConfig, Record, HEADER_ID,
     HEADER_TRACEPARENT, HEADER_TYPE, TOPIC_CONFIGS,
 };

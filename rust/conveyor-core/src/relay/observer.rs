@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::recovery::{lost, watermark, Recovery, Rewind};
 use super::stats::{lock, PartitionLag, RelayStats};
@@ -21,6 +22,9 @@ type OpenJobs = Vec<(String, i64)>;
 
 /// How often a relay measures its partitions' lag and publishes its status.
 const OBSERVE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the brokers get to answer for every owned partition's log ends.
+const LOG_ENDS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The observer thread's state.
 pub(super) struct Observer {
@@ -76,6 +80,7 @@ impl Observer {
         let mut readings: HashMap<String, (HashMap<String, i64>, OpenJobs)> = HashMap::new();
         let mut lags = Vec::with_capacity(owned.len());
         let mut marks = HashMap::new();
+        let ends = self.log_ends(&owned);
         for (topic, partition) in owned {
             if !readings.contains_key(&topic) {
                 let Some(keys) = self.queues.get(&topic).cloned() else {
@@ -113,10 +118,7 @@ impl Observer {
             if let Some(mark) = mark {
                 marks.insert((topic.clone(), partition), mark);
             }
-            let Ok((low, high)) =
-                self.watermarks
-                    .fetch_watermarks(&topic, partition, Duration::from_millis(500))
-            else {
+            let Some(&(low, high)) = ends.get(&(topic.clone(), partition)) else {
                 // The broker did not answer in time: keep the last reading.
                 lags.extend(
                     before
@@ -142,6 +144,39 @@ impl Observer {
         self.recovery.set_watermarks(marks);
         lags.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         *lock(&self.stats.partitions) = lags;
+    }
+
+    /// Each partition's `(low, high)` watermarks, asked of the brokers for
+    /// all of them at once: two requests per broker, where asking partition
+    /// by partition took two per partition every second (with 1,600
+    /// partitions, a fifth of a core in an idle relay and more in the
+    /// broker). Partitions with no answer are left out.
+    fn log_ends(&self, owned: &[(String, i32)]) -> HashMap<(String, i32), (i64, i64)> {
+        let ask = |at: Offset| {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition) in owned {
+                let _ = tpl.add_partition_offset(topic, *partition, at);
+            }
+            // A timestamp of "beginning" or "end" asks for that offset.
+            let mut out = HashMap::new();
+            let Ok(got) = self.watermarks.offsets_for_times(tpl, LOG_ENDS_TIMEOUT) else {
+                return out;
+            };
+            for e in got.elements() {
+                if let (Offset::Offset(o), Ok(())) = (e.offset(), e.error()) {
+                    out.insert((e.topic().to_string(), e.partition()), o);
+                }
+            }
+            out
+        };
+        if owned.is_empty() {
+            return HashMap::new();
+        }
+        let lows = ask(Offset::Beginning);
+        ask(Offset::End)
+            .into_iter()
+            .filter_map(|(key, high)| Some((key.clone(), (*lows.get(&key)?, high))))
+            .collect()
     }
 
     /// A fence past the end of its partition's log belongs to a topic that

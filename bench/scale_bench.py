@@ -1,0 +1,155 @@
+"""Many partitions, few relays: the shape of the production system Conveyor
+follows (50 queues x 32 partitions = 1,600 partitions). For each partition
+count asked for, the queues' topics are created, the relays started, and
+measured: the time until the relays own every partition (the assignment
+settled), then, with no jobs flowing, the CPU each relay and the broker use
+(share of one core), and each relay's memory. Topics are deleted at exit.
+
+    python bench/scale_bench.py [--partitions 100,400,1600] [--relays 1]
+        [--per-queue 32] [--idle-seconds 10]
+
+Writes bench/results/scale.md and scale.json. All loopback; every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import conveyor
+from bench_topics import delete_new_topics_at_exit
+from conveyor import _core
+from conveyor.devservers import DevServers
+from pipeline_bench import RESULTS, cpu_seconds, peak_rss_mb
+
+
+def owned(store: _core.RedisStore, namespace: str) -> int:
+    """Partitions the relays say they own now (their published statuses)."""
+    return sum(
+        len(json.loads(raw).get("partitions", [])) for _, raw in store.relay_statuses(namespace)
+    )
+
+
+def idle_cpu(pids: dict[str, list[int]], seconds: float) -> dict[str, float]:
+    """Share of one core each group of processes used over `seconds`."""
+    before = {name: cpu_seconds(p) for name, p in pids.items()}
+    time.sleep(seconds)
+    return {name: (cpu_seconds(p) - before[name]) / seconds for name, p in pids.items()}
+
+
+def measure(
+    servers: DevServers, partitions: int, per_queue: int, relays: int, idle_s: float
+) -> dict[str, Any]:
+    queues = [f"q{i}" for i in range(max(1, partitions // per_queue))]
+    namespace = f"sc{uuid.uuid4().hex[:6]}"
+    settings = conveyor.Settings(
+        kafka_bootstrap=servers.kafka.bootstrap, redis_url=servers.redis.url, namespace=namespace
+    )
+    for queue in queues:
+        _core.kafka_create_topic(servers.kafka.bootstrap, settings.topic_for(queue), per_queue, 1)
+    total = len(queues) * per_queue
+    broker = [pid for _, pid in servers.kafka.status() if pid is not None]
+    print(f"  {total:,} partitions ({len(queues)} queues x {per_queue}), {relays} relay(s)")
+    broker_alone = idle_cpu({"broker": broker}, idle_s)["broker"]
+    env = {
+        **os.environ,
+        "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
+        "CONVEYOR_REDIS_URL": servers.redis.url,
+        "CONVEYOR_NAMESPACE": namespace,
+    }
+    argv = [sys.executable, "-m", "conveyor", "relay", *queues, "--report-every", "3600"]
+    store = _core.RedisStore(servers.redis.url)
+    began = time.monotonic()
+    procs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(relays)
+    ]
+    try:
+        deadline = began + 300
+        while owned(store, namespace) < total:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise SystemExit(f"relays own {owned(store, namespace)} of {total} partitions")
+            time.sleep(0.2)
+        settled = time.monotonic() - began
+        print(f"    every partition owned after {settled:.1f} s", flush=True)
+        time.sleep(2.0)  # the first lag readings and status writes
+        groups = {"broker": broker, **{f"relay {i + 1}": [p.pid] for i, p in enumerate(procs)}}
+        cpu = idle_cpu(groups, idle_s)
+        rss = {f"relay {i + 1}": peak_rss_mb([p.pid]) for i, p in enumerate(procs)}
+        shown = ", ".join(f"{k} {v:.1%}" for k, v in cpu.items())
+        print(f"    idle CPU: {shown} (broker alone {broker_alone:.1%})", flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return {
+        "partitions": total,
+        "queues": len(queues),
+        "relays": relays,
+        "settle_s": settled,
+        "idle_cpu": cpu,
+        "broker_alone": broker_alone,
+        "relay_rss_mb": rss,
+    }
+
+
+def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Relays and many partitions, {meta['when']}, {meta['cores']} cores, idle for "
+        f"{meta['idle_s']:.0f} s each (`{meta['command']}`).",
+        "",
+        "| partitions | relays | assignment settled s | idle CPU per relay "
+        "(goal < 2%) | broker idle CPU (without relays) | relay RSS MB |",
+        "|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        per_relay = ", ".join(f"{v:.1%}" for k, v in r["idle_cpu"].items() if k != "broker")
+        rss = ", ".join(f"{v:.0f}" for v in r["relay_rss_mb"].values())
+        lines.append(
+            f"| {r['partitions']:,} | {r['relays']} | {r['settle_s']:.1f} | {per_relay} "
+            f"| {r['idle_cpu']['broker']:.1%} ({r['broker_alone']:.1%}) | {rss} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--partitions", default="100,400,1600", help="comma-separated counts")
+    parser.add_argument("--per-queue", type=int, default=32, help="partitions per queue")
+    parser.add_argument("--relays", default="1", help="comma-separated relay counts")
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    counts = [min(int(n), 4000) for n in args.partitions.split(",")]
+    relay_counts = [max(1, min(int(n), 8)) for n in args.relays.split(",")]
+    idle_s = max(2.0, min(args.idle_seconds, 120.0))
+    servers = DevServers.default()
+    servers.up()
+    delete_new_topics_at_exit(servers.kafka.bootstrap)
+    rows = [measure(servers, n, args.per_queue, r, idle_s) for n in counts for r in relay_counts]
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cores": os.cpu_count(),
+        "idle_s": idle_s,
+        "command": "python bench/scale_bench.py " + " ".join(sys.argv[1:]),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    table = render(rows, meta)
+    (RESULTS / "scale.md").write_text(table)
+    (RESULTS / "scale.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    print("\n" + table)
+    print(f"written: {RESULTS / 'scale.md'}, scale.json")
+
+
+if __name__ == "__main__":
+    main()
