@@ -1,9 +1,11 @@
 """Many partitions, few relays: the shape of the production system Conveyor
 follows (50 queues x 32 partitions = 1,600 partitions). For each partition
 count asked for, the queues' topics are created, the relays started, and
-measured: the time until the relays own every partition (the assignment
-settled), then, with no jobs flowing, the CPU each relay and the broker use
-(share of one core), and each relay's memory. Topics are deleted at exit.
+measured: the time until the relays own every partition between them (the
+assignment settled), then, with no jobs flowing, the CPU each relay and the
+broker use (share of one core) and each relay's memory, then how long the
+assignment takes to settle again when one more relay joins and when it
+leaves (stopped as an operator would). Topics are deleted at exit.
 
     python bench/scale_bench.py [--partitions 100,400,1600] [--relays 1]
         [--per-queue 32] [--idle-seconds 10]
@@ -30,11 +32,29 @@ from conveyor.devservers import DevServers
 from pipeline_bench import RESULTS, cpu_seconds, peak_rss_mb
 
 
-def owned(store: _core.RedisStore, namespace: str) -> int:
-    """Partitions the relays say they own now (their published statuses)."""
-    return sum(
-        len(json.loads(raw).get("partitions", [])) for _, raw in store.relay_statuses(namespace)
+def settled(store: _core.RedisStore, namespace: str, relays: int, total: int) -> bool:
+    """Whether `relays` relays publish statuses whose partitions cover all
+    `total` once each (no partition claimed twice, none missing)."""
+    statuses = [json.loads(raw) for _, raw in store.relay_statuses(namespace)]
+    claimed = [(p["topic"], p["partition"]) for s in statuses for p in s.get("partitions", [])]
+    return (
+        len(statuses) == relays
+        and all(s.get("partitions") for s in statuses)
+        and len(claimed) == len(set(claimed)) == total
     )
+
+
+def wait_settled(
+    store: _core.RedisStore, namespace: str, procs: list[subprocess.Popen[bytes]], total: int
+) -> float:
+    """Seconds until the running relays own every partition between them, as
+    their statuses (refreshed each second) show it."""
+    began = time.monotonic()
+    while not settled(store, namespace, len(procs), total):
+        if time.monotonic() - began > 300 or any(p.poll() is not None for p in procs):
+            raise SystemExit(f"{len(procs)} relay(s) never owned the {total} partitions")
+        time.sleep(0.1)
+    return time.monotonic() - began
 
 
 def idle_cpu(pids: dict[str, list[int]], seconds: float) -> dict[str, float]:
@@ -66,25 +86,29 @@ def measure(
     }
     argv = [sys.executable, "-m", "conveyor", "relay", *queues, "--report-every", "3600"]
     store = _core.RedisStore(servers.redis.url)
-    began = time.monotonic()
-    procs = [
-        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(relays)
-    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+
+    procs = [start() for _ in range(relays)]
     try:
-        deadline = began + 300
-        while owned(store, namespace) < total:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise SystemExit(f"relays own {owned(store, namespace)} of {total} partitions")
-            time.sleep(0.2)
-        settled = time.monotonic() - began
-        print(f"    every partition owned after {settled:.1f} s", flush=True)
+        first = wait_settled(store, namespace, procs, total)
+        print(f"    every partition owned after {first:.1f} s", flush=True)
         time.sleep(2.0)  # the first lag readings and status writes
         groups = {"broker": broker, **{f"relay {i + 1}": [p.pid] for i, p in enumerate(procs)}}
         cpu = idle_cpu(groups, idle_s)
         rss = {f"relay {i + 1}": peak_rss_mb([p.pid]) for i, p in enumerate(procs)}
         shown = ", ".join(f"{k} {v:.1%}" for k, v in cpu.items())
         print(f"    idle CPU: {shown} (broker alone {broker_alone:.1%})", flush=True)
+        # One more relay joins, then leaves: how long until the partitions
+        # are spread over the relays running again.
+        procs.append(start())
+        joined = wait_settled(store, namespace, procs, total)
+        leaving = procs.pop()
+        leaving.terminate()
+        left = wait_settled(store, namespace, procs, total)
+        leaving.wait(timeout=60)
+        print(f"    a relay joining: {joined:.1f} s, leaving: {left:.1f} s", flush=True)
     finally:
         for p in procs:
             p.terminate()
@@ -97,7 +121,9 @@ def measure(
         "partitions": total,
         "queues": len(queues),
         "relays": relays,
-        "settle_s": settled,
+        "first_s": first,
+        "join_s": joined,
+        "leave_s": left,
         "idle_cpu": cpu,
         "broker_alone": broker_alone,
         "relay_rss_mb": rss,
@@ -109,15 +135,17 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Relays and many partitions, {meta['when']}, {meta['cores']} cores, idle for "
         f"{meta['idle_s']:.0f} s each (`{meta['command']}`).",
         "",
-        "| partitions | relays | assignment settled s | idle CPU per relay "
-        "(goal < 2%) | broker idle CPU (without relays) | relay RSS MB |",
-        "|---:|---:|---:|---|---|---|",
+        "| partitions | relays | all owned after start, s | one more relay joins / leaves, s "
+        "(goal < 10) | idle CPU per relay (goal < 2%) | broker idle CPU (without relays) "
+        "| relay RSS MB |",
+        "|---:|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         per_relay = ", ".join(f"{v:.1%}" for k, v in r["idle_cpu"].items() if k != "broker")
         rss = ", ".join(f"{v:.0f}" for v in r["relay_rss_mb"].values())
         lines.append(
-            f"| {r['partitions']:,} | {r['relays']} | {r['settle_s']:.1f} | {per_relay} "
+            f"| {r['partitions']:,} | {r['relays']} | {r['first_s']:.1f} "
+            f"| {r['join_s']:.1f} / {r['leave_s']:.1f} | {per_relay} "
             f"| {r['idle_cpu']['broker']:.1%} ({r['broker_alone']:.1%}) | {rss} |"
         )
     return "\n".join(lines) + "\n"

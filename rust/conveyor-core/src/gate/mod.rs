@@ -293,8 +293,13 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         .map(Arc::new);
     // Every request waits for its ack, and a runtime thread with nothing
     // to send would not serve it: the polling thread always serves reports.
+    // The gate sends one record per request: at saturation, 2 ms of
+    // linger packs more of them into each produce request than 0.5 ms,
+    // whose smaller requests cost the colocated broker enough CPU to take
+    // a fifth off the gate row's rate (bench/extension_ab.py, A B B A).
     let options = ProducerOptions {
         reports: Reports::Thread,
+        linger: Duration::from_millis(2),
         ..config.producer.clone()
     };
     let producer = JobProducer::new(&config.kafka, options)?;

@@ -42,6 +42,9 @@ pub struct ProducerOptions {
     pub enqueue_timeout: Duration,
     /// Which threads serve delivery reports.
     pub reports: Reports,
+    /// How long a record waits for others to share its request
+    /// (librdkafka's `linger.ms`).
+    pub linger: Duration,
 }
 
 impl Default for ProducerOptions {
@@ -51,6 +54,11 @@ impl Default for ProducerOptions {
             delivery_timeout: Duration::from_secs(30),
             enqueue_timeout: Duration::from_secs(5),
             reports: Reports::SendersFirst,
+            // Half a millisecond: an idle producer's lone job no longer
+            // waits 2 ms, and callers' batches (`enqueue_many`, a service's
+            // steady stream) still fill while earlier requests are in
+            // flight: the client row's throughput was unchanged (A/B).
+            linger: Duration::from_micros(500),
         }
     }
 }
