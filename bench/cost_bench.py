@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import time
@@ -32,7 +31,7 @@ import redis
 import conveyor
 from bench_topics import delete_new_topics_at_exit
 from conveyor.devservers import DevServers
-from pipeline_bench import RESULTS, Env, measure, pipelines, socket_port
+from pipeline_bench import Env, measure, pipelines, socket_port, write_results
 
 #: setting -> environment of the relay and workers (the client follows it too).
 SETTINGS: dict[str, dict[str, str]] = {
@@ -138,12 +137,7 @@ def main() -> None:
         "jobs": jobs,
         "command": f"python bench/cost_bench.py --rounds {rounds} --jobs {jobs}",
     }
-    RESULTS.mkdir(exist_ok=True)
-    table = render(medians, meta)
-    (RESULTS / "cost.md").write_text(table)
-    (RESULTS / "cost.json").write_text(json.dumps({**meta, "medians": medians}, indent=2))
-    print("\n" + table)
-    print(f"written: {RESULTS / 'cost.md'}, cost.json")
+    write_results("cost", render(medians, meta), {**meta, "medians": medians})
 
 
 if __name__ == "__main__":

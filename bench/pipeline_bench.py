@@ -812,6 +812,16 @@ def main() -> None:
     print(f"written: {RESULTS / stem}.md, .json, .png")
 
 
+def write_results(stem: str, table: str, data: dict[str, Any]) -> None:
+    """bench/results/STEM.md (the table) and STEM.json (the figures); the
+    table is printed too."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.md").write_text(table)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    print("\n" + table)
+    print(f"written: {RESULTS / stem}.md, .json")
+
+
 class socket_port:
     """A free loopback port (bound, read, released)."""
 

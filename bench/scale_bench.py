@@ -29,7 +29,7 @@ import conveyor
 from bench_topics import delete_new_topics_at_exit
 from conveyor import _core
 from conveyor.devservers import DevServers
-from pipeline_bench import RESULTS, cpu_seconds, peak_rss_mb
+from pipeline_bench import cpu_seconds, peak_rss_mb, write_results
 
 
 def settled(store: _core.RedisStore, namespace: str, relays: int, total: int) -> bool:
@@ -171,12 +171,7 @@ def main() -> None:
         "idle_s": idle_s,
         "command": "python bench/scale_bench.py " + " ".join(sys.argv[1:]),
     }
-    RESULTS.mkdir(exist_ok=True)
-    table = render(rows, meta)
-    (RESULTS / "scale.md").write_text(table)
-    (RESULTS / "scale.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
-    print("\n" + table)
-    print(f"written: {RESULTS / 'scale.md'}, scale.json")
+    write_results("scale", render(rows, meta), {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

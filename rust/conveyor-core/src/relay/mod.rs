@@ -183,7 +183,7 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         stats: Arc::clone(&stats),
         recovery: Arc::clone(&recovery),
     };
-    let consumer = reader::subscribe(&config, context)?;
+    let consumer = rebalance::subscribe(&config, context)?;
     let dead_letters =
         dead_letters::DeadLetters::new(&config.kafka, Arc::clone(&stats), Arc::clone(&stop))?;
     // One request for every topic: asked topic by topic, a relay of 50
