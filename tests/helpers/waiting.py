@@ -7,11 +7,15 @@ from collections.abc import Callable
 
 
 def wait_until(
-    check: Callable[[], bool], timeout_s: float = 20.0, what: str = "a condition"
+    check: Callable[[], bool],
+    timeout_s: float = 20.0,
+    what: str | Callable[[], str] = "a condition",
 ) -> None:
-    """Polls `check` until it holds; fails the test after `timeout_s`."""
+    """Polls `check` until it holds; fails the test after `timeout_s`.
+    A callable `what` is asked at the failure, to describe the state then."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out waiting for {said}")
         time.sleep(0.02)
