@@ -120,6 +120,10 @@ bench-worker: build ## Workers vs pure Python, Dramatiq, Celery and RQ on one Re
 bench-pipeline: build ## End to end: every front door, pure Python, the peers; table, JSON, plot
 	$(BIN)/python bench/pipeline_bench.py
 
+.PHONY: bench-latency
+bench-latency: build ## Latency against offered load, 1,000 jobs/s to saturation: Kafka path, direct, pure Python; plot
+	$(BIN)/python bench/latency_sweep.py
+
 .PHONY: chaos
 chaos: build ## Faults (brokers, Redis, relay, worker) under a steady stream on 3 brokers; lost/twice per fault
 	$(BIN)/python bench/chaos.py
