@@ -44,7 +44,9 @@ ROWS = (
 RATES = (1_000, 2_000, 5_000, 10_000, 20_000, 40_000, 60_000, 80_000, 120_000, 160_000)
 
 
-def sweep(pipe: pb.Pipeline, env: pb.Env, client: redis.Redis, seconds: float) -> dict[str, Any]:
+def sweep(
+    pipe: pb.Pipeline, env: pb.Env, client: redis.Redis, seconds: float, up_to: int | None
+) -> dict[str, Any]:
     """One row: saturation throughput, then latency at each offered rate."""
     print(f"  {pipe.name}", flush=True)
     running = pb.start(pipe, env)
@@ -59,7 +61,8 @@ def sweep(pipe: pb.Pipeline, env: pb.Env, client: redis.Redis, seconds: float) -
         saturation = pb.throughput(pipe, producer, env, client, running)["jobs_per_s"]
         row["saturation_per_s"] = saturation
         print(f"    saturation: {saturation:,.0f} jobs/s", flush=True)
-        for offered in [r for r in RATES if r < saturation * 0.95] + [int(saturation)]:
+        rates = [r for r in RATES if r < saturation * 0.95] + [int(saturation)]
+        for offered in [r for r in rates if up_to is None or r <= up_to]:
             got = pb.latency(producer, env, client, running, offered=offered, seconds=seconds)
             row["points"].append({"offered_per_s": offered, **got})
             print(
@@ -128,6 +131,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200_000, help="jobs of each saturation run")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each point")
     parser.add_argument("--only", help="run only rows whose name contains this")
+    parser.add_argument("--up-to", type=int, help="offer no more than this many jobs/s")
     args = parser.parse_args()
     servers = DevServers.default()
     servers.up()
@@ -141,14 +145,14 @@ def main() -> None:
         with pb.socket_port() as port:
             env = pb.Env(servers.kafka.bootstrap, servers.redis.url, run, port)
         pipe = next(p for p in pb.pipelines(env, min(args.jobs, 2_000_000), 0) if p.name == name)
-        rows.append(sweep(pipe, env, client, args.seconds))
+        rows.append(sweep(pipe, env, client, args.seconds, args.up_to))
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cores": os.cpu_count(),
         "seconds": args.seconds,
         "command": "make bench-latency",
     }
-    stem = "latency-only" if args.only else "latency"
+    stem = "latency-only" if args.only or args.up_to else "latency"
     pb.write_results(stem, render(rows, meta), {**meta, "rows": rows})
     plot(rows, pb.RESULTS / f"{stem}.png")
     print(f"plot: {pb.RESULTS / stem}.png")

@@ -54,11 +54,12 @@ impl Default for ProducerOptions {
             delivery_timeout: Duration::from_secs(30),
             enqueue_timeout: Duration::from_secs(5),
             reports: Reports::SendersFirst,
-            // Half a millisecond: an idle producer's lone job no longer
-            // waits 2 ms, and callers' batches (`enqueue_many`, a service's
-            // steady stream) still fill while earlier requests are in
-            // flight: the client row's throughput was unchanged (A/B).
-            linger: Duration::from_micros(500),
+            // A tenth of a millisecond: a lone job hardly waits, and callers'
+            // batches (`enqueue_many`, a service's steady stream) still fill
+            // while earlier requests are in flight. Against 0.5 ms
+            // (bench/latency_sweep.py, bench/extension_ab.py, README): p50 at
+            // 10,000 jobs/s 5.2-5.8 > 3.1-4.1 ms, client row 1.12 (noise).
+            linger: Duration::from_micros(100),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod by_type;
 mod cancels;
+mod fetch_order;
 pub mod keeper;
 mod leases;
 mod metrics;
@@ -21,8 +22,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use rand::Rng;
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -233,91 +232,87 @@ impl WorkQueues {
         result
     }
 
-    /// The order to try queues in for one fetch.
-    fn order(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.queues.len()).collect();
-        if self.strict || self.queues.len() == 1 {
-            return order;
-        }
-        // Weighted draw without replacement: the first pick decides the share.
-        let mut rng = rand::rng();
-        let mut out = Vec::with_capacity(order.len());
-        while !order.is_empty() {
-            let total: u64 = order.iter().map(|&i| self.queues[i].weight as u64).sum();
-            let mut pick = rng.random_range(0..total);
-            let mut at = 0;
-            for (k, &i) in order.iter().enumerate() {
-                let w = self.queues[i].weight as u64;
-                if pick < w {
-                    at = k;
-                    break;
-                }
-                pick -= w;
-            }
-            out.push(order.remove(at));
-        }
-        out
-    }
-
     /// Leases up to `max` jobs from the first queue (in this fetch's order)
     /// that has any; `None` when every queue is empty.
     pub fn fetch(&self, max: usize) -> Result<Option<Batch>> {
-        for index in self.order() {
-            let token = format!(
-                "{}:{}",
-                self.worker_id,
-                self.sequence.fetch_add(1, Ordering::Relaxed)
-            );
-            let keys = &self.queues[index].keys;
-            let lease_ms = self.lease.as_millis() as u64;
-            let lease = self.with_store(|s| s.fetch(keys, &token, max, lease_ms))?;
-            if lease.jobs.is_empty() {
-                continue;
+        let weights: Vec<u32> = self.queues.iter().map(|q| q.weight).collect();
+        let order = fetch_order::draw(&weights, self.strict, &mut rand::rng());
+        let (first, rest) = order.split_at(order.len().min(fetch_order::TRIED_FIRST));
+        for &index in first {
+            if let Some(batch) = self.fetch_from(index, max)? {
+                return Ok(Some(batch));
             }
-            let fetched_at_us = now_us();
-            self.stats
-                .fetched
-                .fetch_add(lease.jobs.len() as u64, Ordering::Relaxed);
-            let mut jobs = Vec::with_capacity(lease.jobs.len());
-            let mut malformed = Vec::new();
-            for (i, raw) in lease.jobs.into_iter().enumerate() {
-                let slot = i as u32 + 1;
-                match Envelope::decode(&raw) {
-                    Ok(envelope) => jobs.push(ReadyJob {
-                        slot,
-                        max_age_ms: self.max_ages.for_type(&envelope.job_type),
-                        envelope,
-                        raw,
-                    }),
-                    Err(err) => malformed.push((slot, raw, err.to_string())),
-                }
+        }
+        let mut rest = rest.to_vec();
+        if rest.len() >= fetch_order::LOOK_FROM {
+            let keys: Vec<&QueueKeys> = rest.iter().map(|&i| &self.queues[i].keys).collect();
+            let found = self.with_store(|s| s.with_work(&keys))?;
+            let mut found = found.into_iter();
+            rest.retain(|_| found.next().unwrap_or(true));
+        }
+        for index in rest {
+            if let Some(batch) = self.fetch_from(index, max)? {
+                return Ok(Some(batch));
             }
-            let jobs = self.drop_cancelled(index, &token, jobs, &lease.cancelled)?;
-            if jobs.is_empty() && malformed.is_empty() {
-                continue;
-            }
-            let first = jobs
-                .first()
-                .map_or(self.lease.as_millis() as u64, |j| j.max_age_ms);
-            let batch = Batch {
-                queue: index,
-                token,
-                fetched_at_us,
-                jobs: Arc::new(jobs),
-                malformed,
-                progress: Arc::new(Progress::new(first)),
-            };
-            self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                batch.token.clone(),
-                leases::Held {
-                    queue: index,
-                    progress: Arc::clone(&batch.progress),
-                    jobs: Arc::clone(&batch.jobs),
-                },
-            );
-            return Ok(Some(batch));
         }
         Ok(None)
+    }
+
+    /// Leases up to `max` jobs from queue `index`; `None` when it has none.
+    fn fetch_from(&self, index: usize, max: usize) -> Result<Option<Batch>> {
+        let token = format!(
+            "{}:{}",
+            self.worker_id,
+            self.sequence.fetch_add(1, Ordering::Relaxed)
+        );
+        let keys = &self.queues[index].keys;
+        let lease_ms = self.lease.as_millis() as u64;
+        let lease = self.with_store(|s| s.fetch(keys, &token, max, lease_ms))?;
+        if lease.jobs.is_empty() {
+            return Ok(None);
+        }
+        let fetched_at_us = now_us();
+        self.stats
+            .fetched
+            .fetch_add(lease.jobs.len() as u64, Ordering::Relaxed);
+        let mut jobs = Vec::with_capacity(lease.jobs.len());
+        let mut malformed = Vec::new();
+        for (i, raw) in lease.jobs.into_iter().enumerate() {
+            let slot = i as u32 + 1;
+            match Envelope::decode(&raw) {
+                Ok(envelope) => jobs.push(ReadyJob {
+                    slot,
+                    max_age_ms: self.max_ages.for_type(&envelope.job_type),
+                    envelope,
+                    raw,
+                }),
+                Err(err) => malformed.push((slot, raw, err.to_string())),
+            }
+        }
+        let jobs = self.drop_cancelled(index, &token, jobs, &lease.cancelled)?;
+        if jobs.is_empty() && malformed.is_empty() {
+            return Ok(None);
+        }
+        let first = jobs
+            .first()
+            .map_or(self.lease.as_millis() as u64, |j| j.max_age_ms);
+        let batch = Batch {
+            queue: index,
+            token,
+            fetched_at_us,
+            jobs: Arc::new(jobs),
+            malformed,
+            progress: Arc::new(Progress::new(first)),
+        };
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            batch.token.clone(),
+            leases::Held {
+                queue: index,
+                progress: Arc::clone(&batch.progress),
+                jobs: Arc::clone(&batch.jobs),
+            },
+        );
+        Ok(Some(batch))
     }
 
     /// Settles a batch: `outcomes[i]` is how `batch.jobs[i]` ended; jobs past
