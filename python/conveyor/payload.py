@@ -50,6 +50,7 @@ _INF = float("inf")
 #: JSON as strict as the encoder: numbers that overflow a float and the
 #: NaN/Infinity extensions are refused, not turned into inf or nan.
 _DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+_SCAN = _DECODER.scan_once
 
 
 def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
@@ -58,7 +59,15 @@ def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
     the decoder goes, too large for memory, numbers no float holds, the wrong
     shape): a payload no attempt can decode is dead at once, never a crash."""
     try:
-        call = _DECODER.decode(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
+        if text[:1] == "{" and text[-1:] == "}":
+            # What every encoder writes: the C scanner straight away, without
+            # `decode`'s two Python frames and whitespace matches per job.
+            call, end = _SCAN(text, 0)
+            if end != len(text):
+                raise ValueError(f"extra data after the call at {end}")
+        else:
+            call = _DECODER.decode(text)
         args, kwargs = call["args"], call["kwargs"]
     except Exception as err:  # untrusted bytes: any failure means the same
         raise InvalidJobError(
