@@ -10,7 +10,7 @@ here, and `tests/test_payload_conformance.py` holds them to the same bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from conveyor import _core
@@ -50,7 +50,8 @@ _INF = float("inf")
 #: JSON as strict as the encoder: numbers that overflow a float and the
 #: NaN/Infinity extensions are refused, not turned into inf or nan.
 _DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
-_SCAN = _DECODER.scan_once
+#: The decoder's scanner (set by JSONDecoder.__init__; not in its stubs).
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
