@@ -4,13 +4,14 @@ A payload is the UTF-8 JSON object `{"args": [...], "kwargs": {...}}`. No pickle
 or any other format that runs code when read. This module is the payload's one
 home on the Python side: the encoder is Rust's (`_core.encode_call`, which the
 gate's framing shares: `rust/conveyor-core/src/payload.rs`), the decoder is
-here, and `tests/test_payload_conformance.py` holds them to the same bytes.
+here (with a fast Rust reader in front: `rust/conveyor-core/src/call_reader.rs`),
+and `tests/test_payload_conformance.py` holds them to the same bytes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor import _core
@@ -50,25 +51,24 @@ _INF = float("inf")
 #: JSON as strict as the encoder: numbers that overflow a float and the
 #: NaN/Infinity extensions are refused, not turned into inf or nan.
 _DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
-#: The decoder's scanner (set by JSONDecoder.__init__; not in its stubs).
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
     """The `(args, kwargs)` of a payload; raises InvalidJobError if it is not
     one, whatever is wrong with it (not UTF-8, not JSON, nested deeper than
     the decoder goes, too large for memory, numbers no float holds, the wrong
-    shape): a payload no attempt can decode is dead at once, never a crash."""
+    shape): a payload no attempt can decode is dead at once, never a crash.
+
+    Read by the Rust reader (`_core.decode_call`: one pass, no Python JSON
+    machinery) when it can; what it declines (big integers, lone
+    surrogates, deep nesting and everything wrong) by Python's `json`,
+    which has the last word: the reader reads only what `json` reads the same
+    way (`tests/test_payload_conformance.py`)."""
+    fast = _core.decode_call(payload)
+    if fast is not None:
+        return fast
     try:
-        text = payload.decode("utf-8")
-        if text[:1] == "{" and text[-1:] == "}":
-            # What every encoder writes: the C scanner straight away, without
-            # `decode`'s two Python frames and whitespace matches per job.
-            call, end = _SCAN(text, 0)
-            if end != len(text):
-                raise ValueError(f"extra data after the call at {end}")
-        else:
-            call = _DECODER.decode(text)
+        call = _DECODER.decode(payload.decode("utf-8"))
         args, kwargs = call["args"], call["kwargs"]
     except Exception as err:  # untrusted bytes: any failure means the same
         raise InvalidJobError(

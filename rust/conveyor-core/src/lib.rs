@@ -2,6 +2,7 @@
 //! the Kafka and Redis plumbing. No Python here: the `conveyor-py` crate
 //! binds this to the `conveyor._core` module, and `cargo test` tests it alone.
 
+pub mod call_reader;
 pub mod config;
 pub mod envelope;
 pub mod error;

@@ -33,6 +33,16 @@ fn encode_call<'py>(
     Ok(pyo3::types::PyBytes::new(py, &out))
 }
 
+/// A payload's `(args, kwargs)` read by the fast reader, or `None` where it
+/// declines (`conveyor_core::call_reader`; Python's decoder then reads it).
+#[pyfunction]
+fn decode_call<'py>(
+    py: Python<'py>,
+    payload: &[u8],
+) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    conveyor_core::call_reader::read_call(payload, &mut payload::Objects(py))
+}
+
 /// The Kafka topic that carries `queue` (the one rule, shared with the gate).
 #[pyfunction]
 fn queue_topic(prefix: &str, namespace: &str, queue: &str) -> String {
@@ -127,6 +137,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     relay::register(m)?;
     worker::register(m)?;
     m.add_function(wrap_pyfunction!(encode_call, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_call, m)?)?;
     m.add_function(wrap_pyfunction!(render_gauge, m)?)?;
     m.add_function(wrap_pyfunction!(queue_topic, m)?)?;
     m.add_function(wrap_pyfunction!(dead_letter_topic, m)?)?;

@@ -200,3 +200,50 @@ impl std::fmt::Write for Utf8<'_> {
         Ok(())
     }
 }
+
+/// Python objects for `conveyor_core::call_reader`: what `json.loads` makes.
+pub struct Objects<'py>(pub Python<'py>);
+
+impl<'py> conveyor_core::call_reader::CallBuilder for Objects<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn null(&mut self) -> Option<Self::Value> {
+        Some(self.0.None().into_bound(self.0))
+    }
+
+    fn boolean(&mut self, value: bool) -> Option<Self::Value> {
+        Some(PyBool::new(self.0, value).to_owned().into_any())
+    }
+
+    fn int(&mut self, value: i64) -> Option<Self::Value> {
+        Some(value.into_pyobject(self.0).ok()?.into_any())
+    }
+
+    fn float(&mut self, value: f64) -> Option<Self::Value> {
+        Some(PyFloat::new(self.0, value).into_any())
+    }
+
+    fn string(&mut self, value: &str) -> Option<Self::Value> {
+        Some(PyString::new(self.0, value).into_any())
+    }
+
+    fn array(&mut self, items: Vec<Self::Value>) -> Option<Self::Value> {
+        Some(PyList::new(self.0, items).ok()?.into_any())
+    }
+
+    fn object(&mut self, members: Vec<(String, Self::Value)>) -> Option<Self::Value> {
+        let dict = PyDict::new(self.0);
+        for (key, value) in members {
+            dict.set_item(key, value).ok()?;
+        }
+        Some(dict.into_any())
+    }
+
+    fn is_array(&self, value: &Self::Value) -> bool {
+        value.is_exact_instance_of::<PyList>()
+    }
+
+    fn is_object(&self, value: &Self::Value) -> bool {
+        value.is_exact_instance_of::<PyDict>()
+    }
+}
