@@ -128,7 +128,7 @@ def test_bytes_are_read_as_json_reads_them_or_declined(data: bytes) -> None:
 
 
 def test_what_json_reads_its_own_way_is_declined_and_left_to_it() -> None:
-    cases = {
+    cases: dict[bytes, tuple[list[Any], dict[str, Any]] | None] = {
         b'{"args":[123456789012345678901234567890],"kwargs":{}}': (
             [123456789012345678901234567890],
             {},
