@@ -5,10 +5,14 @@ measured: the time until the relays own every partition between them (the
 assignment settled), then, with no jobs flowing, the CPU each relay and the
 broker use (share of one core) and each relay's memory, then how long the
 assignment takes to settle again when one more relay joins and when it
-leaves (stopped as an operator would). Topics are deleted at exit.
+leaves (stopped as an operator would). Last, a backlog: the relays are
+stopped, `--jobs` no-op jobs are written to Kafka spread over every
+partition, the relays started again, and measured: the rate they move the
+backlog into Redis (10% to 90% of it there) and their peak memory. Topics
+are deleted at exit.
 
     python bench/scale_bench.py [--partitions 100,400,1600] [--relays 1]
-        [--per-queue 32] [--idle-seconds 10]
+        [--per-queue 32] [--idle-seconds 10] [--jobs 200000]
 
 Writes bench/results/scale.md and scale.json. All loopback; every wait is
 bounded.
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import conveyor
@@ -64,11 +69,93 @@ def idle_cpu(pids: dict[str, list[int]], seconds: float) -> dict[str, float]:
     return {name: (cpu_seconds(p) - before[name]) / seconds for name, p in pids.items()}
 
 
+def backlog(
+    servers: DevServers,
+    settings: conveyor.Settings,
+    queues: list[str],
+    *,
+    jobs: int,
+    start: Callable[[], subprocess.Popen[bytes]],
+    relays: int,
+) -> tuple[float, list[float]]:
+    """`jobs` written to Kafka over every queue's partitions while no relay
+    runs, then `relays` relays started: the jobs/s they move into Redis
+    (10% to 90% there) and each relay's peak RSS (MB)."""
+    producer = _core.KafkaProducer(servers.kafka.bootstrap)
+    payload = _core.encode_call([0.0], {})
+    per_queue = max(1, jobs // len(queues))
+    handles = []
+    for queue in queues:
+        for at in range(0, per_queue, 5000):
+            handles.append(
+                producer.send(
+                    settings.topic_for(queue), "bench.noop", [payload] * min(5000, per_queue - at)
+                )
+            )
+    for handle in handles:
+        handle.wait(120)
+    total = per_queue * len(queues)
+    store = _core.RedisStore(settings.redis_url)
+    procs = [start() for _ in range(relays)]
+    marks: dict[float, tuple[float, int]] = {}
+    deadline = time.monotonic() + 120 + total / 2000
+    try:
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            there = sum(store.ready_len(settings.namespace, q) for q in queues)
+            for share in (0.1, 0.9):
+                if share not in marks and there >= total * share:
+                    marks[share] = (time.monotonic(), there)
+            if there >= total:
+                break
+            time.sleep(0.05)
+        rss = [peak_rss_mb([p.pid]) for p in procs]
+    finally:
+        stop(procs)
+    rate = float("nan")
+    if 0.1 in marks and 0.9 in marks and marks[0.9][0] > marks[0.1][0]:
+        rate = (marks[0.9][1] - marks[0.1][1]) / (marks[0.9][0] - marks[0.1][0])
+    return rate, rss
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def measure(
-    servers: DevServers, partitions: int, per_queue: int, relays: int, idle_s: float
+    servers: DevServers, partitions: int, per_queue: int, *, relays: int, idle_s: float, jobs: int
+) -> dict[str, Any]:
+    """One row; its topics (and the dead-letter topics its relays made) are
+    deleted after it: partitions left from earlier rows would load the
+    broker (a run once stalled it with 11,000 of them)."""
+    namespace = f"sc{uuid.uuid4().hex[:6]}"
+    try:
+        return measure_in(
+            servers, namespace, partitions, per_queue, relays=relays, idle_s=idle_s, jobs=jobs
+        )
+    finally:
+        bootstrap = servers.kafka.bootstrap
+        mine = [t for t in _core.kafka_cluster_info(bootstrap)[2] if f".{namespace}." in t]
+        _core.kafka_delete_topics(bootstrap, mine)
+        time.sleep(5.0)  # the broker drops their partitions before the next row
+
+
+def measure_in(
+    servers: DevServers,
+    namespace: str,
+    partitions: int,
+    per_queue: int,
+    *,
+    relays: int,
+    idle_s: float,
+    jobs: int,
 ) -> dict[str, Any]:
     queues = [f"q{i}" for i in range(max(1, partitions // per_queue))]
-    namespace = f"sc{uuid.uuid4().hex[:6]}"
     settings = conveyor.Settings(
         kafka_bootstrap=servers.kafka.bootstrap, redis_url=servers.redis.url, namespace=namespace
     )
@@ -110,13 +197,12 @@ def measure(
         leaving.wait(timeout=60)
         print(f"    a relay joining: {joined:.1f} s, leaving: {left:.1f} s", flush=True)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
+    rate, load_rss = backlog(servers, settings, queues, jobs=jobs, start=start, relays=relays)
+    shown_rss = ", ".join(f"{v:.0f}" for v in load_rss)
+    print(
+        f"    a backlog of {jobs:,}: {rate:,.0f} jobs/s into Redis, RSS {shown_rss} MB", flush=True
+    )
     return {
         "partitions": total,
         "queues": len(queues),
@@ -127,6 +213,8 @@ def measure(
         "idle_cpu": cpu,
         "broker_alone": broker_alone,
         "relay_rss_mb": rss,
+        "backlog_jobs_per_s": rate,
+        "backlog_rss_mb": load_rss,
     }
 
 
@@ -137,8 +225,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "| partitions | relays | all owned after start, s | one more relay joins / leaves, s "
         "(goal < 10) | idle CPU per relay (goal < 2%) | broker idle CPU (without relays) "
-        "| relay RSS MB |",
-        "|---:|---:|---:|---:|---|---|---|",
+        "| relay RSS MB, idle | backlog into Redis, jobs/s | relay peak RSS MB, backlog |",
+        "|---:|---:|---:|---:|---|---|---|---:|---|",
     ]
     for r in rows:
         per_relay = ", ".join(f"{v:.1%}" for k, v in r["idle_cpu"].items() if k != "broker")
@@ -146,7 +234,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {r['partitions']:,} | {r['relays']} | {r['first_s']:.1f} "
             f"| {r['join_s']:.1f} / {r['leave_s']:.1f} | {per_relay} "
-            f"| {r['idle_cpu']['broker']:.1%} ({r['broker_alone']:.1%}) | {rss} |"
+            f"| {r['idle_cpu']['broker']:.1%} ({r['broker_alone']:.1%}) | {rss} "
+            f"| {r['backlog_jobs_per_s']:,.0f} "
+            f"| {', '.join(f'{v:.0f}' for v in r['backlog_rss_mb'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -157,6 +247,7 @@ def main() -> None:
     parser.add_argument("--per-queue", type=int, default=32, help="partitions per queue")
     parser.add_argument("--relays", default="1", help="comma-separated relay counts")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--jobs", type=int, default=200_000, help="jobs of the backlog")
     args = parser.parse_args()
     counts = [min(int(n), 4000) for n in args.partitions.split(",")]
     relay_counts = [max(1, min(int(n), 8)) for n in args.relays.split(",")]
@@ -164,7 +255,12 @@ def main() -> None:
     servers = DevServers.default()
     servers.up()
     delete_new_topics_at_exit(servers.kafka.bootstrap)
-    rows = [measure(servers, n, args.per_queue, r, idle_s) for n in counts for r in relay_counts]
+    jobs = max(1000, min(args.jobs, 2_000_000))
+    rows = [
+        measure(servers, n, args.per_queue, relays=r, idle_s=idle_s, jobs=jobs)
+        for n in counts
+        for r in relay_counts
+    ]
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cores": os.cpu_count(),
