@@ -1,0 +1,97 @@
+"""A worker's CPU per no-op job, and its wall time per stage: one thread
+fetching, running and settling batches of up to 100 jobs (as a worker thread
+does, without the keeper), in this process, from jobs admitted into Redis
+first. With `--ab`, alternates runs with the fast payload reader
+(`_core.decode_call`) on and off, to price it side by side.
+
+    python bench/worker_stages.py [--jobs 200000] [--rounds 3] [--ab]
+
+Loopback only; bounded in jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def one_run(jobs: int) -> str:
+    """Runs in a child process (see main): returns its report line."""
+    sys.path.insert(0, str(HERE))
+    import threading
+
+    import conveyor
+    from conveyor import _core
+    from conveyor.runner import BatchRun
+    from peers import conveyor_app
+
+    if os.environ.get("BENCH_READER") == "off":
+        _core.decode_call = lambda payload: None
+    for at in range(0, jobs, 5000):
+        conveyor_app.enqueue([0.0] * min(5000, jobs - at))
+    worker = conveyor.Worker(conveyor_app.app, threads=1, max_batch=100)
+    queues, runner, stopping = worker._queues, worker._runner, threading.Event()
+    wall = {"fetch": 0.0, "run": 0.0, "settle": 0.0}
+    done = 0
+    cpu = time.process_time()
+    while True:
+        began = time.perf_counter()
+        batch = queues.fetch(100)
+        wall["fetch"] += time.perf_counter() - began
+        if batch is None:
+            break
+        ran = BatchRun()
+        began = time.perf_counter()
+        runner.run_batch(batch, stopping, ran, None)
+        wall["run"] += time.perf_counter() - began
+        began = time.perf_counter()
+        worker._settle(batch, ran)
+        wall["settle"] += time.perf_counter() - began
+        done += len(batch)
+    cpu = time.process_time() - cpu
+    stages = ", ".join(f"{k} {v / done * 1e6:.2f}" for k, v in wall.items())
+    return f"{cpu / done * 1e6:.2f} us CPU per job; wall per job, us: {stages} ({done:,} jobs)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ab", action="store_true", help="alternate the reader on and off")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    jobs = max(1000, min(args.jobs, 2_000_000))
+    if args.child:
+        print(one_run(jobs))
+        return
+    from conveyor.devservers import DevServers
+
+    servers = DevServers.default()
+    servers.up()
+    for round_ in range(max(1, min(args.rounds, 20))):
+        for reader in ("on", "off") if args.ab else ("on",):
+            run = f"ws{uuid.uuid4().hex[:6]}"
+            env = {
+                **os.environ,
+                "CONVEYOR_REDIS_URL": servers.redis.url,
+                "CONVEYOR_NAMESPACE": run,
+                "BENCH_REDIS_URL": servers.redis.url,
+                "BENCH_RUN": run,
+                "BENCH_READER": reader,
+            }
+            argv = [sys.executable, __file__, "--child", "--jobs", str(jobs)]
+            line = subprocess.run(
+                argv, env=env, check=True, capture_output=True, text=True, timeout=600
+            ).stdout.strip()
+            print(f"round {round_ + 1}, reader {reader}: {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
