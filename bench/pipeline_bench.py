@@ -499,6 +499,40 @@ def start(pipe: Pipeline, env: Env) -> Running:
     return running
 
 
+class Progress:
+    """A count moving toward `total`: its rate between 10% and 90% of the
+    way (start-up and tail left out), from the counts seen on the way."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.marks: dict[float, tuple[float, int]] = {}
+
+    def see(self, count: int) -> int:
+        """Notes `count` now; returns it."""
+        # One clock reading: a count past both marks at once sets both to
+        # the same time, so that `rate` says NaN (too fast to measure at
+        # this size), never 0 jobs/s, as it did with two readings.
+        now = time.monotonic()
+        for share in (0.1, 0.9):
+            if share not in self.marks and count >= self.total * share:
+                self.marks[share] = (now, count)
+        return count
+
+    def rate(self) -> float:
+        """Per second from 10% to 90%; NaN if not both were seen apart."""
+        m = self.marks
+        if 0.1 in m and 0.9 in m and m[0.9][0] > m[0.1][0]:
+            return (m[0.9][1] - m[0.1][1]) / (m[0.9][0] - m[0.1][0])
+        return float("nan")
+
+
+def cpu_share(pids: dict[str, list[int]], seconds: float) -> dict[str, float]:
+    """Share of one core each group of processes uses over the next `seconds`."""
+    before = {name: cpu_seconds(p) for name, p in pids.items()}
+    time.sleep(seconds)
+    return {name: (cpu_seconds(p) - before[name]) / seconds for name, p in pids.items()}
+
+
 def throughput(
     pipe: Pipeline, producer: Producer, env: Env, client: redis.Redis, running: Running
 ) -> dict[str, Any]:
@@ -507,14 +541,10 @@ def throughput(
     cpu_before = {name: cpu_seconds(running.pids(name)) for name in pipe.components}
     producer_cpu = time.thread_time()
     n = pipe.jobs
-    marks: dict[float, tuple[float, int]] = {}
+    progress = Progress(n)
 
     def mark() -> int:
-        c = counted(client, env.run) - base
-        for share in (0.1, 0.9):
-            if share not in marks and c >= n * share:
-                marks[share] = (time.monotonic(), c)
-        return c
+        return progress.see(counted(client, env.run) - base)
 
     sent = 0
     chunk = max(50, n // 100)  # small enough to see a slow front door's progress
@@ -529,9 +559,7 @@ def throughput(
     while mark() < n - 200 and time.monotonic() < deadline:
         running.check()
         time.sleep(0.01)
-    rate = float("nan")
-    if 0.1 in marks and 0.9 in marks and marks[0.9][0] > marks[0.1][0]:
-        rate = (marks[0.9][1] - marks[0.1][1]) / (marks[0.9][0] - marks[0.1][0])
+    rate = progress.rate()
     per_100k = 100_000 / n
     cpu = {
         name: (cpu_seconds(running.pids(name)) - cpu_before[name]) * per_100k

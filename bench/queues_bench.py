@@ -31,7 +31,7 @@ import redis
 import conveyor
 from conveyor import _core
 from conveyor.devservers import DevServers
-from pipeline_bench import cpu_seconds, write_results
+from pipeline_bench import Progress, cpu_seconds, cpu_share, write_results
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,13 +39,6 @@ HERE = Path(__file__).resolve().parent
 def redis_pid(servers: DevServers) -> list[int]:
     info = redis.Redis.from_url(servers.redis.url).info("server")
     return [int(info["process_id"])]
-
-
-def share(pids: dict[str, list[int]], seconds: float) -> dict[str, float]:
-    """Share of one core each group of processes used over `seconds`."""
-    before = {name: cpu_seconds(p) for name, p in pids.items()}
-    time.sleep(seconds)
-    return {name: (cpu_seconds(p) - before[name]) / seconds for name, p in pids.items()}
 
 
 def measure(
@@ -73,23 +66,20 @@ def measure(
         time.sleep(3.0)  # started, and waiting for work
         if worker.poll() is not None:
             raise SystemExit("the worker exited at start")
-        idle = share({"worker": [worker.pid], "redis": redis_pid(servers)}, idle_s)
+        idle = cpu_share({"worker": [worker.pid], "redis": redis_pid(servers)}, idle_s)
         print(f"    idle: worker {idle['worker']:.1%}, Redis {idle['redis']:.1%}", flush=True)
         store = _core.RedisStore(servers.redis.url)
         envelope = conveyor.Envelope("bench.noop", _core.encode_call([0.0], {})).encode()
         per_queue, extra = divmod(jobs, queues)
         cpu_before = cpu_seconds([worker.pid])
-        marks: dict[float, tuple[float, int]] = {}
+        progress = Progress(jobs)
         for i, name in enumerate(names):
             n = per_queue + (1 if i < extra else 0)
             for start in range(0, n, 5000):
                 store.admit(run, name, [envelope] * min(5000, n - start))
         deadline = time.monotonic() + 60 + jobs / 1000
         while time.monotonic() < deadline:
-            done = int(client.get(done_key) or 0)
-            for at in (0.1, 0.9):
-                if at not in marks and done >= jobs * at:
-                    marks[at] = (time.monotonic(), done)
+            done = progress.see(int(client.get(done_key) or 0))
             if done >= jobs - 100 or worker.poll() is not None:
                 break
             time.sleep(0.01)
@@ -100,9 +90,7 @@ def measure(
             worker.wait(timeout=60)
         except subprocess.TimeoutExpired:
             worker.kill()
-    rate = float("nan")
-    if 0.1 in marks and 0.9 in marks and marks[0.9][0] > marks[0.1][0]:
-        rate = (marks[0.9][1] - marks[0.1][1]) / (marks[0.9][0] - marks[0.1][0])
+    rate = progress.rate()
     per_100k = cpu * 100_000 / jobs
     print(f"    {rate:,.0f} jobs/s, worker {per_100k:.2f} CPU s per 100k jobs", flush=True)
     return {

@@ -34,7 +34,7 @@ import conveyor
 from bench_topics import delete_new_topics_at_exit
 from conveyor import _core
 from conveyor.devservers import DevServers
-from pipeline_bench import cpu_seconds, peak_rss_mb, write_results
+from pipeline_bench import Progress, cpu_share, peak_rss_mb, write_results
 
 
 def settled(store: _core.RedisStore, namespace: str, relays: int, total: int) -> bool:
@@ -60,13 +60,6 @@ def wait_settled(
             raise SystemExit(f"{len(procs)} relay(s) never owned the {total} partitions")
         time.sleep(0.1)
     return time.monotonic() - began
-
-
-def idle_cpu(pids: dict[str, list[int]], seconds: float) -> dict[str, float]:
-    """Share of one core each group of processes used over `seconds`."""
-    before = {name: cpu_seconds(p) for name, p in pids.items()}
-    time.sleep(seconds)
-    return {name: (cpu_seconds(p) - before[name]) / seconds for name, p in pids.items()}
 
 
 def backlog(
@@ -97,24 +90,18 @@ def backlog(
     total = per_queue * len(queues)
     store = _core.RedisStore(settings.redis_url)
     procs = [start() for _ in range(relays)]
-    marks: dict[float, tuple[float, int]] = {}
+    progress = Progress(total)
     deadline = time.monotonic() + 120 + total / 2000
     try:
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-            there = sum(store.ready_len(settings.namespace, q) for q in queues)
-            for share in (0.1, 0.9):
-                if share not in marks and there >= total * share:
-                    marks[share] = (time.monotonic(), there)
+            there = progress.see(sum(store.ready_len(settings.namespace, q) for q in queues))
             if there >= total:
                 break
             time.sleep(0.05)
         rss = [peak_rss_mb([p.pid]) for p in procs]
     finally:
         stop(procs)
-    rate = float("nan")
-    if 0.1 in marks and 0.9 in marks and marks[0.9][0] > marks[0.1][0]:
-        rate = (marks[0.9][1] - marks[0.1][1]) / (marks[0.9][0] - marks[0.1][0])
-    return rate, rss
+    return progress.rate(), rss
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -164,7 +151,7 @@ def measure_in(
     total = len(queues) * per_queue
     broker = [pid for _, pid in servers.kafka.status() if pid is not None]
     print(f"  {total:,} partitions ({len(queues)} queues x {per_queue}), {relays} relay(s)")
-    broker_alone = idle_cpu({"broker": broker}, idle_s)["broker"]
+    broker_alone = cpu_share({"broker": broker}, idle_s)["broker"]
     env = {
         **os.environ,
         "CONVEYOR_KAFKA_BOOTSTRAP": servers.kafka.bootstrap,
@@ -183,7 +170,7 @@ def measure_in(
         print(f"    every partition owned after {first:.1f} s", flush=True)
         time.sleep(2.0)  # the first lag readings and status writes
         groups = {"broker": broker, **{f"relay {i + 1}": [p.pid] for i, p in enumerate(procs)}}
-        cpu = idle_cpu(groups, idle_s)
+        cpu = cpu_share(groups, idle_s)
         rss = {f"relay {i + 1}": peak_rss_mb([p.pid]) for i, p in enumerate(procs)}
         shown = ", ".join(f"{k} {v:.1%}" for k, v in cpu.items())
         print(f"    idle CPU: {shown} (broker alone {broker_alone:.1%})", flush=True)
