@@ -9,10 +9,12 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from conveyor import _core
+from conveyor.errors import InvalidJobError
 from conveyor.payload import _DECODER, decode_call
 
 I64 = (-(2**63), 2**63 - 1)
@@ -147,3 +149,11 @@ def test_what_json_reads_its_own_way_is_declined_and_left_to_it() -> None:
     assert same(fast, json_reads(twice))
     assert list(fast[1].items()) == [("a", 3), ("b", 2)]
     assert fast[0] == [0.5]
+
+
+def test_a_payload_that_is_not_bytes_is_read_or_refused_as_json_would() -> None:
+    # The reader takes bytes only: other buffers go to json, and what is no
+    # payload at all is an InvalidJobError, never a TypeError from the binding.
+    assert decode_call(bytearray(b'{"args":[1],"kwargs":{}}')) == ([1], {})  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError):
+        decode_call('{"args":[],"kwargs":{}}')  # type: ignore[arg-type]

@@ -64,7 +64,8 @@ def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
     surrogates, deep nesting and everything wrong) by Python's `json`,
     which has the last word: the reader reads only what `json` reads the same
     way (`tests/test_payload_conformance.py`)."""
-    fast = _core.decode_call(payload)
+    # The reader takes bytes; anything else goes to json as before.
+    fast = _core.decode_call(payload) if type(payload) is bytes else None
     if fast is not None:
         return fast
     try:
