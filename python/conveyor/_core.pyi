@@ -28,6 +28,7 @@ __all__ = [
     "check_route",
     "check_trace_context",
     "dead_letter_topic",
+    "decode_call",
     "decode_many",
     "encode_call",
     "encode_many",
