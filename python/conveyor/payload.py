@@ -4,8 +4,9 @@ A payload is the UTF-8 JSON object `{"args": [...], "kwargs": {...}}`. No pickle
 or any other format that runs code when read. This module is the payload's one
 home on the Python side: the encoder is Rust's (`_core.encode_call`, which the
 gate's framing shares: `rust/conveyor-core/src/payload.rs`), the decoder is
-here (with a fast Rust reader in front: `rust/conveyor-core/src/call_reader.rs`),
-and `tests/test_payload_conformance.py` holds them to the same bytes.
+here (with a fast Rust reader in front: `rust/conveyor-core/src/call_reader.rs`,
+held to it by `tests/test_call_reader.py`), and
+`tests/test_payload_conformance.py` holds them to the same bytes.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
     machinery) when it can; what it declines (big integers, lone
     surrogates, deep nesting and everything wrong) by Python's `json`,
     which has the last word: the reader reads only what `json` reads the same
-    way (`tests/test_payload_conformance.py`)."""
+    way (`tests/test_call_reader.py`)."""
     # The reader takes bytes; anything else goes to json as before.
     fast = _core.decode_call(payload) if type(payload) is bytes else None
     if fast is not None:

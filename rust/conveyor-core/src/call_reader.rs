@@ -10,7 +10,7 @@
 //! nesting deeper than [`MAX_READ_DEPTH`], bytes that are not UTF-8, and a
 //! top level that is not an object with a list `args` and an object
 //! `kwargs`. A declined payload goes to the full decoder, which runs it or
-//! says why not. `tests/test_payload_conformance.py` holds the two together.
+//! says why not. `tests/test_call_reader.py` holds the two together.
 
 /// Deepest nesting read here (the encoders refuse past 64); deeper payloads
 /// go to the full decoder.
