@@ -28,7 +28,14 @@ def job(i: int, job_type: str = "q.test", **fields: object) -> bytes:
 
 
 def args_of(batch: _core.LeasedBatch) -> list[int]:
-    return [json.loads(payload)["args"][0] for _, payload, _, _ in batch.jobs]
+    """Each job's first argument, from its payload; the call read at fetch agrees."""
+    firsts = []
+    for i, (_, call, _) in enumerate(batch.jobs):
+        first = json.loads(batch.payload(i))["args"][0]
+        assert call is not None
+        assert call[0][0] == first
+        firsts.append(first)
+    return firsts
 
 
 @pytest.fixture
@@ -125,7 +132,7 @@ def test_the_reaper_returns_expired_leases_and_heartbeats_keep_them(
     back = alive.fetch(10)
     assert back is not None
     assert args_of(back) == [0, 1, 2]
-    assert [attempt for _, _, attempt, _ in back.jobs] == [1, 1, 0], (
+    assert [attempt for _, _, attempt in back.jobs] == [1, 1, 0], (
         "an expired lease is an attempt for each job that had started, and only for those"
     )
     assert store.counts(namespace, Q)["reaped"] == 3
@@ -149,7 +156,7 @@ def test_a_reaped_lease_charges_its_first_job_even_before_any_heartbeat(
     assert alive.reap() == 2
     back = alive.fetch(10)
     assert back is not None
-    assert [attempt for _, _, attempt, _ in back.jobs] == [1, 0]
+    assert [attempt for _, _, attempt in back.jobs] == [1, 0]
     client = redis.Redis.from_url(servers.redis.url)
     assert not client.hlen(f"cv:{namespace}:{{{Q}}}:progress"), "the reaper cleans up"
 
@@ -241,7 +248,7 @@ def test_replayed_dead_letters_get_fresh_attempts(
     back = wq.fetch(10)
     assert back is not None
     assert sorted(args_of(back)) == [0, 1, 2]
-    assert {attempt for _, _, attempt, _ in back.jobs} == {0}
+    assert {attempt for _, _, attempt in back.jobs} == {0}
 
 
 def test_a_full_redis_still_serves_fetch_retry_and_ack_until_empty(tmp_path: Path) -> None:

@@ -53,8 +53,20 @@ class JobInfo:
         )
 
 
-#: `.job` is the job running in this thread; the runner sets it around each
-#: attempt (an attribute of a thread-local, the cheapest thing to set per job).
+def leased_job(batch: _core.LeasedBatch, index: int) -> JobInfo:
+    """The `JobInfo` of job `index` of a leased batch."""
+    job_type, _, attempt = batch.jobs[index]
+    return JobInfo(
+        batch.job_id(index), job_type, attempt + 1, batch.queue, batch=batch, index=index
+    )
+
+
+#: The job running in this thread: `.job` when the runner made its `JobInfo`
+#: (every path but the hottest), else job `.index` of leased batch `.batch`,
+#: whose `JobInfo` is made only if a handler asks (`current_job()`): the hot
+#: path sets one attribute of a thread-local per job, the cheapest thing to
+#: set, and builds nothing. `.job`, when set, wins: the runner clears it
+#: after each job it made one for.
 current = threading.local()
 
 #: The job an async handler runs: each runs in a task of its own on the
@@ -66,4 +78,8 @@ task_job: ContextVar[JobInfo | None] = ContextVar("conveyor_task_job", default=N
 def current_job() -> JobInfo | None:
     """The job running in this thread (or task), if any."""
     job = task_job.get()
-    return job if job is not None else getattr(current, "job", None)
+    if job is None:
+        job = getattr(current, "job", None)
+    if job is None and getattr(current, "batch", None) is not None:
+        job = leased_job(current.batch, current.index)
+    return job

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from conveyor import _core
 from conveyor.errors import InvalidJobError, JobCancelled, JobTimeout, PermanentError
-from conveyor.job_context import JobInfo, current, task_job
+from conveyor.job_context import JobInfo, current, leased_job, task_job
 from conveyor.jobs import JobOptions, JobType
 from conveyor.middleware import Middleware, call_hooks
 from conveyor.payload import decode_call
@@ -40,12 +40,22 @@ UNKNOWN_TYPE = JobOptions(max_attempts=5, backoff_s=5.0, backoff_max_s=300.0)
 #: the next attempt, or None to dead-letter it.
 Failure = tuple[str, float | None]
 
+#: A job's arguments as the runner gets them: its payload, or the `(args,
+#: kwargs)` the fast reader already read from it at fetch.
+Arguments = bytes | tuple[list[Any], dict[str, Any]]
+
 #: A result to keep for a job's waiters (`conveyor.results`) and for how long (s).
 Kept = tuple[bytes, float]
 
 #: An async job handed to the loop: its index in the batch, type, job and
 #: the future of its run.
 Started = tuple[int, "JobType[Any, Any]", JobInfo, "Future[Any]"]
+
+
+def read_arguments(arguments: Arguments) -> tuple[list[Any], dict[str, Any]]:
+    """The `(args, kwargs)` of `arguments`; InvalidJobError if its payload is
+    not a call."""
+    return arguments if isinstance(arguments, tuple) else decode_call(arguments)
 
 
 class Slots(Protocol):
@@ -144,6 +154,16 @@ class Runner:
         self.async_types = frozenset(
             name for name, jt in self.handlers.items() if inspect.iscoroutinefunction(jt.fn)
         )
+        #: The types `run_batch`'s hot path runs: no hook, timeout, kept
+        #: result or event loop to go through.
+        self.plain = {
+            name: jt
+            for name, jt in self.handlers.items()
+            if not self.middleware
+            and jt.options.timeout_s is None
+            and not jt.options.store_result
+            and name not in self.async_types
+        }
 
     def run_batch(
         self,
@@ -160,61 +180,81 @@ class Runner:
         loop (`ran.started`; its `ends` entry is 0.0 until `finish_async`
         fills it): the worker's async lane awaits it while this thread moves
         on. With no slot free, the thread waits for one."""
-        handlers = self.handlers
+        handlers, plain = self.handlers, self.plain
         now = time.time
         ends, failures = ran.ends, ran.failures
-        queue = batch.queue
-        simple = not self.middleware and not self.async_types
-        for i, (job_type, payload, attempt, job_id) in enumerate(batch.jobs):
-            if stopping.is_set():
-                break
-            jt = handlers.get(job_type)
-            lane = slots if jt is not None and jt.name in self.async_types else None
-            if lane is not None and not lane.acquire(stopping):
-                break  # stopping: this job and the rest go back unstarted
-            info = JobInfo(job_id, job_type, attempt + 1, queue, batch=batch, index=i)
-            batch.begin(i)
-            if (
-                simple
-                and jt is not None
-                and jt.options.timeout_s is None
-                and not jt.options.store_result
-                and attempt < jt.options.max_attempts
-            ):
-                # The hot path: the same steps as `attempt` with nothing to
-                # hook or time, spelled out to save calls per job.
-                current.job = info
-                try:
-                    args, kwargs = decode_call(payload)
-                    if jt.reader is not None:
-                        jt.reader(args, kwargs)
-                except InvalidJobError as err:
-                    failures[i] = self.failure(jt.options, info, PermanentError(str(err)))
-                else:
+        current.job, current.batch = None, batch
+        try:
+            for i, (job_type, call, attempt) in enumerate(batch.jobs):
+                if stopping.is_set():
+                    break
+                jt = plain.get(job_type)
+                if jt is not None and attempt < jt.options.max_attempts:
+                    # The hot path: the same steps as `attempt` with nothing to
+                    # hook or time, spelled out to save calls per job; its
+                    # `JobInfo` is made only if asked for (`current_job()`).
+                    batch.begin(i)
+                    current.index = i
                     try:
-                        jt.fn(*args, **kwargs)
-                    except BaseException as err:  # a handler may raise anything at all
-                        if isinstance(err, JobCancelled):
-                            ran.cancelled.append(i)
-                        else:
-                            if type(err) is TypeError:
-                                err = jt.misfit(args, kwargs, err)
-                            failures[i] = self.failure(jt.options, info, err)
-                ends.append(now())
-                continue
-            if (
-                lane is not None
-                and jt is not None
-                and self._lane_start(lane, i, jt, info, payload, ran=ran)
-            ):
-                ends.append(0.0)
-                continue
-            kept: list[Any] = []
-            error = self.attempt(jt, info, payload, kept)
-            options = jt.options if jt is not None else UNKNOWN_TYPE
-            self._record(ran, i, options, info, error=error, kept=kept)
-            ends.append(now())
+                        args, kwargs = call if call is not None else decode_call(batch.payload(i))
+                        if jt.reader is not None:
+                            jt.reader(args, kwargs)
+                    except InvalidJobError as err:
+                        failures[i] = self.failure(
+                            jt.options, leased_job(batch, i), PermanentError(str(err))
+                        )
+                    else:
+                        try:
+                            jt.fn(*args, **kwargs)
+                        except BaseException as err:  # a handler may raise anything at all
+                            if isinstance(err, JobCancelled):
+                                ran.cancelled.append(i)
+                            else:
+                                if type(err) is TypeError:
+                                    err = jt.misfit(args, kwargs, err)
+                                failures[i] = self.failure(jt.options, leased_job(batch, i), err)
+                    ends.append(now())
+                    continue
+                jt = handlers.get(job_type)
+                if not self._run_one(batch, i, jt, call, stopping=stopping, ran=ran, slots=slots):
+                    break  # stopping: this job and the rest go back unstarted
+        finally:
+            current.job = current.batch = None
+
+    def _run_one(
+        self,
+        batch: _core.LeasedBatch,
+        i: int,
+        jt: JobType[Any, Any] | None,
+        call: tuple[list[Any], dict[str, Any]] | None,
+        *,
+        stopping: threading.Event,
+        ran: BatchRun,
+        slots: Slots | None,
+    ) -> bool:
+        """Job `i` of `run_batch` with every check (or started on the async
+        lane); False, with nothing started, once `stopping` is set while it
+        waits for a slot."""
+        lane = slots if jt is not None and jt.name in self.async_types else None
+        if lane is not None and not lane.acquire(stopping):
+            return False
+        batch.begin(i)
+        info = leased_job(batch, i)
+        arguments = call if call is not None else batch.payload(i)
+        if (
+            lane is not None
+            and jt is not None
+            and self._lane_start(lane, i, jt, info, arguments, ran=ran)
+        ):
+            ran.ends.append(0.0)
+            return True
+        kept: list[Any] = []
+        error = self.attempt(jt, info, arguments, kept)
         current.job = None
+        options = jt.options if jt is not None else UNKNOWN_TYPE
+        self._record(ran, i, options, info, error=error, kept=kept)
+        ran.ends.append(time.time())
+        return True
 
     def _record(
         self,
@@ -243,7 +283,7 @@ class Runner:
         self,
         jt: JobType[Any, Any] | None,
         info: JobInfo,
-        payload: bytes,
+        payload: Arguments,
         kept: list[Any] | None = None,
     ) -> BaseException | None:
         """One job with every check: unknown type, attempts left, hooks,
@@ -265,7 +305,7 @@ class Runner:
         error: BaseException | None = None
         call_hooks(self.middleware, "before", info)
         try:
-            args, kwargs = decode_call(payload)
+            args, kwargs = read_arguments(payload)
             if jt.reader is not None:
                 jt.reader(args, kwargs)
         except InvalidJobError as err:
@@ -281,7 +321,7 @@ class Runner:
         return error
 
     def start_async(
-        self, jt: JobType[Any, Any], info: JobInfo, payload: bytes
+        self, jt: JobType[Any, Any], info: JobInfo, payload: Arguments
     ) -> Future[Any] | None:
         """Starts an async job on the loop after the checks and `before`
         hooks of `attempt`; None (nothing done) when the attempt cannot start
@@ -290,7 +330,7 @@ class Runner:
         if self.loop is None or info.attempt > jt.options.max_attempts:
             return None
         try:
-            args, kwargs = decode_call(payload)
+            args, kwargs = read_arguments(payload)
             if jt.reader is not None:
                 jt.reader(args, kwargs)
         except InvalidJobError:
@@ -310,7 +350,7 @@ class Runner:
         i: int,
         jt: JobType[Any, Any],
         info: JobInfo,
-        payload: bytes,
+        payload: Arguments,
         *,
         ran: BatchRun,
     ) -> bool:

@@ -26,7 +26,7 @@ from conveyor.app import Conveyor
 from conveyor.async_lane import AsyncLane
 from conveyor.canaries import CANARY_TYPE, canary_job
 from conveyor.errors import ConfigError, ConveyorError
-from conveyor.job_context import JobInfo, current_job
+from conveyor.job_context import JobInfo, current_job, leased_job
 from conveyor.jobs import JobType
 from conveyor.keeper import Keeper
 from conveyor.middleware import Middleware
@@ -301,9 +301,8 @@ class Worker:
         return self.max_job_s if timeout is None else timeout + self.lease_s
 
     def _fault_failure(self, batch: _core.LeasedBatch, index: int, error: BaseException) -> Failure:
-        job_type, _, attempt, job_id = batch.jobs[index]
-        info = JobInfo(job_id, job_type, attempt + 1, batch.queue)
-        jt = self.app.registry.get(job_type)
+        info = leased_job(batch, index)
+        jt = self.app.registry.get(info.job_type)
         try:
             return self._runner.failure(jt.options if jt else UNKNOWN_TYPE, info, error)
         except BaseException:

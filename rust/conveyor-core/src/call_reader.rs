@@ -16,6 +16,12 @@
 /// go to the full decoder.
 pub const MAX_READ_DEPTH: usize = 100;
 
+/// Largest payload a worker reads as it fetches (a whole batch at once);
+/// a larger one is read only as its job starts, so a batch of big payloads
+/// is never held as decoded values all at once (decoded objects take several
+/// times their JSON's bytes).
+pub const READ_AT_FETCH_MAX_LEN: usize = 4096;
+
 /// Makes the caller's values; a `None` makes the reader decline.
 pub trait CallBuilder {
     /// A value made.

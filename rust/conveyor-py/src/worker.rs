@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use conveyor_core::call_reader::{read_call, READ_AT_FETCH_MAX_LEN};
 use conveyor_core::config::{duration, positive_duration};
 use conveyor_core::id::new_process_id;
 use conveyor_core::store::history::History;
@@ -12,12 +13,13 @@ use conveyor_core::store::keys::QueueKeys;
 use conveyor_core::store::queue::DeadRetention;
 use conveyor_core::worker::keeper::Keeper;
 use conveyor_core::worker::outcomes::{outcomes, Failure};
-use conveyor_core::worker::{self, Batch, MaxAges, WeightedQueue};
+use conveyor_core::worker::{self, Batch, MaxAges, ReadyJob, WeightedQueue};
 use conveyor_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::errors::IntoPyResult;
+use crate::payload;
 
 /// A worker process's connection to its queues, shared by its threads.
 #[pyclass(frozen, module = "conveyor._core")]
@@ -26,7 +28,10 @@ pub struct WorkQueues {
     keeper: Mutex<Option<Keeper>>,
 }
 
-/// Jobs leased by one fetch. `jobs[i]` is `(job_type, payload, attempt, id)`.
+/// Jobs leased by one fetch. `jobs[i]` is `(job_type, call, attempt)`: `call`
+/// is the payload's `(args, kwargs)` as the fast reader read it at fetch, or
+/// `None` where it did not (a payload it declines, or one larger than
+/// `READ_AT_FETCH_MAX_LEN`): `payload(i)` then gives the bytes to decode.
 #[pyclass(frozen, module = "conveyor._core")]
 pub struct LeasedBatch {
     batch: Batch,
@@ -60,6 +65,16 @@ impl LeasedBatch {
         self.batch.jobs.len()
     }
 
+    /// Job `index`'s id.
+    fn job_id(&self, index: usize) -> PyResult<String> {
+        Ok(self.job(index)?.envelope.id.to_string())
+    }
+
+    /// Job `index`'s payload (JSON bytes).
+    fn payload<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &self.job(index)?.envelope.payload))
+    }
+
     /// Marks job `index` as starting now (see `Batch::begin`).
     fn begin(&self, index: usize) {
         self.batch.begin(index);
@@ -74,8 +89,15 @@ impl LeasedBatch {
     /// The decoded envelope of job `index` (its timestamps and stage stamps),
     /// built only when asked for.
     fn envelope(&self, index: usize) -> PyResult<crate::envelope::Envelope> {
-        let job = self
-            .batch
+        Ok(crate::envelope::Envelope {
+            inner: self.job(index)?.envelope.clone(),
+        })
+    }
+}
+
+impl LeasedBatch {
+    fn job(&self, index: usize) -> PyResult<&ReadyJob> {
+        self.batch
             .jobs
             .get(index)
             .ok_or_else(|| {
@@ -84,10 +106,7 @@ impl LeasedBatch {
                     self.batch.jobs.len()
                 ))
             })
-            .py()?;
-        Ok(crate::envelope::Envelope {
-            inner: job.envelope.clone(),
-        })
+            .py()
     }
 }
 
@@ -179,13 +198,21 @@ impl WorkQueues {
                 .entry(env.job_type.as_str())
                 .or_insert_with(|| PyString::intern(py, &env.job_type))
                 .clone();
+            let call = if env.payload.len() <= READ_AT_FETCH_MAX_LEN {
+                read_call(&env.payload, &mut payload::Objects(py))
+            } else {
+                None
+            };
+            let call = match call {
+                Some(call) => call.into_pyobject(py)?.into_any(),
+                None => py.None().into_bound(py),
+            };
             let item = PyTuple::new(
                 py,
                 [
                     job_type.into_any(),
-                    PyBytes::new(py, &env.payload).into_any(),
+                    call,
                     env.attempt.into_pyobject(py)?.into_any(),
-                    PyString::new(py, &env.id.to_string()).into_any(),
                 ],
             )?;
             jobs.append(item)?;
