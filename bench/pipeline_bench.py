@@ -739,7 +739,7 @@ def render(rows: list[dict[str, Any]], limits: dict[str, float], meta: dict[str,
     for r in rows:
         lines.append(
             f"| {r['pipeline']} | {r['jobs_per_s']:,.0f} | {lat(r, 'at_1000')} "
-            f"| {lat(r, 'at_10000')} | {parts(r['cpu_s_per_100k'], '.1f')} "
+            f"| {lat(r, 'at_10000')} | {parts(r['cpu_s_per_100k'], '.2f')} "
             f"| {parts(r['peak_rss_mb'], '.0f')} |"
         )
     lines += ["", "| raw limit, same run | per second |", "|---|---:|"]
