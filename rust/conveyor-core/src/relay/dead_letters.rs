@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use super::stats::{lock, RelayStats};
@@ -111,9 +111,13 @@ fn retriable(err: &KafkaError) -> bool {
     )
 }
 
-/// The relay's dead-letter producer.
+/// The relay's dead-letter producer. Its reports are served by `send`
+/// (which waits for them) and by the reader's `serve` once a second, not by
+/// a polling thread of its own: rdkafka's polls end in a busy wait for the
+/// last fraction of a millisecond of their timeout, and a thread polling an
+/// idle producer all the time was a quarter of an idle relay's CPU.
 pub(super) struct DeadLetters {
-    producer: ThreadedProducer<Reports>,
+    producer: BaseProducer<Reports>,
     stats: Arc<RelayStats>,
     stop: Arc<AtomicBool>,
 }
@@ -216,6 +220,12 @@ impl DeadLetters {
     /// Waits up to `timeout` for records in flight (at the relay's end).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
+    }
+
+    /// Serves the events librdkafka queued meanwhile (errors, logs), without
+    /// waiting, so that they do not pile up while nothing is dead-lettered.
+    pub fn serve(&self) {
+        self.producer.poll(Duration::ZERO);
     }
 }
 

@@ -257,6 +257,7 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         relay_id: new_process_id(),
         recovery,
         generation: None,
+        published: None,
     };
     let thread = spawn("conveyor-relay", move || reader.run())?;
     let observer_stop = Arc::clone(&stop);

@@ -20,6 +20,9 @@ use crate::store::RedisStore;
 /// A queue's open-jobs counts: `(field, count)`.
 type OpenJobs = Vec<(String, i64)>;
 
+/// Each queue's fences (field -> next offset) and open-jobs counts, by topic.
+type Readings = HashMap<String, (HashMap<String, i64>, OpenJobs)>;
+
 /// How often a relay measures its partitions' lag and publishes its status.
 const OBSERVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -27,6 +30,11 @@ const OBSERVE_EVERY: Duration = Duration::from_secs(1);
 const LOG_ENDS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Partitions per request for their log ends.
 const LOG_ENDS_CHUNK: usize = 128;
+
+/// Longest a status that changed only in its time goes unpublished: the
+/// status of 1,600 partitions is a quarter of a megabyte of JSON, and
+/// readers count a relay gone only after 10 s without one.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(5);
 
 /// The observer thread's state.
 pub(super) struct Observer {
@@ -41,6 +49,8 @@ pub(super) struct Observer {
     pub recovery: Arc<Recovery>,
     /// The Redis store's generation when last read.
     pub generation: Option<String>,
+    /// When the status was last published, and its counters then.
+    pub published: Option<(Instant, serde_json::Value)>,
 }
 
 impl Observer {
@@ -50,8 +60,8 @@ impl Observer {
         while !stop.load(Ordering::Relaxed) {
             if Instant::now() >= next {
                 next = Instant::now() + OBSERVE_EVERY;
-                self.refresh_lag();
-                self.publish_status();
+                let moved = self.refresh_lag();
+                self.publish_status(moved);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -72,32 +82,23 @@ impl Observer {
     /// which answers for paused partitions too) minus the offset Redis holds
     /// records up to, the relay's own truth of what is written. Also checks
     /// what Redis holds against what the relay saw it take, and reads the
-    /// watermarks to commit.
-    fn refresh_lag(&mut self) {
+    /// watermarks to commit. True when a partition's reading changed.
+    fn refresh_lag(&mut self) -> bool {
         let owned = self.stats.assignment();
         let before = self.stats.lag();
         // Read before Redis: a batch landing meanwhile only moves a fence on.
         let written = self.recovery.written();
         let replaced = self.check_generation();
-        let mut readings: HashMap<String, (HashMap<String, i64>, OpenJobs)> = HashMap::new();
         let mut lags = Vec::with_capacity(owned.len());
         let mut marks = HashMap::new();
         let ends = self.log_ends(&owned);
+        let Some(readings) = self.readings(&owned) else {
+            return false;
+        };
         for (topic, partition) in owned {
-            if !readings.contains_key(&topic) {
-                let Some(keys) = self.queues.get(&topic).cloned() else {
-                    continue;
-                };
-                let Some(store) = self.store() else {
-                    return;
-                };
-                let Ok((fences, open)) = store.recovery_reading(&keys) else {
-                    self.store = None;
-                    return;
-                };
-                readings.insert(topic.clone(), (fences.into_iter().collect(), open));
-            }
-            let (fences, open) = &readings[&topic];
+            let Some((fences, open)) = readings.get(&topic) else {
+                continue;
+            };
             let fence = fences.get(&fence_field(&topic, partition)).copied();
             let expected = written.get(&(topic.clone(), partition)).copied();
             if replaced || expected.is_some_and(|w| lost(fence, w)) {
@@ -145,7 +146,35 @@ impl Observer {
         }
         self.recovery.set_watermarks(marks);
         lags.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let moved = lags != before;
         *lock(&self.stats.partitions) = lags;
+        moved
+    }
+
+    /// The fences and open-job counts of every queue with an owned
+    /// partition, in one round trip (one per queue was 50 a second for a
+    /// relay of 50 queues); None when Redis did not answer.
+    fn readings(&mut self, owned: &[(String, i32)]) -> Option<Readings> {
+        let mut topics: Vec<&String> = owned.iter().map(|(topic, _)| topic).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let asked: Vec<(String, QueueKeys)> = topics
+            .into_iter()
+            .filter_map(|t| Some((t.clone(), self.queues.get(t)?.clone())))
+            .collect();
+        let store = self.store()?;
+        let keys: Vec<&QueueKeys> = asked.iter().map(|(_, keys)| keys).collect();
+        let Ok(got) = store.recovery_readings(&keys) else {
+            self.store = None;
+            return None;
+        };
+        Some(
+            asked
+                .into_iter()
+                .zip(got)
+                .map(|((topic, _), (fences, open))| (topic, (fences.into_iter().collect(), open)))
+                .collect(),
+        )
     }
 
     /// Each partition's `(low, high)` watermarks, asked of the brokers many
@@ -221,13 +250,14 @@ impl Observer {
         replaced
     }
 
-    /// Publishes this relay's state to Redis for `conveyor relays`; best
-    /// effort (a full or absent Redis only delays the next one).
-    fn publish_status(&mut self) {
+    /// Publishes this relay's state to Redis for `conveyor relays`, when
+    /// `moved` (its partitions' readings changed) or its counters did, or
+    /// [`REPUBLISH_EVERY`] passed; best effort (a full or absent Redis only
+    /// delays the next one).
+    fn publish_status(&mut self, moved: bool) {
         let stats = &self.stats;
-        let status = serde_json::json!({
+        let counters = serde_json::json!({
             "id": self.relay_id,
-            "updated_at": now_us() as f64 / 1e6,
             "relayed": stats.relayed.load(Ordering::Relaxed),
             "shadowed": stats.shadowed.load(Ordering::Relaxed),
             "dead_lettered": stats.dead_lettered.load(Ordering::Relaxed),
@@ -237,9 +267,17 @@ impl Observer {
             "depth_guarded": stats.depth_guarded.load(Ordering::Relaxed),
             "guard_engaged": stats.guard_engaged.load(Ordering::Relaxed),
             "controls": &*lock(&stats.controls),
-            "partitions": &*lock(&stats.partitions),
-        })
-        .to_string();
+        });
+        let fresh = self.published.as_ref().is_some_and(|(at, last)| {
+            !moved && *last == counters && at.elapsed() < REPUBLISH_EVERY
+        });
+        if fresh {
+            return;
+        }
+        let mut status = counters.clone();
+        status["updated_at"] = serde_json::json!(now_us() as f64 / 1e6);
+        status["partitions"] = serde_json::json!(&*lock(&stats.partitions));
+        let status = status.to_string();
         let (namespace, id) = (self.namespace.clone(), self.relay_id.clone());
         if let Some(store) = self.store() {
             if store
@@ -247,7 +285,9 @@ impl Observer {
                 .is_err()
             {
                 self.store = None;
+                return;
             }
+            self.published = Some((Instant::now(), counters));
         }
     }
 }

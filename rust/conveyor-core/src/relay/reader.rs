@@ -93,6 +93,7 @@ impl Reader {
             if self.committed_at.elapsed() >= COMMIT_EVERY {
                 self.committed_at = Instant::now();
                 self.commit(CommitMode::Async);
+                self.dead_letters.serve();
             }
         }
         // Let the writer finish the batch it holds.

@@ -130,16 +130,31 @@ impl RedisStore {
             .query(&mut self.conn)?)
     }
 
-    /// A queue's fences, then its open-jobs counts (`keys::open_field` ->
-    /// count), read in that order: a batch landing in between only adds
-    /// open jobs at or past the fences read, so a watermark computed from
-    /// the two is never too high.
-    pub fn recovery_reading(&mut self, keys: &QueueKeys) -> Result<RecoveryReading> {
-        let mut fences = Cmd::new();
-        fences.arg("HGETALL").arg(keys.relayed());
-        let mut open = Cmd::new();
-        open.arg("HGETALL").arg(keys.open());
-        self.conn.pipeline(vec![fences, open])
+    /// Each queue's fences, then its open-jobs counts (`keys::open_field`
+    /// -> count), in one round trip. Each queue's two are read in that
+    /// order (one node holds both, and runs a pipeline's commands in
+    /// order): a batch landing in between only adds open jobs at or past
+    /// the fences read, so a watermark computed from the two is never too
+    /// high.
+    pub fn recovery_readings(&mut self, queues: &[&QueueKeys]) -> Result<Vec<RecoveryReading>> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut commands = Vec::with_capacity(queues.len() * 2);
+        for keys in queues {
+            for key in [keys.relayed(), keys.open()] {
+                let mut cmd = Cmd::new();
+                cmd.arg("HGETALL").arg(key);
+                commands.push(cmd);
+            }
+        }
+        let replies: Vec<Vec<(String, i64)>> = self.conn.pipeline(commands)?;
+        let mut replies = replies.into_iter();
+        let mut readings = Vec::with_capacity(queues.len());
+        while let (Some(fences), Some(open)) = (replies.next(), replies.next()) {
+            readings.push((fences, open));
+        }
+        Ok(readings)
     }
 
     /// Moves a partition's fence from `from` back to `to`, if it still reads
@@ -228,7 +243,7 @@ impl RedisStore {
 }
 
 /// A queue's fences (`"<topic>:<partition>"` -> next offset) and open-jobs
-/// counts, from [`RedisStore::recovery_reading`].
+/// counts, from [`RedisStore::recovery_readings`].
 pub type RecoveryReading = (Vec<(String, i64)>, Vec<(String, i64)>);
 
 /// How full a node is: used/max, or 0 without a limit (so any node with a
