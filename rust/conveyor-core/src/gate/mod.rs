@@ -293,13 +293,15 @@ pub fn start(config: GateConfig) -> Result<GateHandle> {
         .map(Arc::new);
     // Every request waits for its ack, and a runtime thread with nothing
     // to send would not serve it: the polling thread always serves reports.
-    // The gate sends one record per request: at saturation, 2 ms of
-    // linger packs more of them into each produce request than 0.5 ms,
-    // whose smaller requests cost the colocated broker enough CPU to take
-    // a fifth off the gate row's rate (bench/extension_ab.py, A B B A).
+    // The gate sends one record per request. 0.5 ms of linger made produce
+    // requests small enough to cost the colocated broker a fifth of the
+    // gate row's rate (bench/extension_ab.py, A B B A); 2 ms was most of a
+    // request's p50. 1 ms, alternated with 2 ms (bench/gate_bench.py):
+    // wrk's rate 32-33k against 19-20k req/s (each connection waits for its
+    // ack), p99 at 10,000 req/s 4.1-4.6 against 4.1-4.7 ms.
     let options = ProducerOptions {
         reports: Reports::Thread,
-        linger: Duration::from_millis(2),
+        linger: Duration::from_millis(1),
         ..config.producer.clone()
     };
     let producer = JobProducer::new(&config.kafka, options)?;
