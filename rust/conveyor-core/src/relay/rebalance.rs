@@ -124,13 +124,6 @@ pub(super) fn subscribe(
         .set("queued.min.messages", "20000")
         .set("fetch.queue.backoff.ms", "2")
         .set("max.partition.fetch.bytes", "524288")
-        // An idle relay's fetches each name every partition it owns and
-        // come back empty every fetch.wait.max.ms (500 by default): with
-        // 1,600 partitions, most of its own idle CPU and the broker's. A
-        // record appended meanwhile ends the wait at once, so a longer one
-        // costs no latency; a partition resumed or newly assigned waits for
-        // the fetch in flight, up to this long.
-        .set("fetch.wait.max.ms", "1000")
         .set("fetch.max.bytes", "2097152");
     // User properties win over our defaults.
     for (key, value) in &config.kafka.properties {
