@@ -162,6 +162,11 @@ impl Observer {
             .into_iter()
             .filter_map(|t| Some((t.clone(), self.queues.get(t)?.clone())))
             .collect();
+        if asked.is_empty() {
+            // Nothing owned: nothing to read, and the last pass's readings
+            // are cleared even while Redis is away.
+            return Some(Readings::new());
+        }
         let store = self.store()?;
         let keys: Vec<&QueueKeys> = asked.iter().map(|(_, keys)| keys).collect();
         let Ok(got) = store.recovery_readings(&keys) else {
