@@ -65,11 +65,7 @@ def sweep(
         for offered in [r for r in rates if up_to is None or r <= up_to]:
             got = pb.latency(producer, env, client, running, offered=offered, seconds=seconds)
             row["points"].append({"offered_per_s": offered, **got})
-            print(
-                f"    {offered:>9,}/s offered ({got['achieved_per_s']:,.0f} achieved): "
-                f"p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms",
-                flush=True,
-            )
+            print(f"    {pb.point_line(offered, got)}", flush=True)
             if got["achieved_per_s"] < offered * 0.9:
                 print("    the front door cannot offer more: row ends", flush=True)
                 break

@@ -577,10 +577,12 @@ def latency(
     *,
     offered: int,
     seconds: float,
-) -> dict[str, float]:
-    """Jobs at `offered` per second for `seconds`; enqueue-to-start percentiles."""
+) -> dict[str, Any]:
+    """Jobs at `offered` per second for `seconds`; enqueue-to-start percentiles,
+    and where stalled jobs waited (`point_line`)."""
     quiesce(client)
-    client.delete(f"bench:{env.run}:latency")
+    client.delete(f"bench:{env.run}:latency", f"bench:{env.run}:slow")
+    watch_redis_latency(client)
     base = counted(client, env.run)
     total = int(offered * seconds)
     per_tick = max(1, offered // 100)
@@ -598,13 +600,62 @@ def latency(
     wait_counted(client, env.run, base + total - 200, 60, running)
     time.sleep(0.5)
     samples = sorted(float(x) for x in client.lrange(f"bench:{env.run}:latency", 0, -1))
+    stalls = {
+        "slowest": max(
+            (json.loads(x) for x in client.lrange(f"bench:{env.run}:slow", 0, -1)),
+            key=lambda s: s["waited_ms"],
+            default=None,
+        ),
+        "redis_latency": redis_latency(client),
+    }
     if not samples:
         return {"p50_ms": float("nan"), "p99_ms": float("nan"), "achieved_per_s": achieved}
     return {
         "p50_ms": samples[len(samples) // 2] * 1000,
         "p99_ms": samples[int(len(samples) * 0.99)] * 1000,
         "achieved_per_s": achieved,
+        **stalls,
     }
+
+
+#: A point's p99 above this (ms) is a stall that the bench explains.
+STALL_MS = 50.0
+
+
+def watch_redis_latency(client: redis.Redis) -> None:
+    """Has Redis record its own stalls of 20 ms or more (a slow fsync, a
+    fork, a slow command), from now: a latency point's outliers are then
+    told apart from Redis's."""
+    client.config_set("latency-monitor-threshold", 20)
+    client.latency_reset()
+
+
+def redis_latency(client: redis.Redis) -> dict[str, int]:
+    """Redis's stalls since `watch_redis_latency`: the longest of each kind, ms."""
+    return {
+        (event.decode() if isinstance(event, bytes) else str(event)): int(worst)
+        for event, _, _, worst in client.latency_latest()
+    }
+
+
+def point_line(offered: int, got: dict[str, Any]) -> str:
+    """A latency point as printed; one whose p99 passes `STALL_MS` says
+    where its slowest job waited and whether Redis itself stalled."""
+    line = (
+        f"{offered:,}/s offered ({got['achieved_per_s']:,.0f} achieved): "
+        f"p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms"
+    )
+    return line + (f" [{stall_note(got)}]" if got["p99_ms"] > STALL_MS else "")
+
+
+def stall_note(got: dict[str, Any]) -> str:
+    """Where the slowest job of a point waited, and Redis's own stalls."""
+    parts = []
+    if got.get("slowest"):
+        parts.append(", ".join(f"{k} {v:,.1f}" for k, v in got["slowest"].items()))
+    if got.get("redis_latency"):
+        parts.append(f"Redis stalls (ms): {got['redis_latency']}")
+    return "; ".join(parts) if parts else "no job waited over 100 ms"
 
 
 def measure(
@@ -631,11 +682,7 @@ def measure(
                 continue
             got = latency(producer, env, client, running, offered=offered, seconds=seconds)
             row[f"at_{offered}"] = got
-            print(
-                f"    {offered:,}/s offered ({got['achieved_per_s']:,.0f} achieved): "
-                f"p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms",
-                flush=True,
-            )
+            print(f"    {point_line(offered, got)}", flush=True)
         row["peak_rss_mb"] = {name: peak_rss_mb(running.pids(name)) for name in pipe.components}
     finally:
         running.stop()

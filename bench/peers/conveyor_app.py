@@ -17,7 +17,30 @@ app = conveyor.Conveyor()
 )
 def noop(sent: float) -> None:
     """A no-op job."""
-    record.job(sent)
+    waited = record.job(sent)
+    if waited > record.SLOW_S:
+        record.slow(stages_ms(sent, waited))
+
+
+def stages_ms(sent: float, waited: float) -> dict[str, float]:
+    """Where the running job waited, from its envelope's stamps: the client
+    to the broker's append, the broker to the relay's read, the relay to the
+    start (`waited` is the whole, from `sent`, the producer's clock)."""
+    job = conveyor.current_job()
+    envelope = job.envelope() if job else None
+    if envelope is None:
+        return {"waited_ms": waited * 1000}
+    stamps = dict(envelope.stages)
+    started_us = (sent + waited) * 1e6
+    kafka, relayed = stamps.get(conveyor.Stage.KAFKA), stamps.get(conveyor.Stage.RELAYED)
+    out = {"waited_ms": waited * 1000}
+    if kafka is not None and relayed is not None:
+        out |= {
+            "client_to_kafka_ms": (kafka - sent * 1e6) / 1000,
+            "kafka_to_relay_ms": (relayed - kafka) / 1000,
+            "relay_to_start_ms": (started_us - relayed) / 1000,
+        }
+    return out
 
 
 _store: list[_core.RedisStore] = []
