@@ -1,12 +1,14 @@
 //! Kafka's side: the client (configuration, metadata, topics, a bounded
 //! partition reader), the job producer with its partition health and report
-//! polling, and the names of topics and groups.
+//! polling, poll timeouts librdkafka sleeps through, and the names of topics
+//! and groups.
 
 mod client;
 mod delivery;
 pub mod names;
 mod options;
 pub mod partitions;
+pub mod poll_time;
 pub mod producer;
 pub mod report_polling;
 

@@ -20,6 +20,7 @@ use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::util::Timeout;
 
+use super::poll_time::sleepable;
 use crate::error::{Error, Result};
 
 /// How long the polling thread stays away after it saw a send: reports that
@@ -178,7 +179,7 @@ impl<C: ProducerContext + 'static> Drop for PolledProducer<C> {
 
 fn poll_always<C: ProducerContext>(base: &BaseProducer<C>, activity: &Activity) {
     while !activity.stop.load(Ordering::Relaxed) {
-        base.poll(IDLE_POLL);
+        base.poll(sleepable(IDLE_POLL));
     }
 }
 
@@ -196,9 +197,9 @@ fn poll_while_idle<C: ProducerContext>(base: &BaseProducer<C>, activity: &Activi
             // A sender paused (or was descheduled on a busy machine): serve
             // what waits, one short step at a time, ready to step aside.
             quiet_steps += 1;
-            base.poll(STEP_ASIDE);
+            base.poll(sleepable(STEP_ASIDE));
         } else {
-            base.poll(IDLE_POLL);
+            base.poll(sleepable(IDLE_POLL));
         }
     }
 }

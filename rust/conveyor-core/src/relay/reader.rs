@@ -23,6 +23,7 @@ use super::stats::{lock, RelayStats};
 use crate::envelope::{append_stage, source_stamp, EnvelopeView, Stage, STAGE_LEN};
 use crate::error::Result;
 use crate::id::now_us;
+use crate::kafka::poll_time::sleepable;
 use crate::store::admission::Admission;
 use crate::store::keys::{unique_field, QueueKeys};
 use crate::store::RedisStore;
@@ -200,7 +201,7 @@ impl Reader {
     /// that would have waited for the writer anyway.
     fn collect(&self) -> Vec<Record> {
         let mut messages = Vec::new();
-        match self.consumer.poll(Duration::from_millis(100)) {
+        match self.consumer.poll(sleepable(Duration::from_millis(100))) {
             Some(Ok(message)) => messages.push(self.record(&message)),
             // Consumer errors are transient (a broker away); librdkafka retries.
             Some(Err(_)) | None => return messages,
@@ -392,7 +393,8 @@ impl Reader {
                 let _ = self.consumer.pause(&all);
                 // Serves rebalances and max.poll.interval.ms; whatever was
                 // fetched before the pause waits in flow control.
-                if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(100)) {
+                if let Some(Ok(message)) = self.consumer.poll(sleepable(Duration::from_millis(100)))
+                {
                     let record = self.record(&message);
                     self.flow.hold(vec![record]);
                 }
