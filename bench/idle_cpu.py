@@ -66,23 +66,32 @@ def measure(procs: dict[str, subprocess.Popen[bytes]], seconds: float) -> list[d
     before = {name: threads(p.pid) for name, p in procs.items()}
     time.sleep(seconds)
     after = {name: threads(p.pid) for name, p in procs.items()}
-    hz = os.sysconf("SC_CLK_TCK")
     rows = []
     for name, proc in procs.items():
         if proc.poll() is not None:
             raise SystemExit(f"{name} exited during the measurement")
-        spent = {
-            k: (v - before[name].get(k, 0)) / hz / seconds * 100 for k, v in after[name].items()
-        }
-        top = sorted(spent.items(), key=lambda kv: -kv[1])[:3]
+        spent = busiest_threads(before[name], after[name], seconds, top=None)
         rows.append(
             {
                 "component": name,
-                "cpu_pct": sum(spent.values()),
-                "top_threads": [(k[1], pct) for k, pct in top if pct > 0],
+                "cpu_pct": sum(pct for _, pct in spent),
+                "top_threads": [(n, pct) for n, pct in spent[:3] if pct > 0],
             }
         )
     return rows
+
+
+def busiest_threads(
+    before: dict[tuple[int, str], int],
+    after: dict[tuple[int, str], int],
+    seconds: float,
+    top: int | None = 5,
+) -> list[tuple[str, float]]:
+    """Each thread's CPU between two `threads` readings `seconds` apart, in %
+    of one core, busiest first (the first `top`)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    spent = [(k[1], (v - before.get(k, 0)) / hz / seconds * 100) for k, v in after.items()]
+    return sorted(spent, key=lambda kv: -kv[1])[:top]
 
 
 def render(rows: list[dict[str, Any]], seconds: float) -> str:

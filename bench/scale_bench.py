@@ -14,7 +14,9 @@ are deleted at exit.
     python bench/scale_bench.py [--partitions 100,400,1600] [--relays 1]
         [--per-queue 32] [--idle-seconds 10] [--jobs 200000]
 
-Writes bench/results/scale.md and scale.json. All loopback; every wait is
+Writes bench/results/scale.md and scale.json (for the README's run:
+`--partitions 100,400,1600,3200 --relays 1,2,4`; other runs write
+scale-only.md and .json). All loopback; every wait is
 bounded.
 """
 
@@ -34,6 +36,7 @@ import conveyor
 from bench_topics import delete_new_topics_at_exit
 from conveyor import _core
 from conveyor.devservers import DevServers
+from idle_cpu import busiest_threads, threads
 from pipeline_bench import Progress, cpu_share, peak_rss_mb, write_results
 
 
@@ -170,10 +173,17 @@ def measure_in(
         print(f"    every partition owned after {first:.1f} s", flush=True)
         time.sleep(2.0)  # the first lag readings and status writes
         groups = {"broker": broker, **{f"relay {i + 1}": [p.pid] for i, p in enumerate(procs)}}
+        ticks_before = threads(procs[0].pid)
         cpu = cpu_share(groups, idle_s)
+        busiest = busiest_threads(ticks_before, threads(procs[0].pid), idle_s)
         rss = {f"relay {i + 1}": peak_rss_mb([p.pid]) for i, p in enumerate(procs)}
         shown = ", ".join(f"{k} {v:.1%}" for k, v in cpu.items())
         print(f"    idle CPU: {shown} (broker alone {broker_alone:.1%})", flush=True)
+        print(
+            "    relay 1's busiest threads: "
+            + ", ".join(f"{name} {pct:.2f}%" for name, pct in busiest),
+            flush=True,
+        )
         # One more relay joins, then leaves: how long until the partitions
         # are spread over the relays running again.
         procs.append(start())
@@ -198,6 +208,7 @@ def measure_in(
         "join_s": joined,
         "leave_s": left,
         "idle_cpu": cpu,
+        "relay_1_busiest_threads": busiest,
         "broker_alone": broker_alone,
         "relay_rss_mb": rss,
         "backlog_jobs_per_s": rate,
@@ -228,6 +239,10 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The run bench/results/scale.md holds; any other writes scale-only.md.
+FULL_PARTITIONS, FULL_RELAYS = [100, 400, 1600, 3200], [1, 2, 4]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--partitions", default="100,400,1600", help="comma-separated counts")
@@ -254,7 +269,9 @@ def main() -> None:
         "idle_s": idle_s,
         "command": "python bench/scale_bench.py " + " ".join(sys.argv[1:]),
     }
-    write_results("scale", render(rows, meta), {**meta, "rows": rows})
+    # A partial run must not replace the README's full table.
+    full = counts == FULL_PARTITIONS and relay_counts == FULL_RELAYS
+    write_results("scale" if full else "scale-only", render(rows, meta), {**meta, "rows": rows})
 
 
 if __name__ == "__main__":
