@@ -4,7 +4,12 @@ does, without the keeper), in this process, from jobs admitted into Redis
 first. With `--ab`, alternates runs with the fast payload reader
 (`_core.decode_call`) on and off, to price it side by side.
 
-    python bench/worker_stages.py [--jobs 200000] [--rounds 3] [--ab]
+Each round runs two handlers: `bench`, the no-op every system's pipeline
+bench runs (it counts its jobs into Redis, 100 at a time: about 1.2 us a
+job, the same for every system), and `bare`, one that does nothing, which
+leaves the worker's own cost per job: fetch, call, settle.
+
+    python bench/worker_stages.py [--jobs 200000] [--rounds 3] [--ab] [--handler both|bench|bare]
 
 Loopback only; bounded in jobs.
 """
@@ -34,8 +39,9 @@ def one_run(jobs: int) -> str:
 
     if os.environ.get("BENCH_READER") == "off":
         _core.decode_call = lambda payload: None
+    job_type = "bench.bare" if os.environ.get("BENCH_HANDLER") == "bare" else "bench.noop"
     for at in range(0, jobs, 5000):
-        conveyor_app.enqueue([0.0] * min(5000, jobs - at))
+        conveyor_app.enqueue([0.0] * min(5000, jobs - at), job_type)
     worker = conveyor.Worker(conveyor_app.app, threads=1, max_batch=100)
     queues, runner, stopping = worker._queues, worker._runner, threading.Event()
     wall = {"fetch": 0.0, "run": 0.0, "settle": 0.0}
@@ -81,6 +87,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ab", action="store_true", help="alternate the reader on and off")
+    parser.add_argument("--handler", choices=("both", "bench", "bare"), default="both")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     jobs = max(1000, min(args.jobs, 2_000_000))
@@ -91,8 +98,10 @@ def main() -> None:
 
     servers = DevServers.default()
     servers.up()
+    handlers = ("bench", "bare") if args.handler == "both" else (args.handler,)
+    variants = [(h, r) for h in handlers for r in (("on", "off") if args.ab else ("on",))]
     for round_ in range(max(1, min(args.rounds, 20))):
-        for reader in ("on", "off") if args.ab else ("on",):
+        for handler, reader in variants:
             run = f"ws{uuid.uuid4().hex[:6]}"
             env = {
                 **os.environ,
@@ -101,12 +110,13 @@ def main() -> None:
                 "BENCH_REDIS_URL": servers.redis.url,
                 "BENCH_RUN": run,
                 "BENCH_READER": reader,
+                "BENCH_HANDLER": handler,
             }
             argv = [sys.executable, __file__, "--child", "--jobs", str(jobs)]
             line = subprocess.run(
                 argv, env=env, check=True, capture_output=True, text=True, timeout=600
             ).stdout.strip()
-            print(f"round {round_ + 1}, reader {reader}: {line}", flush=True)
+            print(f"round {round_ + 1}, {handler} handler, reader {reader}: {line}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ def noop(sent: float) -> None:
         record.slow(stages_ms(sent, waited))
 
 
+@app.job("bench.bare", max_attempts=1)
+def bare(sent: float) -> None:
+    """A job that does nothing at all, not even the counting: what
+    `bench/worker_stages.py --handler bare` prices the worker's own cost with."""
+
+
 def stages_ms(sent: float, waited: float) -> dict[str, float]:
     """Where the running job waited, from its envelope's stamps: the client
     to the broker's append, the broker to the relay's read, the relay to the
@@ -46,9 +52,9 @@ def stages_ms(sent: float, waited: float) -> dict[str, float]:
 _store: list[_core.RedisStore] = []
 
 
-def enqueue(sent: list[float]) -> None:
+def enqueue(sent: list[float], job_type: str = "bench.noop") -> None:
     """The direct path: envelopes admitted into Redis with the relay's script."""
     if not _store:
         _store.append(_core.RedisStore(app.settings.redis_url))
-    envelopes = [conveyor.Envelope("bench.noop", _core.encode_call([t], {})).encode() for t in sent]
+    envelopes = [conveyor.Envelope(job_type, _core.encode_call([t], {})).encode() for t in sent]
     _store[0].admit(app.settings.namespace, "default", envelopes)
