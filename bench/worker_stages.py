@@ -1,8 +1,9 @@
 """A worker's CPU per no-op job, and its wall time per stage: one thread
-fetching, running and settling batches of up to 100 jobs (as a worker thread
-does, without the keeper), in this process, from jobs admitted into Redis
-first. With `--ab`, alternates runs with the fast payload reader
-(`_core.decode_call`) on and off, to price it side by side.
+fetching, running and settling batches of up to 100 jobs (`--batch`; as a
+worker thread does with its default `max_batch`, without the keeper), in
+this process, from jobs admitted into Redis first. With `--ab`, alternates
+runs with the fast payload reader (`_core.decode_call`) on and off, to price
+it side by side.
 
 Each round runs two handlers: `bench`, the no-op every system's pipeline
 bench runs (it counts its jobs into Redis, 100 at a time: about 1.2 us a
@@ -10,6 +11,7 @@ job, the same for every system), and `bare`, one that does nothing, which
 leaves the worker's own cost per job: fetch, call, settle.
 
     python bench/worker_stages.py [--jobs 200000] [--rounds 3] [--ab] [--handler both|bench|bare]
+        [--batch 100]
 
 Loopback only; bounded in jobs.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def one_run(jobs: int) -> str:
+def one_run(jobs: int, batch_size: int = 100) -> str:
     """Runs in a child process (see main): returns its report line."""
     sys.path.insert(0, str(HERE))
     import threading
@@ -42,7 +44,7 @@ def one_run(jobs: int) -> str:
     job_type = "bench.bare" if os.environ.get("BENCH_HANDLER") == "bare" else "bench.noop"
     for at in range(0, jobs, 5000):
         conveyor_app.enqueue([0.0] * min(5000, jobs - at), job_type)
-    worker = conveyor.Worker(conveyor_app.app, threads=1, max_batch=100)
+    worker = conveyor.Worker(conveyor_app.app, threads=1, max_batch=batch_size)
     queues, runner, stopping = worker._queues, worker._runner, threading.Event()
     wall = {"fetch": 0.0, "run": 0.0, "settle": 0.0}
     # This thread's CPU per stage: the fetch and settle wait on Redis, so
@@ -60,7 +62,7 @@ def one_run(jobs: int) -> str:
 
     while True:
         began = clocks()
-        batch = queues.fetch(100)
+        batch = queues.fetch(batch_size)
         timed("fetch", began)
         if batch is None:
             break
@@ -88,11 +90,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ab", action="store_true", help="alternate the reader on and off")
     parser.add_argument("--handler", choices=("both", "bench", "bare"), default="both")
+    parser.add_argument("--batch", type=int, default=100, help="jobs per fetch, 1 to 1000")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     jobs = max(1000, min(args.jobs, 2_000_000))
+    batch_size = max(1, min(args.batch, 1000))
     if args.child:
-        print(one_run(jobs))
+        print(one_run(jobs, batch_size))
         return
     from conveyor.devservers import DevServers
 
@@ -113,6 +117,7 @@ def main() -> None:
                 "BENCH_HANDLER": handler,
             }
             argv = [sys.executable, __file__, "--child", "--jobs", str(jobs)]
+            argv += ["--batch", str(batch_size)]
             line = subprocess.run(
                 argv, env=env, check=True, capture_output=True, text=True, timeout=600
             ).stdout.strip()

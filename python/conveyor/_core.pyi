@@ -430,6 +430,10 @@ class LeasedBatch:
     def begin(self, index: int) -> None:
         """Marks job `index` as starting now: its slot is reported with the
         next heartbeat, and its lease is renewed until its maximum age."""
+    @property
+    def begun(self) -> int | None:
+        """The index of the job begun last (the running one, for a thread
+        that runs the batch's jobs in order), or None before the first."""
     def cancel_asked(self, index: int) -> bool: ...
     def __len__(self) -> int: ...
 

@@ -62,11 +62,11 @@ def leased_job(batch: _core.LeasedBatch, index: int) -> JobInfo:
 
 
 #: The job running in this thread: `.job` when the runner made its `JobInfo`
-#: (every path but the hottest), else job `.index` of leased batch `.batch`,
-#: whose `JobInfo` is made only if a handler asks (`current_job()`): the hot
-#: path sets one attribute of a thread-local per job, the cheapest thing to
-#: set, and builds nothing. `.job`, when set, wins: the runner clears it
-#: after each job it made one for.
+#: (every path but the hottest), else the job leased batch `.batch` began
+#: last (`LeasedBatch.begun`, recorded by the `begin` the runner calls for
+#: every job anyway), whose `JobInfo` is made only if a handler asks
+#: (`current_job()`): the hot path sets and builds nothing per job. `.job`,
+#: when set, wins: the runner clears it after each job it made one for.
 current = threading.local()
 
 #: The job an async handler runs: each runs in a task of its own on the
@@ -80,6 +80,7 @@ def current_job() -> JobInfo | None:
     job = task_job.get()
     if job is None:
         job = getattr(current, "job", None)
-    if job is None and getattr(current, "batch", None) is not None:
-        job = leased_job(current.batch, current.index)
+    batch = getattr(current, "batch", None) if job is None else None
+    if batch is not None and batch.begun is not None:
+        job = leased_job(batch, batch.begun)
     return job

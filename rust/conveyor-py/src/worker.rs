@@ -80,6 +80,12 @@ impl LeasedBatch {
         self.batch.begin(index);
     }
 
+    /// The index of the job begun last (see `Batch::begun`), or `None`.
+    #[getter]
+    fn begun(&self) -> Option<usize> {
+        self.batch.begun()
+    }
+
     /// Whether job `index`'s cancel was asked while it was leased (as of the
     /// keeper's last beat).
     fn cancel_asked(&self, index: usize) -> bool {

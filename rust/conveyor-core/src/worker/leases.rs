@@ -26,6 +26,8 @@ const MAX_EVENTS: usize = 1000;
 pub struct Progress {
     /// Highest slot begun (1-based; 0 before the first starts).
     started: AtomicU32,
+    /// The index of the job begun last, plus one (0 before the first).
+    begun: AtomicU32,
     /// When the running job's lease stops being renewed (ms since the epoch).
     deadline_ms: AtomicU64,
     /// Slots whose cancel was asked while leased (`cancels.rs`).
@@ -81,6 +83,19 @@ impl Batch {
             let deadline = now_ms().saturating_add(job.max_age_ms);
             self.progress.deadline_ms.store(deadline, Ordering::Relaxed);
             self.progress.started.fetch_max(job.slot, Ordering::Relaxed);
+            self.progress
+                .begun
+                .store(index as u32 + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The index of the job begun last, if any: the one running, for a
+    /// thread that runs its batch's jobs one after another (Python's
+    /// `current_job()` reads it, so that the hot path sets nothing per job).
+    pub fn begun(&self) -> Option<usize> {
+        match self.progress.begun.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n as usize - 1),
         }
     }
 }
@@ -90,6 +105,7 @@ impl Progress {
     pub(super) fn new(max_age_ms: u64) -> Self {
         Progress {
             started: AtomicU32::new(0),
+            begun: AtomicU32::new(0),
             deadline_ms: AtomicU64::new(now_ms().saturating_add(max_age_ms)),
             cancel_asked: Default::default(),
         }
