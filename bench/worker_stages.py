@@ -8,10 +8,12 @@ it side by side.
 Each round runs two handlers: `bench`, the no-op every system's pipeline
 bench runs (it counts its jobs into Redis, 100 at a time: about 1.2 us a
 job, the same for every system), and `bare`, one that does nothing, which
-leaves the worker's own cost per job: fetch, call, settle.
+leaves the worker's own cost per job: fetch, call, settle. A worker settles
+each batch with the fetch of the next, in one round trip (the `settle`
+stage); `--settle both` also runs `apart`, two round trips, beside it.
 
     python bench/worker_stages.py [--jobs 200000] [--rounds 3] [--ab] [--handler both|bench|bare]
-        [--batch 100]
+        [--batch 100] [--settle together|apart|both]
 
 Loopback only; bounded in jobs.
 """
@@ -60,20 +62,26 @@ def one_run(jobs: int, batch_size: int = 100) -> str:
     def clocks() -> tuple[float, float]:
         return time.perf_counter(), time.thread_time()
 
+    # As a worker thread does: each settle fetches the next batch in the
+    # same round trip, a fetch goes alone only when there is none; `apart`
+    # settles and fetches in two (the worker before settle_and_fetch).
+    together = os.environ.get("BENCH_SETTLE") != "apart"
+    batch = None
     while True:
-        began = clocks()
-        batch = queues.fetch(batch_size)
-        timed("fetch", began)
         if batch is None:
-            break
+            began = clocks()
+            batch = queues.fetch(batch_size)
+            timed("fetch", began)
+            if batch is None:
+                break
         ran = BatchRun()
         began = clocks()
         runner.run_batch(batch, stopping, ran, None)
         timed("run", began)
-        began = clocks()
-        worker._settle(batch, ran)
-        timed("settle", began)
         done += len(batch)
+        began = clocks()
+        batch = worker._settle(batch, ran, then_fetch=batch_size if together else 0)
+        timed("settle", began)
     cpu = time.process_time() - cpu
     stages = ", ".join(
         f"{k} {cpu_of[k] / done * 1e6:.2f} ({wall[k] / done * 1e6:.2f})" for k in wall
@@ -90,6 +98,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ab", action="store_true", help="alternate the reader on and off")
     parser.add_argument("--handler", choices=("both", "bench", "bare"), default="both")
+    parser.add_argument("--settle", choices=("together", "apart", "both"), default="together")
     parser.add_argument("--batch", type=int, default=100, help="jobs per fetch, 1 to 1000")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -103,9 +112,11 @@ def main() -> None:
     servers = DevServers.default()
     servers.up()
     handlers = ("bench", "bare") if args.handler == "both" else (args.handler,)
-    variants = [(h, r) for h in handlers for r in (("on", "off") if args.ab else ("on",))]
+    readers = ("on", "off") if args.ab else ("on",)
+    settles = ("together", "apart") if args.settle == "both" else (args.settle,)
+    variants = [(h, r, t) for h in handlers for r in readers for t in settles]
     for round_ in range(max(1, min(args.rounds, 20))):
-        for handler, reader in variants:
+        for handler, reader, settle in variants:
             run = f"ws{uuid.uuid4().hex[:6]}"
             env = {
                 **os.environ,
@@ -115,13 +126,15 @@ def main() -> None:
                 "BENCH_RUN": run,
                 "BENCH_READER": reader,
                 "BENCH_HANDLER": handler,
+                "BENCH_SETTLE": settle,
             }
             argv = [sys.executable, __file__, "--child", "--jobs", str(jobs)]
             argv += ["--batch", str(batch_size)]
             line = subprocess.run(
                 argv, env=env, check=True, capture_output=True, text=True, timeout=600
             ).stdout.strip()
-            print(f"round {round_ + 1}, {handler} handler, reader {reader}: {line}", flush=True)
+            name = f"{handler} handler, reader {reader}, settle {settle}"
+            print(f"round {round_ + 1}, {name}: {line}", flush=True)
 
 
 if __name__ == "__main__":

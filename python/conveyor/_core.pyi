@@ -469,6 +469,18 @@ class WorkQueues:
         results: dict[int, tuple[bytes, float]] | None = None,
         cancelled: list[int] | None = None,
     ) -> tuple[int, int, int, int]: ...
+    def settle_and_fetch(
+        self,
+        batch: LeasedBatch,
+        ends: list[float],
+        failures: dict[int, tuple[str, float | None]],
+        max_jobs: int,
+        starts: list[float] | None = None,
+        results: dict[int, tuple[bytes, float]] | None = None,
+        cancelled: list[int] | None = None,
+    ) -> tuple[tuple[int, int, int, int], LeasedBatch | None]:
+        """`settle`, then the next batch of up to `max_jobs` (None when the
+        queues are empty), in one round trip when it comes from the same queue."""
     def abandon(self, batch: LeasedBatch) -> None: ...
     def start_keeper(self) -> None: ...
     def stop_keeper(self) -> None: ...

@@ -49,7 +49,7 @@ class AsyncLane:
         self,
         runner: Runner,
         limit: int,
-        settle: Callable[[_core.LeasedBatch, BatchRun], None],
+        settle: Callable[[_core.LeasedBatch, BatchRun], object],
     ) -> None:
         self.runner = runner
         self.limit = limit

@@ -248,35 +248,49 @@ class Worker:
                 self._stopping.wait(0.5)
 
     def _work_loop(self) -> None:
-        batch_size = 1
+        # A batch is settled with the fetch of the next (one round trip to
+        # Redis); a fetch goes alone only after an empty one, or a fault.
+        size = 1
+        batch: _core.LeasedBatch | None = None
         while not self._stopping.is_set():
-            try:
-                batch = self._queues.fetch(batch_size)
-            except ConveyorError as err:
-                log.warning("fetch failed, retrying: %s", err)
-                self._stopping.wait(0.5)
-                continue
             if batch is None:
-                try:
-                    self._queues.wait_for_work(_IDLE_WAIT_S)
-                except ConveyorError as err:
-                    log.warning("waiting for jobs failed, retrying: %s", err)
-                    self._stopping.wait(0.5)
-                continue
-            began = time.monotonic()
-            ran = self._run_batch(batch)
-            if ran:
-                per_job = (time.monotonic() - began) / ran
-                want = int(_BATCH_TARGET_S / per_job) if per_job > 0 else self.max_batch
-                batch_size = max(1, min(self.max_batch, want, batch_size * 2))
+                batch = self._fetch(size)
+            else:
+                batch, size = self._run_batch(batch, size)
+        if batch is not None:
+            # Fetched with the last settle as the worker stopped: given back
+            # unstarted, at once (not when its lease expires).
+            self._settle(batch, BatchRun())
 
-    def _run_batch(self, batch: _core.LeasedBatch) -> int:
+    def _fetch(self, size: int) -> _core.LeasedBatch | None:
+        """The next batch of up to `size` jobs; None (after waiting for a
+        signal of new jobs, or a pause after a fault) when there is none."""
+        try:
+            batch = self._queues.fetch(size)
+        except ConveyorError as err:
+            log.warning("fetch failed, retrying: %s", err)
+            self._stopping.wait(0.5)
+            return None
+        if batch is None:
+            try:
+                self._queues.wait_for_work(_IDLE_WAIT_S)
+            except ConveyorError as err:
+                log.warning("waiting for jobs failed, retrying: %s", err)
+                self._stopping.wait(0.5)
+        return batch
+
+    def _run_batch(
+        self, batch: _core.LeasedBatch, size: int
+    ) -> tuple[_core.LeasedBatch | None, int]:
         """Runs a batch's jobs in order and settles it, or hands it to the
-        async lane if async jobs of it still run; returns how many ran (or
-        started). Whatever happens, the batch is settled or its lease let go."""
+        async lane if async jobs of it still run. Whatever happens, the
+        batch is settled or its lease let go. Returns the next batch if one
+        was fetched with the settle, and the size of the next fetch: `size`
+        grown or cut so that a batch runs for about `_BATCH_TARGET_S`."""
         ran = BatchRun()
         ends = ran.ends
         lane = self._lane
+        began = time.monotonic()
         try:
             self._runner.run_batch(batch, self._stopping, ran, lane)
         except BaseException as err:
@@ -287,13 +301,16 @@ class Worker:
             if len(ends) < len(batch):
                 ran.failures[len(ends)] = self._fault_failure(batch, len(ends), err)
                 ends.append(time.time())
+        if ends:
+            per_job = (time.monotonic() - began) / len(ends)
+            want = int(_BATCH_TARGET_S / per_job) if per_job > 0 else self.max_batch
+            size = max(1, min(self.max_batch, want, size * 2))
         if lane is not None and ran.started:
             # The lease is renewed for as long as the longest of them may run.
             batch.begin(max(ran.started, key=lambda s: self._max_age(s[1]))[0])
             lane.hand_over(batch, ran)
-        else:
-            self._settle(batch, ran)
-        return len(ends)
+            return None, size
+        return self._settle(batch, ran, then_fetch=size), size
 
     def _max_age(self, jt: JobType[Any, Any]) -> float:
         """How long a job of `jt` may hold its lease (as `max_age_s` above)."""
@@ -312,26 +329,32 @@ class Worker:
         self,
         batch: _core.LeasedBatch,
         ran: BatchRun,
-    ) -> None:
+        then_fetch: int = 0,
+    ) -> _core.LeasedBatch | None:
+        """Settles `batch`; with `then_fetch`, unless stopping, fetches the
+        next batch of up to that many jobs in the same round trip and
+        returns it (None: no jobs, or a fetch fault the next fetch reports)."""
         # Redis away: keep trying while the lease lasts; after that, stop
         # renewing it, so that it expires and the reaper gives the jobs back:
         # they run again (at least once, never lost, never held for ever).
         give_up = time.monotonic() + self.lease_s
         while True:
             try:
+                results, cancelled = ran.results or None, ran.cancelled or None
+                if then_fetch and not self._stopping.is_set():
+                    return self._queues.settle_and_fetch(
+                        batch, ran.ends, ran.failures, then_fetch, None, results, cancelled
+                    )[1]
                 self._queues.settle(
-                    batch,
-                    ran.ends,
-                    ran.failures,
-                    results=ran.results or None,
-                    cancelled=ran.cancelled or None,
+                    batch, ran.ends, ran.failures, results=results, cancelled=cancelled
                 )
-                return
+                return None
             except ConveyorError as err:
+                then_fetch = 0  # a retry settles alone: the loop fetches after
                 if time.monotonic() > give_up:
                     log.error("could not settle a batch before its lease expired: %s", err)
                     self._queues.abandon(batch)
-                    return
+                    return None
                 log.warning("settle failed, retrying: %s", err)
                 time.sleep(0.2)
             except BaseException:

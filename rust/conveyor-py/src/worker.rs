@@ -12,7 +12,7 @@ use conveyor_core::store::history::History;
 use conveyor_core::store::keys::QueueKeys;
 use conveyor_core::store::queue::DeadRetention;
 use conveyor_core::worker::keeper::Keeper;
-use conveyor_core::worker::outcomes::{outcomes, Failure};
+use conveyor_core::worker::outcomes::{outcomes, Failure, Outcome};
 use conveyor_core::worker::{self, Batch, MaxAges, ReadyJob, WeightedQueue};
 use conveyor_core::Error;
 use pyo3::prelude::*;
@@ -196,39 +196,7 @@ impl WorkQueues {
         let Some(batch) = py.detach(|| self.inner.fetch(max_jobs)).py()? else {
             return Ok(None);
         };
-        let mut types: HashMap<&str, Bound<'_, PyString>> = HashMap::new();
-        let jobs = PyList::empty(py);
-        for job in batch.jobs.iter() {
-            let env = &job.envelope;
-            let job_type = types
-                .entry(env.job_type.as_str())
-                .or_insert_with(|| PyString::intern(py, &env.job_type))
-                .clone();
-            let call = if env.payload.len() <= READ_AT_FETCH_MAX_LEN {
-                read_call(&env.payload, &mut payload::Objects(py))
-            } else {
-                None
-            };
-            let call = match call {
-                Some(call) => call.into_pyobject(py)?.into_any(),
-                None => py.None().into_bound(py),
-            };
-            let item = PyTuple::new(
-                py,
-                [
-                    job_type.into_any(),
-                    call,
-                    env.attempt.into_pyobject(py)?.into_any(),
-                ],
-            )?;
-            jobs.append(item)?;
-        }
-        let queue = self.inner.queues()[batch.queue].name.clone();
-        Ok(Some(LeasedBatch {
-            batch,
-            queue,
-            jobs: jobs.unbind(),
-        }))
+        self.leased_batch(py, batch).map(Some)
     }
 
     /// Settles a batch. `ends[i]` is when job `i` ended (seconds since the
@@ -251,21 +219,54 @@ impl WorkQueues {
         starts: Option<Vec<f64>>,
         results: Option<HashMap<usize, (Vec<u8>, f64)>>,
         cancelled: Option<Vec<usize>>,
-    ) -> PyResult<(u64, u64, u64, u64)> {
+    ) -> PyResult<Counts> {
         let batch = &batch.batch;
-        let results = results.unwrap_or_default();
-        let cancelled = cancelled.unwrap_or_default();
-        let outcomes = outcomes(
-            batch,
-            &ends,
-            &failures,
-            starts.as_deref(),
+        let ran = Ran {
+            ends,
+            failures,
+            starts,
             results,
-            &cancelled,
-        )
-        .py()?;
+            cancelled,
+        };
+        let outcomes = ran.outcomes(batch)?;
         let s = py.detach(|| self.inner.settle(batch, &outcomes)).py()?;
         Ok((s.done, s.retried, s.dead, s.stale))
+    }
+
+    /// Settles a batch as `settle` does and leases up to `max_jobs` for the
+    /// next, in one round trip to Redis when the next comes from the same
+    /// queue. Returns the settle's counts and the next batch, or `None` when
+    /// the queues are empty (or the fetch failed: the next `fetch` says why).
+    #[pyo3(signature = (batch, ends, failures, max_jobs, starts=None, results=None, cancelled=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn settle_and_fetch(
+        &self,
+        py: Python<'_>,
+        batch: &LeasedBatch,
+        ends: Vec<f64>,
+        failures: HashMap<usize, Failure>,
+        max_jobs: usize,
+        starts: Option<Vec<f64>>,
+        results: Option<HashMap<usize, (Vec<u8>, f64)>>,
+        cancelled: Option<Vec<usize>>,
+    ) -> PyResult<(Counts, Option<LeasedBatch>)> {
+        let batch = &batch.batch;
+        let ran = Ran {
+            ends,
+            failures,
+            starts,
+            results,
+            cancelled,
+        };
+        let outcomes = ran.outcomes(batch)?;
+        let (s, next) = py
+            .detach(|| self.inner.settle_and_fetch(batch, &outcomes, max_jobs))
+            .py()?;
+        let next = match next {
+            Some(next) => Some(self.leased_batch(py, next)?),
+            None => None,
+        };
+        Ok(((s.done, s.retried, s.dead, s.stale), next))
     }
 
     /// Stops renewing a batch's lease without settling it (the reaper gives
@@ -342,6 +343,72 @@ impl WorkQueues {
         out.push_str(&inner.render_by_type());
         out.push_str(&py.detach(|| inner.render_depths()));
         out
+    }
+}
+
+impl WorkQueues {
+    /// `batch` for Python: each job's type, call (as the fast reader reads
+    /// it) and attempt, in one list.
+    fn leased_batch(&self, py: Python<'_>, batch: Batch) -> PyResult<LeasedBatch> {
+        let mut types: HashMap<&str, Bound<'_, PyString>> = HashMap::new();
+        let jobs = PyList::empty(py);
+        for job in batch.jobs.iter() {
+            let env = &job.envelope;
+            let job_type = types
+                .entry(env.job_type.as_str())
+                .or_insert_with(|| PyString::intern(py, &env.job_type))
+                .clone();
+            let call = if env.payload.len() <= READ_AT_FETCH_MAX_LEN {
+                read_call(&env.payload, &mut payload::Objects(py))
+            } else {
+                None
+            };
+            let call = match call {
+                Some(call) => call.into_pyobject(py)?.into_any(),
+                None => py.None().into_bound(py),
+            };
+            let item = PyTuple::new(
+                py,
+                [
+                    job_type.into_any(),
+                    call,
+                    env.attempt.into_pyobject(py)?.into_any(),
+                ],
+            )?;
+            jobs.append(item)?;
+        }
+        let queue = self.inner.queues()[batch.queue].name.clone();
+        Ok(LeasedBatch {
+            batch,
+            queue,
+            jobs: jobs.unbind(),
+        })
+    }
+}
+
+/// What a settle did: `(done, retried, dead, stale)`.
+type Counts = (u64, u64, u64, u64);
+
+/// How a batch's jobs ended, as Python reports it to `settle`.
+struct Ran {
+    ends: Vec<f64>,
+    failures: HashMap<usize, Failure>,
+    starts: Option<Vec<f64>>,
+    results: Option<HashMap<usize, (Vec<u8>, f64)>>,
+    cancelled: Option<Vec<usize>>,
+}
+
+impl Ran {
+    fn outcomes(self, batch: &Batch) -> PyResult<Vec<Outcome>> {
+        outcomes(
+            batch,
+            &self.ends,
+            &self.failures,
+            self.starts.as_deref(),
+            self.results.unwrap_or_default(),
+            &self.cancelled.unwrap_or_default(),
+        )
+        .py()
     }
 }
 

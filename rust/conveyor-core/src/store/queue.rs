@@ -13,7 +13,8 @@ use redis::Cmd;
 pub use super::settlement::{Settled, Settlement, StoredResult};
 
 use super::keys::QueueKeys;
-use super::{scripts, RedisStore};
+use super::scripts::{self, Call};
+use super::RedisStore;
 use crate::envelope::Envelope;
 use crate::error::Result;
 
@@ -35,6 +36,47 @@ pub struct Lease {
     pub jobs: Vec<Vec<u8>>,
     /// Slots of the jobs whose cancel was asked: settle them as cancelled.
     pub cancelled: Vec<u32>,
+}
+
+/// A lease to ask for: its token, at most how many jobs, for how long (ms).
+#[derive(Debug, Clone, Copy)]
+pub struct NextLease<'a> {
+    /// The lease's token, unique per fetch.
+    pub token: &'a str,
+    /// Most jobs to lease (1 to [`MAX_FETCH`]; outside, the nearest).
+    pub max: usize,
+    /// How long the lease lasts unless extended (ms).
+    pub lease_ms: u64,
+}
+
+/// What `fetch-6.lua` answers: the lease's deadline, envelopes, cancelled slots.
+pub(crate) type LeaseReply = (u64, Vec<Vec<u8>>, Vec<u32>);
+
+impl Lease {
+    /// The lease `token` got, from its `fetch-6.lua` reply.
+    pub(crate) fn from_reply(token: &str, (deadline_ms, jobs, cancelled): LeaseReply) -> Self {
+        Lease {
+            token: token.to_owned(),
+            deadline_ms,
+            jobs,
+            cancelled,
+        }
+    }
+}
+
+/// The `fetch-6.lua` call asking for `next` from the queue of `keys`.
+pub(crate) fn fetch_call(keys: &QueueKeys, next: &NextLease<'_>) -> Call {
+    let mut call = Call::new(&scripts::FETCH);
+    call.key(keys.ready())
+        .key(keys.scheduled())
+        .key(keys.leases())
+        .key(keys.lease(next.token))
+        .key(keys.wake())
+        .key(keys.cancelled())
+        .arg(next.token)
+        .arg(next.max.clamp(1, MAX_FETCH))
+        .arg(next.lease_ms);
+    call
 }
 
 /// How many dead-lettered jobs a queue keeps, and for how long: the oldest
@@ -110,23 +152,13 @@ impl RedisStore {
         max: usize,
         lease_ms: u64,
     ) -> Result<Lease> {
-        let (deadline_ms, jobs, cancelled): (u64, Vec<Vec<u8>>, Vec<u32>) = scripts::FETCH
-            .key(keys.ready())
-            .key(keys.scheduled())
-            .key(keys.leases())
-            .key(keys.lease(token))
-            .key(keys.wake())
-            .key(keys.cancelled())
-            .arg(token)
-            .arg(max.clamp(1, MAX_FETCH))
-            .arg(lease_ms)
-            .invoke(self.scripted()?)?;
-        Ok(Lease {
-            token: token.to_owned(),
-            deadline_ms,
-            jobs,
-            cancelled,
-        })
+        let next = NextLease {
+            token,
+            max,
+            lease_ms,
+        };
+        let reply = fetch_call(keys, &next).invoke(self.scripted()?)?;
+        Ok(Lease::from_reply(token, reply))
     }
 
     /// Redis' clock (ms since the epoch): the one clock workers share for

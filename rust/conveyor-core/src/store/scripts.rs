@@ -88,6 +88,88 @@ pub static CONTROL: LazyLock<Script> =
 pub static PUBLISH_REGISTRY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/publish_registry-1.lua")));
 
+/// A script call: the script, its keys and its arguments. Like redis-rs's
+/// `ScriptInvocation`, and besides run on its own it can go into a pipeline
+/// with another call ([`Call::packed`]): a worker settles a batch and leases
+/// the next in one round trip.
+pub(crate) struct Call {
+    script: &'static Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    /// A call of `script` with no keys or arguments yet.
+    pub(crate) fn new(script: &'static Script) -> Self {
+        Call {
+            script,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds a key (`KEYS[n]`).
+    pub(crate) fn key<T: redis::ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    /// Adds an argument (`ARGV[n]`).
+    pub(crate) fn arg<T: redis::ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    /// Appends this call's `EVALSHA` to `out`, the bytes of a pipeline.
+    pub(crate) fn packed(&self, out: &mut Vec<u8>) {
+        let mut cmd = redis::Cmd::with_capacity(
+            3 + self.keys.len() + self.args.len(),
+            self.keys
+                .iter()
+                .chain(&self.args)
+                .map(Vec::len)
+                .sum::<usize>()
+                + 64,
+        );
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd.write_packed_command(out);
+    }
+
+    /// Runs the call; a server that lost its scripts (a restart, `SCRIPT
+    /// FLUSH`) is given this one again and asked once more.
+    pub(crate) fn invoke<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut dyn redis::ConnectionLike,
+    ) -> redis::RedisResult<T> {
+        let mut packed = Vec::new();
+        self.packed(&mut packed);
+        match self.reply(conn.req_packed_command(&packed)?) {
+            Err(err) if is_no_script(&err) => {
+                self.script.load(conn)?;
+                self.reply(conn.req_packed_command(&packed)?)
+            }
+            reply => reply,
+        }
+    }
+
+    /// This call's reply as `T`, or the error the server answered with.
+    pub(crate) fn reply<T: redis::FromRedisValue>(
+        &self,
+        value: redis::Value,
+    ) -> redis::RedisResult<T> {
+        Ok(redis::from_redis_value(value.extract_error()?)?)
+    }
+}
+
+/// Whether `err` says the server does not have the script called.
+pub(crate) fn is_no_script(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::envelope::{ATTEMPT_OFFSET, ID_LEN, ID_OFFSET};

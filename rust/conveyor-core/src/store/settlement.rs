@@ -1,12 +1,14 @@
 //! Settling: how the jobs of one lease ended (done, retry later, dead), in
 //! one `settle-11.lua` call per batch.
 
-use redis::FromRedisValue;
+use redis::{ConnectionLike, FromRedisValue};
 
 use super::history::History;
 use super::keys::QueueKeys;
-use super::{scripts, RedisStore};
-use crate::error::Result;
+use super::queue::{fetch_call, Lease, NextLease};
+use super::scripts::{self, is_no_script, Call};
+use super::RedisStore;
+use crate::error::{Error, Result};
 
 /// How one leased job ended, for [`RedisStore::settle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,105 +129,160 @@ impl RedisStore {
         minutes: &[u64],
         history: &History,
     ) -> Result<Settled> {
-        if outcomes.is_empty() {
-            return Ok(Settled::default());
+        match settle_call(keys, token, outcomes, minutes, history) {
+            Some(call) => Ok(call.invoke(self.scripted()?)?),
+            None => Ok(Settled::default()),
         }
-        let mut call = scripts::SETTLE.key(keys.lease(token));
-        // KEYS[12..]: a result key for each record that keeps one, and a
-        // tally key for each minute record.
-        let mut result_keys = 11;
-        call.key(keys.leases())
-            .key(keys.scheduled())
-            .key(keys.dead())
-            .key(keys.errors())
-            .key(keys.unique())
-            .key(keys.counts())
-            .key(keys.progress())
-            .key(keys.open())
-            .key(keys.history(history.bucket_now()))
-            .key(keys.cancelled())
-            .arg(token)
-            .arg(history.ttl_s())
-            .arg(history.bucket_max());
-        let mut minute_now = None;
-        for (i, outcome) in outcomes.iter().enumerate() {
-            let minute = minutes.get(i).copied();
-            if minute.is_some() && minute != minute_now {
-                minute_now = minute;
-                result_keys += 1;
-                call.key(keys.tally(minute.unwrap_or_default()))
-                    .arg("M")
-                    .arg(result_keys);
-            }
-            match outcome {
-                Settlement::Done {
-                    slot,
-                    id,
-                    unique,
-                    open,
-                    result,
-                } => {
-                    call.arg(if open.is_some() { "O" } else { "D" })
-                        .arg(*slot)
-                        .arg(id.as_ref().map_or(&[][..], |id| &id[..]))
-                        .arg(unique.as_deref().unwrap_or(""));
-                    if let Some(open) = open {
-                        call.arg(open);
-                    }
-                    keep(&mut call, keys, result, &mut result_keys);
-                }
-                Settlement::Retry {
-                    slot,
-                    id,
-                    envelope,
-                    delay_ms,
-                    error,
-                } => {
-                    call.arg("R")
-                        .arg(*slot)
-                        .arg(&id[..])
-                        .arg("")
-                        .arg(envelope.as_slice())
-                        .arg(*delay_ms)
-                        .arg(error);
-                }
-                Settlement::Cancelled {
-                    slot,
-                    id,
-                    unique,
-                    open,
-                    result,
-                } => {
-                    call.arg("C")
-                        .arg(*slot)
-                        .arg(&id[..])
-                        .arg(unique.as_deref().unwrap_or(""))
-                        .arg(open.as_deref().unwrap_or(""));
-                    keep(&mut call, keys, result, &mut result_keys);
-                }
-                Settlement::Dead {
-                    slot,
-                    id,
-                    unique,
-                    open,
-                    envelope,
-                    error,
-                    result,
-                } => {
-                    call.arg("X")
-                        .arg(*slot)
-                        .arg(&id[..])
-                        .arg(unique.as_deref().unwrap_or(""))
-                        .arg(open.as_deref().unwrap_or(""))
-                        .arg(envelope.as_slice())
-                        .arg(error);
-                    keep(&mut call, keys, result, &mut result_keys);
-                }
-            }
-        }
-        Ok(call.invoke(self.scripted()?)?)
     }
 
+    /// [`settle`](Self::settle), then [`fetch`](Self::fetch) the next lease
+    /// from the same queue, in one round trip (a pipeline, not a
+    /// transaction: each script is atomic on its own, as when called apart).
+    /// A server that lost its scripts is given them again and asked again
+    /// for the part it refused, so neither part runs twice.
+    pub fn settle_and_fetch(
+        &mut self,
+        keys: &QueueKeys,
+        token: &str,
+        outcomes: &[Settlement],
+        minutes: &[u64],
+        history: &History,
+        next: &NextLease<'_>,
+    ) -> Result<(Settled, Lease)> {
+        let fetch = fetch_call(keys, next);
+        let Some(settle) = settle_call(keys, token, outcomes, minutes, history) else {
+            let reply = fetch.invoke(self.scripted()?)?;
+            return Ok((Settled::default(), Lease::from_reply(next.token, reply)));
+        };
+        let mut packed = Vec::new();
+        settle.packed(&mut packed);
+        fetch.packed(&mut packed);
+        let replies = self.scripted()?.req_packed_commands(&packed, 0, 2)?;
+        let [settled, leased]: [redis::Value; 2] = replies.try_into().map_err(|r: Vec<_>| {
+            Error::Internal(format!("a pipeline of 2 calls got {} replies", r.len()))
+        })?;
+        let settled = match settle.reply(settled) {
+            Err(err) if is_no_script(&err) => settle.invoke(self.scripted()?)?,
+            settled => settled?,
+        };
+        let leased = match fetch.reply(leased) {
+            Err(err) if is_no_script(&err) => fetch.invoke(self.scripted()?)?,
+            leased => leased?,
+        };
+        Ok((settled, Lease::from_reply(next.token, leased)))
+    }
+}
+
+/// The `settle-11.lua` call recording `outcomes` (see
+/// [`RedisStore::settle`]); `None` when there is nothing to record.
+fn settle_call(
+    keys: &QueueKeys,
+    token: &str,
+    outcomes: &[Settlement],
+    minutes: &[u64],
+    history: &History,
+) -> Option<Call> {
+    if outcomes.is_empty() {
+        return None;
+    }
+    let mut call = Call::new(&scripts::SETTLE);
+    call.key(keys.lease(token));
+    // KEYS[12..]: a result key for each record that keeps one, and a
+    // tally key for each minute record.
+    let mut result_keys = 11;
+    call.key(keys.leases())
+        .key(keys.scheduled())
+        .key(keys.dead())
+        .key(keys.errors())
+        .key(keys.unique())
+        .key(keys.counts())
+        .key(keys.progress())
+        .key(keys.open())
+        .key(keys.history(history.bucket_now()))
+        .key(keys.cancelled())
+        .arg(token)
+        .arg(history.ttl_s())
+        .arg(history.bucket_max());
+    let mut minute_now = None;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let minute = minutes.get(i).copied();
+        if minute.is_some() && minute != minute_now {
+            minute_now = minute;
+            result_keys += 1;
+            call.key(keys.tally(minute.unwrap_or_default()))
+                .arg("M")
+                .arg(result_keys);
+        }
+        match outcome {
+            Settlement::Done {
+                slot,
+                id,
+                unique,
+                open,
+                result,
+            } => {
+                call.arg(if open.is_some() { "O" } else { "D" })
+                    .arg(*slot)
+                    .arg(id.as_ref().map_or(&[][..], |id| &id[..]))
+                    .arg(unique.as_deref().unwrap_or(""));
+                if let Some(open) = open {
+                    call.arg(open);
+                }
+                keep(&mut call, keys, result, &mut result_keys);
+            }
+            Settlement::Retry {
+                slot,
+                id,
+                envelope,
+                delay_ms,
+                error,
+            } => {
+                call.arg("R")
+                    .arg(*slot)
+                    .arg(&id[..])
+                    .arg("")
+                    .arg(envelope.as_slice())
+                    .arg(*delay_ms)
+                    .arg(error);
+            }
+            Settlement::Cancelled {
+                slot,
+                id,
+                unique,
+                open,
+                result,
+            } => {
+                call.arg("C")
+                    .arg(*slot)
+                    .arg(&id[..])
+                    .arg(unique.as_deref().unwrap_or(""))
+                    .arg(open.as_deref().unwrap_or(""));
+                keep(&mut call, keys, result, &mut result_keys);
+            }
+            Settlement::Dead {
+                slot,
+                id,
+                unique,
+                open,
+                envelope,
+                error,
+                result,
+            } => {
+                call.arg("X")
+                    .arg(*slot)
+                    .arg(&id[..])
+                    .arg(unique.as_deref().unwrap_or(""))
+                    .arg(open.as_deref().unwrap_or(""))
+                    .arg(envelope.as_slice())
+                    .arg(error);
+                keep(&mut call, keys, result, &mut result_keys);
+            }
+        }
+    }
+    Some(call)
+}
+
+impl RedisStore {
     /// The result kept for job `id` in this queue, if any (yet, or still).
     pub fn result(&mut self, keys: &QueueKeys, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
         Ok(redis::Cmd::get(keys.result(id)).query(self.connection())?)
@@ -233,12 +290,7 @@ impl RedisStore {
 }
 
 /// Adds the 'V' record that keeps `result` after the record it belongs to.
-fn keep(
-    call: &mut redis::ScriptInvocation<'_>,
-    keys: &QueueKeys,
-    result: &Option<StoredResult>,
-    result_keys: &mut usize,
-) {
+fn keep(call: &mut Call, keys: &QueueKeys, result: &Option<StoredResult>, result_keys: &mut usize) {
     if let Some(result) = result {
         *result_keys += 1;
         call.key(keys.result(&result.id))

@@ -29,8 +29,7 @@ use crate::id::now_us;
 use crate::metrics::Histogram;
 use crate::store::history::History;
 use crate::store::keys::QueueKeys;
-use crate::store::queue::{DeadRetention, Forgotten, Settled, Settlement};
-use crate::store::tally::{minute_of, minute_of_bytes};
+use crate::store::queue::{DeadRetention, Lease};
 use crate::store::RedisStore;
 
 /// One queue a worker takes jobs from, with its weight.
@@ -216,7 +215,7 @@ impl WorkQueues {
 
     /// Runs `f` on a pooled connection; a connection that failed is dropped,
     /// so the next call connects afresh (Redis restarted, network blip).
-    fn with_store<T>(&self, f: impl FnOnce(&mut RedisStore) -> Result<T>) -> Result<T> {
+    pub(super) fn with_store<T>(&self, f: impl FnOnce(&mut RedisStore) -> Result<T>) -> Result<T> {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut store = match pooled {
             Some(store) => store,
@@ -235,8 +234,17 @@ impl WorkQueues {
     /// Leases up to `max` jobs from the first queue (in this fetch's order)
     /// that has any; `None` when every queue is empty.
     pub fn fetch(&self, max: usize) -> Result<Option<Batch>> {
+        self.fetch_in(&self.fetch_order(), max)
+    }
+
+    /// The order in which one fetch tries the queues (`fetch_order.rs`).
+    pub(super) fn fetch_order(&self) -> Vec<usize> {
         let weights: Vec<u32> = self.queues.iter().map(|q| q.weight).collect();
-        let order = fetch_order::draw(&weights, self.strict, &mut rand::rng());
+        fetch_order::draw(&weights, self.strict, &mut rand::rng())
+    }
+
+    /// Leases up to `max` jobs from the first queue of `order` that has any.
+    pub(super) fn fetch_in(&self, order: &[usize], max: usize) -> Result<Option<Batch>> {
         let (first, rest) = order.split_at(order.len().min(fetch_order::TRIED_FIRST));
         for &index in first {
             if let Some(batch) = self.fetch_from(index, max)? {
@@ -260,17 +268,34 @@ impl WorkQueues {
 
     /// Leases up to `max` jobs from queue `index`; `None` when it has none.
     fn fetch_from(&self, index: usize, max: usize) -> Result<Option<Batch>> {
-        let token = format!(
+        let token = self.new_token();
+        let keys = &self.queues[index].keys;
+        let lease_ms = self.lease_ms();
+        let lease = self.with_store(|s| s.fetch(keys, &token, max, lease_ms))?;
+        self.leased(index, lease)
+    }
+
+    /// A token for a new lease, unique to this process.
+    pub(super) fn new_token(&self) -> String {
+        format!(
             "{}:{}",
             self.worker_id,
             self.sequence.fetch_add(1, Ordering::Relaxed)
-        );
-        let keys = &self.queues[index].keys;
-        let lease_ms = self.lease.as_millis() as u64;
-        let lease = self.with_store(|s| s.fetch(keys, &token, max, lease_ms))?;
+        )
+    }
+
+    /// How long a lease lasts unless extended (ms).
+    pub(super) fn lease_ms(&self) -> u64 {
+        self.lease.as_millis() as u64
+    }
+
+    /// The batch of `lease`, from queue `index`, now held (renewed by the
+    /// keeper until settled); `None` when it leased nothing.
+    pub(super) fn leased(&self, index: usize, lease: Lease) -> Result<Option<Batch>> {
         if lease.jobs.is_empty() {
             return Ok(None);
         }
+        let token = lease.token;
         let fetched_at_us = now_us();
         self.stats
             .fetched
@@ -313,91 +338,6 @@ impl WorkQueues {
             },
         );
         Ok(Some(batch))
-    }
-
-    /// Settles a batch: `outcomes[i]` is how `batch.jobs[i]` ended; jobs past
-    /// the end of `outcomes` are released. Malformed jobs are dead-lettered.
-    pub fn settle(&self, batch: &Batch, outcomes: &[Outcome]) -> Result<Settled> {
-        if outcomes.len() > batch.jobs.len() {
-            return Err(Error::InvalidJob(format!(
-                "{} outcomes for a batch of {} jobs",
-                outcomes.len(),
-                batch.jobs.len()
-            )));
-        }
-        let mut records = Vec::with_capacity(batch.jobs.len() + batch.malformed.len());
-        let mut minutes = Vec::with_capacity(records.capacity());
-        let mut released = Vec::new();
-        for (i, job) in batch.jobs.iter().enumerate() {
-            let outcome = outcomes.get(i).unwrap_or(&Outcome::Released);
-            match self.settlement(job, outcome) {
-                Some(record) => {
-                    records.push(record);
-                    minutes.push(minute_of(&job.envelope.id));
-                }
-                None => released.push(job.slot),
-            }
-        }
-        for (slot, raw, reason) in &batch.malformed {
-            let mut id = [0u8; 16];
-            if let Some(bytes) = crate::envelope::id_bytes(raw) {
-                id.copy_from_slice(bytes);
-            }
-            minutes.push(minute_of_bytes(&id));
-            records.push(Settlement::Dead {
-                slot: *slot,
-                id,
-                unique: None,
-                open: None,
-                envelope: raw.clone(),
-                error: cap_error(error_json("EnvelopeDecodeError", reason), self.error_cap()),
-                result: None,
-            });
-        }
-        let keys = &self.queues[batch.queue].keys;
-        // Out of `held` while settling: a heartbeat meanwhile would find the
-        // lease gone and report it lost. Back in if settling failed, so the
-        // lease is renewed while the caller retries.
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&batch.token);
-        let history = self.history_now();
-        let result = self.with_store(|s| {
-            let minutes = if self.tallies { &minutes[..] } else { &[] };
-            let settled = s.settle(keys, &batch.token, &records, minutes, &history)?;
-            let back = s.release(keys, &batch.token, &released)?;
-            if settled.dead > 0 {
-                // The retention, so that failures cannot fill Redis. Best
-                // effort: the next dead letter tries again.
-                let _ = s.purge_dead(keys, self.retention, 100, Forgotten::Trimmed);
-            }
-            Ok((settled, back))
-        });
-        let (settled, back) = match result {
-            Ok(counts) => counts,
-            Err(err) => {
-                if let Some(held) = held {
-                    self.held
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(batch.token.clone(), held);
-                }
-                return Err(err);
-            }
-        };
-        let stats = &self.stats;
-        stats.done.fetch_add(settled.done, Ordering::Relaxed);
-        stats.retried.fetch_add(settled.retried, Ordering::Relaxed);
-        stats.dead.fetch_add(settled.dead, Ordering::Relaxed);
-        stats.stale.fetch_add(settled.stale, Ordering::Relaxed);
-        stats
-            .cancelled
-            .fetch_add(settled.cancelled, Ordering::Relaxed);
-        stats.released.fetch_add(back, Ordering::Relaxed);
-        self.by_type.add(batch, outcomes);
-        Ok(settled)
     }
 
     /// Blocks until new jobs are signalled on any of the queues or `timeout`

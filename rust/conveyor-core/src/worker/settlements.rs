@@ -1,17 +1,163 @@
-//! From how a handler's attempt ended (`Outcome`) to what settling records
-//! for the job (`Settlement`): the stored copy of a retried or dead job
+//! Settling a batch, alone or with the fetch of the next in one round trip;
+//! and from how a handler's attempt ended (`Outcome`) to what settling
+//! records for the job (`Settlement`): the stored copy of a retried or dead job
 //! (attempt counted, stage stamps appended, smaller while Redis is nearly
 //! full), its error record and its result, and the latencies observed.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{cap_error, Outcome, ReadyJob, WorkQueues, MAX_ERROR_BYTES};
+use super::{cap_error, error_json, Batch, Outcome, ReadyJob, WorkQueues, MAX_ERROR_BYTES};
 use crate::envelope::{append_stage, set_attempt, Envelope, Stage};
+use crate::error::{Error, Result};
 use crate::store::keys;
-use crate::store::queue::Settlement;
+use crate::store::queue::{Forgotten, Lease, NextLease, Settled, Settlement};
+use crate::store::tally::{minute_of, minute_of_bytes};
 
 impl WorkQueues {
+    /// Settles a batch: `outcomes[i]` is how `batch.jobs[i]` ended; jobs past
+    /// the end of `outcomes` are released. Malformed jobs are dead-lettered.
+    pub fn settle(&self, batch: &Batch, outcomes: &[Outcome]) -> Result<Settled> {
+        Ok(self.settle_then(batch, outcomes, None)?.0)
+    }
+
+    /// Settles a batch as [`settle`](Self::settle) does and leases up to
+    /// `max` jobs for the next, as [`fetch`](WorkQueues::fetch) does. When
+    /// this fetch's order starts at the settled batch's queue (always, for a
+    /// worker of one queue), both go to Redis in one round trip: for small
+    /// jobs, the round trips are most of what a batch costs a worker beyond
+    /// its handlers. Once settled, a failed fetch is not an error of this
+    /// call (the batch must not be settled again): it gives `None`, and the
+    /// next fetch meets the fault and reports it.
+    pub fn settle_and_fetch(
+        &self,
+        batch: &Batch,
+        outcomes: &[Outcome],
+        max: usize,
+    ) -> Result<(Settled, Option<Batch>)> {
+        let order = self.fetch_order();
+        if order.first() != Some(&batch.queue) {
+            let settled = self.settle(batch, outcomes)?;
+            return Ok((settled, self.fetch_in(&order, max).unwrap_or(None)));
+        }
+        let (settled, lease) = self.settle_then(batch, outcomes, Some(max))?;
+        let next = match lease {
+            Some(lease) => self.leased(batch.queue, lease).unwrap_or(None),
+            None => None,
+        };
+        match next {
+            Some(next) => Ok((settled, Some(next))),
+            None => Ok((settled, self.fetch_in(&order[1..], max).unwrap_or(None))),
+        }
+    }
+
+    /// Settles `batch` (see [`settle`](Self::settle)) and, with `next`, in the
+    /// same round trip leases up to `next` jobs from its queue.
+    fn settle_then(
+        &self,
+        batch: &Batch,
+        outcomes: &[Outcome],
+        next: Option<usize>,
+    ) -> Result<(Settled, Option<Lease>)> {
+        if outcomes.len() > batch.jobs.len() {
+            return Err(Error::InvalidJob(format!(
+                "{} outcomes for a batch of {} jobs",
+                outcomes.len(),
+                batch.jobs.len()
+            )));
+        }
+        let mut records = Vec::with_capacity(batch.jobs.len() + batch.malformed.len());
+        let mut minutes = Vec::with_capacity(records.capacity());
+        let mut released = Vec::new();
+        for (i, job) in batch.jobs.iter().enumerate() {
+            let outcome = outcomes.get(i).unwrap_or(&Outcome::Released);
+            match self.settlement(job, outcome) {
+                Some(record) => {
+                    records.push(record);
+                    minutes.push(minute_of(&job.envelope.id));
+                }
+                None => released.push(job.slot),
+            }
+        }
+        for (slot, raw, reason) in &batch.malformed {
+            let mut id = [0u8; 16];
+            if let Some(bytes) = crate::envelope::id_bytes(raw) {
+                id.copy_from_slice(bytes);
+            }
+            minutes.push(minute_of_bytes(&id));
+            records.push(Settlement::Dead {
+                slot: *slot,
+                id,
+                unique: None,
+                open: None,
+                envelope: raw.clone(),
+                error: cap_error(error_json("EnvelopeDecodeError", reason), self.error_cap()),
+                result: None,
+            });
+        }
+        let keys = &self.queues[batch.queue].keys;
+        // Out of `held` while settling: a heartbeat meanwhile would find the
+        // lease gone and report it lost. Back in if settling failed, so the
+        // lease is renewed while the caller retries.
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&batch.token);
+        let history = self.history_now();
+        let next = next.map(|max| (self.new_token(), max));
+        let lease_ms = self.lease_ms();
+        let result = self.with_store(|s| {
+            let minutes = if self.tallies { &minutes[..] } else { &[] };
+            let (settled, lease) = match &next {
+                None => (
+                    s.settle(keys, &batch.token, &records, minutes, &history)?,
+                    None,
+                ),
+                Some((token, max)) => {
+                    let next = NextLease {
+                        token,
+                        max: *max,
+                        lease_ms,
+                    };
+                    let (settled, lease) =
+                        s.settle_and_fetch(keys, &batch.token, &records, minutes, &history, &next)?;
+                    (settled, Some(lease))
+                }
+            };
+            let back = s.release(keys, &batch.token, &released)?;
+            if settled.dead > 0 {
+                // The retention, so that failures cannot fill Redis. Best
+                // effort: the next dead letter tries again.
+                let _ = s.purge_dead(keys, self.retention, 100, Forgotten::Trimmed);
+            }
+            Ok((settled, back, lease))
+        });
+        let (settled, back, lease) = match result {
+            Ok(counts) => counts,
+            Err(err) => {
+                if let Some(held) = held {
+                    self.held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(batch.token.clone(), held);
+                }
+                return Err(err);
+            }
+        };
+        let stats = &self.stats;
+        stats.done.fetch_add(settled.done, Ordering::Relaxed);
+        stats.retried.fetch_add(settled.retried, Ordering::Relaxed);
+        stats.dead.fetch_add(settled.dead, Ordering::Relaxed);
+        stats.stale.fetch_add(settled.stale, Ordering::Relaxed);
+        stats
+            .cancelled
+            .fetch_add(settled.cancelled, Ordering::Relaxed);
+        stats.released.fetch_add(back, Ordering::Relaxed);
+        self.by_type.add(batch, outcomes);
+        Ok((settled, lease))
+    }
+
     /// The record for one job's outcome (`None`: release it), and its latencies.
     pub(super) fn settlement(&self, job: &ReadyJob, outcome: &Outcome) -> Option<Settlement> {
         let env = &job.envelope;
