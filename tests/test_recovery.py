@@ -263,3 +263,33 @@ def test_a_topic_created_again_under_its_name_is_relayed_from_its_start(
     finally:
         relay.stop()
         app.close()
+
+
+def test_records_relayed_while_the_observer_reads_are_not_taken_for_a_new_topic(
+    servers: DevServers, redis_server: RedisServer, namespace: str
+) -> None:
+    """Under steady load the relay writes fences past the log ends the
+    observer read a moment before it reads Redis: such a fence is the log
+    moving on, not a topic created again, and must not send the relay back
+    to the log's start (which would relay every job of the partition again)."""
+    # Enough partitions for the observer to read their log ends in several
+    # requests: the later ones widen the window before it reads Redis.
+    app = make_app(servers, redis_server, namespace, partitions=512)
+    relay = start_relay(app)
+    wait_until(lambda: len(relay.lag()) == 512, 30, "every partition owned and read")
+    sent: list[str] = []
+    try:
+        # About 2,000 jobs a second for 12 s: twelve observer passes, each
+        # with records landing between its log-end reads and its Redis read.
+        until = time.monotonic() + 12
+        while time.monotonic() < until:
+            sent += app.enqueue_many("rec.job", [(i,) for i in range(20)]).ids
+            time.sleep(0.01)
+        wait_until(lambda: len(queued_ids(app)) >= len(sent), 60, "everything relayed")
+        time.sleep(2)  # two more passes: a late reset would relay again now
+        queued = queued_ids(app)
+        assert relay.stats()["recreated"] == 0
+        assert (len(queued), len(set(queued))) == (len(sent), len(sent)), "each relayed once"
+    finally:
+        relay.stop()
+        app.close()

@@ -91,10 +91,16 @@ impl Observer {
         let replaced = self.check_generation();
         let mut lags = Vec::with_capacity(owned.len());
         let mut marks = HashMap::new();
-        let ends = self.log_ends(&owned);
         let Some(readings) = self.readings(&owned) else {
             return false;
         };
+        // The log ends after the fences: a fence then past its log's end can
+        // only be a log that went back (a topic created again). Read the
+        // other way round, records landing and relayed between the two reads
+        // put fences past the ends just read, under steady load on many
+        // partitions (each read of 128 partitions widens the gap), and the
+        // partition was relayed again from its start.
+        let ends = self.log_ends(&owned);
         for (topic, partition) in owned {
             let Some((fences, open)) = readings.get(&topic) else {
                 continue;
