@@ -258,6 +258,7 @@ pub fn start(config: RelayConfig) -> Result<RelayHandle> {
         recovery,
         generation: None,
         published: None,
+        starts: Default::default(),
     };
     let thread = spawn("conveyor-relay", move || reader.run())?;
     let observer_stop = Arc::clone(&stop);

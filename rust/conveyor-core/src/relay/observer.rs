@@ -30,6 +30,10 @@ const OBSERVE_EVERY: Duration = Duration::from_secs(1);
 const LOG_ENDS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Partitions per request for their log ends.
 const LOG_ENDS_CHUNK: usize = 128;
+/// How often the starts of the logs are read again (their ends are read
+/// every pass): a log's start moves only as retention deletes old segments,
+/// and its lag and watermark are bounded by it, not measured from it.
+const LOG_STARTS_EVERY: Duration = Duration::from_secs(30);
 
 /// Longest a status that changed only in its time goes unpublished: the
 /// status of 1,600 partitions is a quarter of a megabyte of JSON, and
@@ -51,6 +55,26 @@ pub(super) struct Observer {
     pub generation: Option<String>,
     /// When the status was last published, and its counters then.
     pub published: Option<(Instant, serde_json::Value)>,
+    /// The logs' starts as last read.
+    pub starts: LogStarts,
+}
+
+/// Each owned partition's log start as last read, and when: read every
+/// [`LOG_STARTS_EVERY`] (and when the assignment grows), not every pass,
+/// which halves the requests an idle relay makes of the brokers.
+#[derive(Default)]
+pub(super) struct LogStarts {
+    by_partition: HashMap<(String, i32), i64>,
+    read_at: Option<Instant>,
+}
+
+impl LogStarts {
+    /// Whether the starts of `owned` must be read (again) this pass.
+    fn stale(&self, owned: &[(String, i32)]) -> bool {
+        self.read_at
+            .is_none_or(|at| at.elapsed() >= LOG_STARTS_EVERY)
+            || owned.iter().any(|p| !self.by_partition.contains_key(p))
+    }
 }
 
 impl Observer {
@@ -138,7 +162,13 @@ impl Observer {
                 continue;
             };
             if let Some(past) = fence.filter(|f| *f > high) {
-                self.recreated(&topic, partition, past, low);
+                // The new log's own start, not the one read before: the old
+                // log's start may be past the new log's first records.
+                let start = self.log_starts(std::slice::from_ref(&(topic.clone(), partition)));
+                if let Some(&start) = start.get(&(topic.clone(), partition)) {
+                    self.recreated(&topic, partition, past, start);
+                }
+                self.starts.read_at = None;
             }
             let relayed_to = fence.unwrap_or(low).clamp(low, high.max(low));
             lags.push(PartitionLag {
@@ -191,36 +221,50 @@ impl Observer {
     /// Each partition's `(low, high)` watermarks, asked of the brokers many
     /// partitions at a time: asking partition by partition took two requests
     /// per partition every second (with 1,600 partitions, a fifth of a core
-    /// in an idle relay and more in the broker). Partitions with no answer
+    /// in an idle relay and more in the broker). The lows come from
+    /// [`LogStarts`], read again only when stale. Partitions with no answer
     /// are left out.
-    fn log_ends(&self, owned: &[(String, i32)]) -> HashMap<(String, i32), (i64, i64)> {
-        let ask = |chunk: &[(String, i32)], at: Offset, out: &mut HashMap<(String, i32), i64>| {
+    fn log_ends(&mut self, owned: &[(String, i32)]) -> HashMap<(String, i32), (i64, i64)> {
+        if self.starts.stale(owned) {
+            self.starts.by_partition = self.log_starts(owned);
+            self.starts.read_at = Some(Instant::now());
+        }
+        let highs = self.log_offsets(owned, Offset::End);
+        let lows = &self.starts.by_partition;
+        highs
+            .into_iter()
+            .filter_map(|(key, high)| Some((key.clone(), (*lows.get(&key)?, high))))
+            .collect()
+    }
+
+    /// Where each partition's log starts now.
+    fn log_starts(&self, owned: &[(String, i32)]) -> HashMap<(String, i32), i64> {
+        self.log_offsets(owned, Offset::Beginning)
+    }
+
+    /// Each partition's offset `at` its log's beginning or end, asked
+    /// [`LOG_ENDS_CHUNK`] partitions at a time.
+    fn log_offsets(&self, owned: &[(String, i32)], at: Offset) -> HashMap<(String, i32), i64> {
+        let mut out = HashMap::new();
+        // librdkafka matches each answer to its partition by a linear search
+        // of the list: with all 1,600 in one list that search was 60% of an
+        // idle relay's CPU.
+        for chunk in owned.chunks(LOG_ENDS_CHUNK) {
             let mut tpl = TopicPartitionList::new();
             for (topic, partition) in chunk {
                 let _ = tpl.add_partition_offset(topic, *partition, at);
             }
             // A timestamp of "beginning" or "end" asks for that offset.
             let Ok(got) = self.watermarks.offsets_for_times(tpl, LOG_ENDS_TIMEOUT) else {
-                return;
+                continue;
             };
             for e in got.elements() {
                 if let (Offset::Offset(o), Ok(())) = (e.offset(), e.error()) {
                     out.insert((e.topic().to_string(), e.partition()), o);
                 }
             }
-        };
-        let (mut lows, mut highs) = (HashMap::new(), HashMap::new());
-        // librdkafka matches each answer to its partition by a linear search
-        // of the list: with all 1,600 in one list that search was 60% of an
-        // idle relay's CPU.
-        for chunk in owned.chunks(LOG_ENDS_CHUNK) {
-            ask(chunk, Offset::Beginning, &mut lows);
-            ask(chunk, Offset::End, &mut highs);
         }
-        highs
-            .into_iter()
-            .filter_map(|(key, high)| Some((key.clone(), (*lows.get(&key)?, high))))
-            .collect()
+        out
     }
 
     /// A fence past the end of its partition's log belongs to a topic that
@@ -300,5 +344,27 @@ impl Observer {
             }
             self.published = Some((Instant::now(), counters));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(partitions: &[i32]) -> Vec<(String, i32)> {
+        partitions.iter().map(|p| ("t".to_string(), *p)).collect()
+    }
+
+    #[test]
+    fn log_starts_are_read_when_never_read_when_old_and_when_the_assignment_grows() {
+        let mut starts = LogStarts::default();
+        assert!(starts.stale(&owned(&[0, 1])));
+        starts.by_partition = owned(&[0, 1]).into_iter().map(|k| (k, 0)).collect();
+        starts.read_at = Some(Instant::now());
+        assert!(!starts.stale(&owned(&[0, 1])));
+        assert!(!starts.stale(&owned(&[1])), "a shrunk assignment is known");
+        assert!(starts.stale(&owned(&[0, 1, 2])), "a partition never read");
+        starts.read_at = Instant::now().checked_sub(LOG_STARTS_EVERY);
+        assert!(starts.stale(&owned(&[0, 1])));
     }
 }

@@ -68,6 +68,10 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// so the relay keeps its partitions through an outage of any length.
 const WRITER_STALLED: Duration = Duration::from_secs(1);
 
+/// Longest a poll with nothing to read waits: bounds how late the reader sees
+/// a stop, a control change or a free writer while idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
 impl Reader {
     /// Runs until the relay is stopped, then commits and leaves the group.
     pub fn run(mut self) -> Result<()> {
@@ -193,7 +197,7 @@ impl Reader {
         }
     }
 
-    /// Waits up to 100 ms for a first record, takes whatever else librdkafka
+    /// Waits up to [`IDLE_POLL`] for a first record, takes whatever else librdkafka
     /// holds already, and waits for more (up to `batch_wait`) only while the
     /// writer is busy. Batching then follows load: an idle writer gets a lone
     /// job at once (a fixed wait was most of a job's latency at low rates),
@@ -201,7 +205,7 @@ impl Reader {
     /// that would have waited for the writer anyway.
     fn collect(&self) -> Vec<Record> {
         let mut messages = Vec::new();
-        match self.consumer.poll(sleepable(Duration::from_millis(100))) {
+        match self.consumer.poll(sleepable(IDLE_POLL)) {
             Some(Ok(message)) => messages.push(self.record(&message)),
             // Consumer errors are transient (a broker away); librdkafka retries.
             Some(Err(_)) | None => return messages,
@@ -393,8 +397,7 @@ impl Reader {
                 let _ = self.consumer.pause(&all);
                 // Serves rebalances and max.poll.interval.ms; whatever was
                 // fetched before the pause waits in flow control.
-                if let Some(Ok(message)) = self.consumer.poll(sleepable(Duration::from_millis(100)))
-                {
+                if let Some(Ok(message)) = self.consumer.poll(sleepable(IDLE_POLL)) {
                     let record = self.record(&message);
                     self.flow.hold(vec![record]);
                 }
