@@ -117,18 +117,28 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+def queue_names(partitions: int, per_queue: int) -> list[str]:
+    """A row's queues: as many as make `partitions` at `per_queue` each."""
+    return [f"q{i}" for i in range(max(1, partitions // per_queue))]
+
+
 def measure(
     servers: DevServers, partitions: int, per_queue: int, *, relays: int, idle_s: float, jobs: int
 ) -> dict[str, Any]:
     """One row; its topics (and the dead-letter topics its relays made) are
     deleted after it: partitions left from earlier rows would load the
-    broker (a run once stalled it with 11,000 of them)."""
+    broker (a run once stalled it with 11,000 of them). So are its queues'
+    keys: each row's backlog left in Redis (a full run left 190 MB) would
+    weigh on the rows and runs after it."""
     namespace = f"sc{uuid.uuid4().hex[:6]}"
     try:
         return measure_in(
             servers, namespace, partitions, per_queue, relays=relays, idle_s=idle_s, jobs=jobs
         )
     finally:
+        store = _core.RedisStore(servers.redis.url)
+        for queue in queue_names(partitions, per_queue):
+            store.purge(namespace, queue)
         bootstrap = servers.kafka.bootstrap
         mine = [t for t in _core.kafka_cluster_info(bootstrap)[2] if f".{namespace}." in t]
         _core.kafka_delete_topics(bootstrap, mine)
@@ -145,7 +155,7 @@ def measure_in(
     idle_s: float,
     jobs: int,
 ) -> dict[str, Any]:
-    queues = [f"q{i}" for i in range(max(1, partitions // per_queue))]
+    queues = queue_names(partitions, per_queue)
     settings = conveyor.Settings(
         kafka_bootstrap=servers.kafka.bootstrap, redis_url=servers.redis.url, namespace=namespace
     )
