@@ -584,6 +584,8 @@ def latency(
     client.delete(f"bench:{env.run}:latency", f"bench:{env.run}:slow")
     watch_redis_latency(client)
     base = counted(client, env.run)
+    cpu_before = {name: cpu_seconds(running.pids(name)) for name in running.procs}
+    reads_before = redis_reads(client)
     total = int(offered * seconds)
     per_tick = max(1, offered // 100)
     start_at = time.monotonic()
@@ -599,6 +601,13 @@ def latency(
     achieved = sent / (time.monotonic() - start_at)
     wait_counted(client, env.run, base + total - 200, 60, running)
     time.sleep(0.5)
+    # Each component's CPU per job at this rate, its idle moments included:
+    # below saturation a job costs more than at it (fewer jobs a round trip).
+    cpu_us = {
+        name: (cpu_seconds(running.pids(name)) - before) / total * 1e6
+        for name, before in cpu_before.items()
+    }
+    reads = (redis_reads(client) - reads_before) / total
     samples = sorted(float(x) for x in client.lrange(f"bench:{env.run}:latency", 0, -1))
     stalls = {
         "slowest": max(
@@ -609,17 +618,31 @@ def latency(
         "redis_latency": redis_latency(client),
     }
     if not samples:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "achieved_per_s": achieved}
+        return {
+            "p50_ms": float("nan"),
+            "p99_ms": float("nan"),
+            "achieved_per_s": achieved,
+            "cpu_us_per_job": cpu_us,
+            "redis_reads_per_job": reads,
+        }
     return {
         "p50_ms": samples[len(samples) // 2] * 1000,
         "p99_ms": samples[int(len(samples) * 0.99)] * 1000,
         "achieved_per_s": achieved,
+        "cpu_us_per_job": cpu_us,
+        "redis_reads_per_job": reads,
         **stalls,
     }
 
 
 #: A point's p99 above this (ms) is a stall that the bench explains.
 STALL_MS = 50.0
+
+
+def redis_reads(client: redis.Redis) -> int:
+    """Network reads Redis has processed: about one per round trip made of
+    it (a pipeline of several commands may come in one)."""
+    return int(client.info("stats")["total_reads_processed"])
 
 
 def watch_redis_latency(client: redis.Redis) -> None:
@@ -641,9 +664,16 @@ def redis_latency(client: redis.Redis) -> dict[str, int]:
 def point_line(offered: int, got: dict[str, Any]) -> str:
     """A latency point as printed; one whose p99 passes `STALL_MS` says
     where its slowest job waited and whether Redis itself stalled."""
+    cpu = ", ".join(f"{k} {v:.1f}" for k, v in got.get("cpu_us_per_job", {}).items())
     line = (
         f"{offered:,}/s offered ({got['achieved_per_s']:,.0f} achieved): "
         f"p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms"
+        + (f"; CPU us a job: {cpu}" if cpu else "")
+        + (
+            f"; Redis reads a job {got['redis_reads_per_job']:.1f}"
+            if "redis_reads_per_job" in got
+            else ""
+        )
     )
     return line + (f" [{stall_note(got)}]" if got["p99_ms"] > STALL_MS else "")
 

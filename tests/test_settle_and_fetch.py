@@ -126,3 +126,54 @@ def test_a_worker_runs_every_job_once_with_settles_that_fetch(
     depth = store.depth(app.settings.namespace, "default")
     assert depth == {"queued": 0, "scheduled": 0, "leases": 0, "dead": 0}
     assert worker._queues.held() == 0
+
+
+class CountedFetches:
+    """The worker's `WorkQueues`, counting its fetches made alone."""
+
+    def __init__(self, queues: _core.WorkQueues) -> None:
+        self.queues = queues
+        self.fetches = 0
+
+    def fetch(self, max_jobs: int) -> _core.LeasedBatch | None:
+        self.fetches += 1
+        return self.queues.fetch(max_jobs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.queues, name)
+
+
+def test_an_idle_worker_waits_for_work_after_a_settle_that_found_none(
+    servers: DevServers, app: conveyor.Conveyor
+) -> None:
+    # A job alone: a fetch finds it; its settle looks for the next and finds
+    # none; then the thread waits for a signal of new jobs. Another fetch
+    # before waiting would only repeat the settle's empty look.
+    seen: list[int] = []
+
+    @app.job("sf.alone")
+    def alone(i: int) -> None:
+        seen.append(i)
+
+    store = _core.RedisStore(servers.redis.url)
+    worker = conveyor.Worker(app, threads=1)
+    counted = CountedFetches(worker._queues)
+    worker._queues = counted  # type: ignore[assignment]
+    jobs = 20
+    worker.start()
+    began = time.monotonic()
+    try:
+        for i in range(jobs):
+            sent = conveyor.Envelope("sf.alone", _core.encode_call([i], {})).encode()
+            store.admit(app.settings.namespace, "default", [sent])
+            deadline = time.monotonic() + 5
+            while len(seen) <= i and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(0.02)  # the settle's look has found nothing by now
+    finally:
+        worker.stop()
+    idle_s = time.monotonic() - began
+    assert sorted(seen) == list(range(jobs))
+    # One fetch per job (the one its signal woke), and one each time a wait
+    # for a signal ends with none (every 0.25 s while idle), a few spare.
+    assert counted.fetches <= jobs + idle_s / 0.25 + 3, (counted.fetches, idle_s)

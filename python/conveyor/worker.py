@@ -249,44 +249,55 @@ class Worker:
 
     def _work_loop(self) -> None:
         # A batch is settled with the fetch of the next (one round trip to
-        # Redis); a fetch goes alone only after an empty one, or a fault.
+        # Redis); a fetch goes alone only after a wait for work, or a fault.
+        # After a look that found no job the thread waits for a signal of
+        # new jobs at once: fetching again first repeated that look, one
+        # round trip more per job at low load.
         size = 1
         batch: _core.LeasedBatch | None = None
+        looked = False  # the last look for jobs found none
         while not self._stopping.is_set():
-            if batch is None:
-                batch = self._fetch(size)
+            if batch is not None:
+                batch, size, looked = self._run_batch(batch, size)
+            elif looked:
+                self._wait_for_work()
+                looked = False
             else:
-                batch, size = self._run_batch(batch, size)
+                batch = self._fetch(size)
+                looked = batch is None
         if batch is not None:
             # Fetched with the last settle as the worker stopped: given back
             # unstarted, at once (not when its lease expires).
             self._settle(batch, BatchRun())
 
     def _fetch(self, size: int) -> _core.LeasedBatch | None:
-        """The next batch of up to `size` jobs; None (after waiting for a
-        signal of new jobs, or a pause after a fault) when there is none."""
+        """The next batch of up to `size` jobs; None when there is none (or
+        after a pause, on a fault)."""
         try:
-            batch = self._queues.fetch(size)
+            return self._queues.fetch(size)
         except ConveyorError as err:
             log.warning("fetch failed, retrying: %s", err)
             self._stopping.wait(0.5)
             return None
-        if batch is None:
-            try:
-                self._queues.wait_for_work(_IDLE_WAIT_S)
-            except ConveyorError as err:
-                log.warning("waiting for jobs failed, retrying: %s", err)
-                self._stopping.wait(0.5)
-        return batch
+
+    def _wait_for_work(self) -> None:
+        """Blocks until a signal of new jobs, or `_IDLE_WAIT_S` (delayed and
+        retried jobs come due without one)."""
+        try:
+            self._queues.wait_for_work(_IDLE_WAIT_S)
+        except ConveyorError as err:
+            log.warning("waiting for jobs failed, retrying: %s", err)
+            self._stopping.wait(0.5)
 
     def _run_batch(
         self, batch: _core.LeasedBatch, size: int
-    ) -> tuple[_core.LeasedBatch | None, int]:
+    ) -> tuple[_core.LeasedBatch | None, int, bool]:
         """Runs a batch's jobs in order and settles it, or hands it to the
         async lane if async jobs of it still run. Whatever happens, the
         batch is settled or its lease let go. Returns the next batch if one
-        was fetched with the settle, and the size of the next fetch: `size`
-        grown or cut so that a batch runs for about `_BATCH_TARGET_S`."""
+        was fetched with the settle, the size of the next fetch (`size`
+        grown or cut so that a batch runs for about `_BATCH_TARGET_S`), and
+        whether the settle looked for the next batch and found none."""
         ran = BatchRun()
         ends = ran.ends
         lane = self._lane
@@ -309,8 +320,9 @@ class Worker:
             # The lease is renewed for as long as the longest of them may run.
             batch.begin(max(ran.started, key=lambda s: self._max_age(s[1]))[0])
             lane.hand_over(batch, ran)
-            return None, size
-        return self._settle(batch, ran, then_fetch=size), size
+            return None, size, False
+        after, looked = self._settle(batch, ran, then_fetch=size)
+        return after, size, looked
 
     def _max_age(self, jt: JobType[Any, Any]) -> float:
         """How long a job of `jt` may hold its lease (as `max_age_s` above)."""
@@ -330,10 +342,11 @@ class Worker:
         batch: _core.LeasedBatch,
         ran: BatchRun,
         then_fetch: int = 0,
-    ) -> _core.LeasedBatch | None:
+    ) -> tuple[_core.LeasedBatch | None, bool]:
         """Settles `batch`; with `then_fetch`, unless stopping, fetches the
-        next batch of up to that many jobs in the same round trip and
-        returns it (None: no jobs, or a fetch fault the next fetch reports)."""
+        next batch of up to that many jobs in the same round trip. Returns
+        that batch, and whether it was looked for and not found (no jobs, or
+        a fetch fault the next fetch reports)."""
         # Redis away: keep trying while the lease lasts; after that, stop
         # renewing it, so that it expires and the reaper gives the jobs back:
         # they run again (at least once, never lost, never held for ever).
@@ -342,19 +355,20 @@ class Worker:
             try:
                 results, cancelled = ran.results or None, ran.cancelled or None
                 if then_fetch and not self._stopping.is_set():
-                    return self._queues.settle_and_fetch(
+                    _, after = self._queues.settle_and_fetch(
                         batch, ran.ends, ran.failures, then_fetch, None, results, cancelled
-                    )[1]
+                    )
+                    return after, after is None
                 self._queues.settle(
                     batch, ran.ends, ran.failures, results=results, cancelled=cancelled
                 )
-                return None
+                return None, False
             except ConveyorError as err:
                 then_fetch = 0  # a retry settles alone: the loop fetches after
                 if time.monotonic() > give_up:
                     log.error("could not settle a batch before its lease expired: %s", err)
                     self._queues.abandon(batch)
-                    return None
+                    return None, False
                 log.warning("settle failed, retrying: %s", err)
                 time.sleep(0.2)
             except BaseException:
