@@ -80,7 +80,7 @@ def one_run(jobs: int, batch_size: int = 100) -> str:
         timed("run", began)
         done += len(batch)
         began = clocks()
-        batch = worker._settle(batch, ran, then_fetch=batch_size if together else 0)
+        batch, _ = worker._settle(batch, ran, then_fetch=batch_size if together else 0)
         timed("settle", began)
     cpu = time.process_time() - cpu
     stages = ", ".join(

@@ -77,14 +77,23 @@ local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 local record = ttl > 0 and redis.call('STRLEN', KEYS[10]) < tonumber(ARGV[3])
 local history = {}
--- A done job is recorded with its leased envelope: all of them read at once.
-local leased_envelopes = {}
+-- The lease's slots, read at once: a record whose slot is not among them is
+-- stale, and the slots settled go in one write at the end (a call per job
+-- was 5-7% of Redis's time in the fetch and settle scripts). A done job is recorded with its leased
+-- envelope, so with a history the envelopes are read too.
+local in_lease, leased_envelopes = {}, {}
 if record then
   local all = redis.call('HGETALL', KEYS[1])
   for j = 1, #all, 2 do
+    in_lease[all[j]] = true
     leased_envelopes[all[j]] = all[j + 1]
   end
+else
+  for _, slot in ipairs(redis.call('HKEYS', KEYS[1])) do
+    in_lease[slot] = true
+  end
 end
+local settled = {}
 
 local closed = {}
 -- One append per settle, not a write per job: the history costs a copy.
@@ -142,13 +151,19 @@ while i <= #ARGV do
   local kind, slot, id, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local width = WIDTH[kind]
   local leased = leased_envelopes[slot]
+  -- A slot settles once: a second record of it in one call is stale too.
+  local fresh = kind ~= 'M' and kind ~= 'V' and in_lease[slot]
+  if fresh then
+    in_lease[slot] = nil
+    settled[#settled + 1] = slot
+  end
   if kind == 'M' then
     minute_key = tonumber(slot)
   elseif kind == 'V' then
     if applied then
       redis.call('SET', KEYS[tonumber(slot)], ARGV[i + 3], 'PX', tonumber(id))
     end
-  elseif redis.call('HDEL', KEYS[1], slot) == 0 then
+  elseif not fresh then
     applied = false
     stale = stale + 1
   elseif kind == 'D' or kind == 'O' then
@@ -213,9 +228,16 @@ if #history > 0 then
   redis.call('EXPIRE', KEYS[10], ttl)
 end
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if next(in_lease) == nil then
+  -- Every slot settled (or the lease was reaped): the lease ends.
+  redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[8], ARGV[1])
+else
+  -- unpack's stack is bounded: a thousand fields a call.
+  for j = 1, #settled, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(settled, j, math.min(j + 999, #settled)))
+  end
 end
 for field, n in pairs(closed) do
   if redis.call('HINCRBY', KEYS[9], field, -n) <= 0 then
