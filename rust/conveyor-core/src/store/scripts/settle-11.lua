@@ -78,8 +78,8 @@ local ttl = tonumber(ARGV[2])
 local record = ttl > 0 and redis.call('STRLEN', KEYS[10]) < tonumber(ARGV[3])
 local history = {}
 -- The lease's slots, read at once: a record whose slot is not among them is
--- stale, and the slots settled go in one write at the end (a call per job
--- was 5-7% of Redis's time in the fetch and settle scripts). A done job is recorded with its leased
+-- stale, and the slots settled go in one write at the end, not a call per
+-- job (bench/script_cost.py). A done job is recorded with its leased
 -- envelope, so with a history the envelopes are read too.
 local in_lease, leased_envelopes = {}, {}
 if record then
