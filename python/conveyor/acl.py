@@ -46,8 +46,8 @@ SCRIPT_COMMANDS: dict[str, frozenset[str]] = {
     "replay_dead-4.lua": frozenset({"hget", "hset", "ltrim", "rpush", "zrem", "zscore"}),
     "tally-1.lua": frozenset({"expire", "hincrby"}),
     "settle-11.lua": frozenset(
-        {"append", "exists", "expire", "hdel", "hget", "hgetall", "hincrby", "hset", "strlen"}
-        | {"set", "time", "zadd", "zrem"}
+        {"append", "del", "expire", "hdel", "hget", "hgetall", "hincrby", "hkeys", "hset"}
+        | {"set", "strlen", "time", "zadd", "zrem"}
     ),
 }
 
