@@ -617,20 +617,13 @@ def latency(
         ),
         "redis_latency": redis_latency(client),
     }
+    point = {"achieved_per_s": achieved, "cpu_us_per_job": cpu_us, "redis_reads_per_job": reads}
     if not samples:
-        return {
-            "p50_ms": float("nan"),
-            "p99_ms": float("nan"),
-            "achieved_per_s": achieved,
-            "cpu_us_per_job": cpu_us,
-            "redis_reads_per_job": reads,
-        }
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), **point}
     return {
         "p50_ms": samples[len(samples) // 2] * 1000,
         "p99_ms": samples[int(len(samples) * 0.99)] * 1000,
-        "achieved_per_s": achieved,
-        "cpu_us_per_job": cpu_us,
-        "redis_reads_per_job": reads,
+        **point,
         **stalls,
     }
 
